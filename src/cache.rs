@@ -1,0 +1,703 @@
+//! The shared cache: one in-memory index of our objects, fed by kube-runtime reflectors in a
+//! cluster or by files in local mode, and read concurrently by every face.
+//!
+//! Derived views are maintained here, incrementally, as objects change: which TailscaleEndpoints
+//! each TailscaleServices selects (and the reverse), which VIP service names are claimed by whom,
+//! the device and selection views of the aggregated API, and a bounded log of view changes that
+//! watchers resume from. Every change bumps one revision, published on a `tokio::sync::watch`
+//! channel so readers are pushed updates instead of polling.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
+
+use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+use crate::core::selector::Selector;
+use crate::core::validate::ClusterView;
+use crate::core::views::{self, Device, LiveDevice, Selection};
+use crate::core::{FieldPath, Kind, ObjectKey, Resource, resource::vip_service_name};
+
+/// How many view changes the log keeps for watch resumption by default.
+pub const DEFAULT_EVENT_LOG: usize = 50_000;
+
+/// Which derived view an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewKind {
+    /// `tailscaledevices`.
+    Device,
+    /// `selectedendpoints`.
+    Selection,
+}
+
+/// How a view object changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// New object.
+    Added,
+    /// Changed object.
+    Modified,
+    /// Removed object (the event carries its last state).
+    Deleted,
+}
+
+/// A view object with the revision it last changed at.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ViewObject {
+    /// A device.
+    Device(Arc<Device>),
+    /// A selection.
+    Selection(Arc<Selection>),
+}
+
+/// One change of a view object.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Revision of the change; also the object's `resourceVersion`.
+    pub revision: u64,
+    /// Added, modified or deleted.
+    pub kind: EventType,
+    /// The object after the change (before it, for deletions).
+    pub object: ViewObject,
+}
+
+impl Event {
+    /// The view kind of the event's object.
+    pub fn view_kind(&self) -> ViewKind {
+        match self.object {
+            ViewObject::Device(_) => ViewKind::Device,
+            ViewObject::Selection(_) => ViewKind::Selection,
+        }
+    }
+}
+
+/// A revision older than the event log reaches.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("too old resource version: {requested} (oldest available {oldest})")]
+pub struct Gone {
+    /// What was asked for.
+    pub requested: u64,
+    /// The oldest revision a watch can still resume from.
+    pub oldest: u64,
+}
+
+/// A stored object with the revision it last changed at.
+#[derive(Debug)]
+pub struct Stored<T> {
+    /// The object.
+    pub object: Arc<T>,
+    /// Cache revision of its last change.
+    pub revision: u64,
+}
+
+impl<T> Clone for Stored<T> {
+    fn clone(&self) -> Self {
+        Self { object: self.object.clone(), revision: self.revision }
+    }
+}
+
+struct CompiledService {
+    object: Arc<TailscaleServices>,
+    /// `None` when the selector is absent or invalid: selects nothing.
+    selector: Option<Selector>,
+    vip: Option<String>,
+}
+
+/// The index behind the cache. Readers get it through [`Cache::read`].
+#[derive(Default)]
+pub struct Index {
+    revision: u64,
+    synced: BTreeSet<Kind>,
+    tailnets: BTreeMap<String, Arc<TailscaleTailnet>>,
+    endpoints: BTreeMap<ObjectKey, Arc<TailscaleEndpoints>>,
+    services: BTreeMap<ObjectKey, CompiledService>,
+    gateways: BTreeMap<ObjectKey, Arc<TailscaleGateway>>,
+    live: HashMap<String, Arc<Vec<LiveDevice>>>,
+    selection: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    selected_by: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    vip_claims: BTreeMap<String, BTreeSet<ObjectKey>>,
+    devices: BTreeMap<ObjectKey, Stored<Device>>,
+    devices_by_endpoints: BTreeMap<ObjectKey, Vec<ObjectKey>>,
+    selections: BTreeMap<ObjectKey, Stored<Selection>>,
+    log: VecDeque<Event>,
+    log_capacity: usize,
+    /// Revision before the oldest event still in the log.
+    log_floor: u64,
+}
+
+fn ns_range<'a, V>(map: &'a BTreeMap<ObjectKey, V>, ns: &'a str) -> impl Iterator<Item = (&'a ObjectKey, &'a V)> {
+    map.range(ObjectKey::new(ns, "")..).take_while(move |(k, _)| k.namespace == ns)
+}
+
+impl Index {
+    /// Current revision (increases with every change).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Whether every kind has completed its initial load.
+    pub fn synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// A TailscaleTailnet by name.
+    pub fn tailnet(&self, name: &str) -> Option<&Arc<TailscaleTailnet>> {
+        self.tailnets.get(name)
+    }
+
+    /// All TailscaleTailnets.
+    pub fn tailnets(&self) -> impl Iterator<Item = &Arc<TailscaleTailnet>> {
+        self.tailnets.values()
+    }
+
+    /// A TailscaleEndpoints by key.
+    pub fn endpoints(&self, key: &ObjectKey) -> Option<&Arc<TailscaleEndpoints>> {
+        self.endpoints.get(key)
+    }
+
+    /// All TailscaleEndpoints.
+    pub fn all_endpoints(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleEndpoints>)> {
+        self.endpoints.iter()
+    }
+
+    /// A TailscaleServices by key.
+    pub fn services(&self, key: &ObjectKey) -> Option<&Arc<TailscaleServices>> {
+        self.services.get(key).map(|s| &s.object)
+    }
+
+    /// All TailscaleServices.
+    pub fn all_services(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleServices>)> {
+        self.services.iter().map(|(k, s)| (k, &s.object))
+    }
+
+    /// A TailscaleGateway by key.
+    pub fn gateway(&self, key: &ObjectKey) -> Option<&Arc<TailscaleGateway>> {
+        self.gateways.get(key)
+    }
+
+    /// All TailscaleGateways.
+    pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleGateway>)> {
+        self.gateways.iter()
+    }
+
+    /// The TailscaleEndpoints a TailscaleServices selects now.
+    pub fn selected_endpoints(&self, service: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
+        self.selection.get(service).into_iter().flatten()
+    }
+
+    /// The TailscaleServices selecting a TailscaleEndpoints now.
+    pub fn selecting_services(&self, endpoints: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
+        self.selected_by.get(endpoints).into_iter().flatten()
+    }
+
+    /// The TailscaleServices claiming a VIP service name.
+    pub fn vip_claims(&self, vip: &str) -> impl Iterator<Item = &ObjectKey> {
+        self.vip_claims.get(vip).into_iter().flatten()
+    }
+
+    /// Live device data of a tailnet, as last written by the reconciler.
+    pub fn live_devices(&self, tailnet: &str) -> &[LiveDevice] {
+        self.live.get(tailnet).map(|v| v.as_slice()).unwrap_or_default()
+    }
+
+    /// Devices (all namespaces, or one), ordered by namespace and name.
+    pub fn devices(&self, namespace: Option<&str>) -> Vec<Stored<Device>> {
+        match namespace {
+            Some(ns) => ns_range(&self.devices, ns).map(|(_, d)| d.clone()).collect(),
+            None => self.devices.values().cloned().collect(),
+        }
+    }
+
+    /// One device.
+    pub fn device(&self, key: &ObjectKey) -> Option<Stored<Device>> {
+        self.devices.get(key).cloned()
+    }
+
+    /// The devices of one TailscaleEndpoints.
+    pub fn devices_of(&self, endpoints: &ObjectKey) -> Vec<Arc<Device>> {
+        self.devices_by_endpoints
+            .get(endpoints)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.devices.get(k).map(|d| d.object.clone()))
+            .collect()
+    }
+
+    /// Selections (all namespaces, or one), ordered by namespace and name.
+    pub fn selections(&self, namespace: Option<&str>) -> Vec<Stored<Selection>> {
+        match namespace {
+            Some(ns) => ns_range(&self.selections, ns).map(|(_, d)| d.clone()).collect(),
+            None => self.selections.values().cloned().collect(),
+        }
+    }
+
+    /// One selection.
+    pub fn selection(&self, key: &ObjectKey) -> Option<Stored<Selection>> {
+        self.selections.get(key).cloned()
+    }
+
+    /// View changes after `revision`, or [`Gone`] when the log no longer reaches back that far.
+    pub fn events_since(&self, revision: u64) -> Result<Vec<Event>, Gone> {
+        if revision < self.log_floor {
+            return Err(Gone { requested: revision, oldest: self.log_floor });
+        }
+        let start = self.log.partition_point(|e| e.revision <= revision);
+        Ok(self.log.range(start..).cloned().collect())
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn record(&mut self, kind: EventType, object: ViewObject) -> u64 {
+        let revision = self.bump();
+        self.log.push_back(Event { revision, kind, object });
+        while self.log.len() > self.log_capacity {
+            if let Some(old) = self.log.pop_front() {
+                self.log_floor = old.revision;
+            }
+        }
+        revision
+    }
+
+    fn refresh_devices(&mut self, ep_key: &ObjectKey) {
+        let new: Vec<Device> = match self.endpoints.get(ep_key) {
+            Some(ep) => views::devices_of(ep, self.live_devices(&ep.spec.tailnet)),
+            None => Vec::new(),
+        };
+        let old_keys = self.devices_by_endpoints.remove(ep_key).unwrap_or_default();
+        let mut new_keys = Vec::with_capacity(new.len());
+        for dev in new {
+            let key = ObjectKey::new(dev.namespace.clone(), dev.name.clone());
+            let kind = match self.devices.get(&key) {
+                Some(s) if *s.object == dev => {
+                    new_keys.push(key);
+                    continue;
+                }
+                Some(_) => EventType::Modified,
+                None => EventType::Added,
+            };
+            let object = Arc::new(dev);
+            let revision = self.record(kind, ViewObject::Device(object.clone()));
+            self.devices.insert(key.clone(), Stored { object, revision });
+            new_keys.push(key);
+        }
+        for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+            if let Some(s) = self.devices.remove(key) {
+                self.record(EventType::Deleted, ViewObject::Device(s.object));
+            }
+        }
+        if !new_keys.is_empty() {
+            self.devices_by_endpoints.insert(ep_key.clone(), new_keys);
+        }
+    }
+
+    fn refresh_selection_view(&mut self, svc_key: &ObjectKey) {
+        let Some(svc) = self.services.get(svc_key).map(|s| s.object.clone()) else {
+            if let Some(s) = self.selections.remove(svc_key) {
+                self.record(EventType::Deleted, ViewObject::Selection(s.object));
+            }
+            return;
+        };
+        let selected: Vec<(Arc<TailscaleEndpoints>, Vec<Device>)> = self
+            .selected_endpoints(svc_key)
+            .filter_map(|k| {
+                self.endpoints.get(k).map(|e| (e.clone(), self.devices_of(k).iter().map(|d| (**d).clone()).collect()))
+            })
+            .collect();
+        let pairs: Vec<(&TailscaleEndpoints, &[Device])> =
+            selected.iter().map(|(e, d)| (e.as_ref(), d.as_slice())).collect();
+        let view = views::selection_of(&svc, &pairs);
+        let kind = match self.selections.get(svc_key) {
+            Some(s) if *s.object == view => return,
+            Some(_) => EventType::Modified,
+            None => EventType::Added,
+        };
+        let object = Arc::new(view);
+        let revision = self.record(kind, ViewObject::Selection(object.clone()));
+        self.selections.insert(svc_key.clone(), Stored { object, revision });
+    }
+
+    /// Recomputes whether `svc` selects `ep`; returns whether membership changed.
+    fn relink(&mut self, svc_key: &ObjectKey, ep_key: &ObjectKey) -> bool {
+        let matches = match (self.services.get(svc_key), self.endpoints.get(ep_key)) {
+            (Some(svc), Some(ep)) => svc.selector.as_ref().is_some_and(|s| {
+                let empty = BTreeMap::new();
+                s.matches(ep.metadata.labels.as_ref().unwrap_or(&empty))
+            }),
+            _ => false,
+        };
+        let was = self.selection.get(svc_key).is_some_and(|s| s.contains(ep_key));
+        if matches && !was {
+            self.selection.entry(svc_key.clone()).or_default().insert(ep_key.clone());
+            self.selected_by.entry(ep_key.clone()).or_default().insert(svc_key.clone());
+        } else if !matches && was {
+            if let Some(s) = self.selection.get_mut(svc_key) {
+                s.remove(ep_key);
+                if s.is_empty() {
+                    self.selection.remove(svc_key);
+                }
+            }
+            if let Some(s) = self.selected_by.get_mut(ep_key) {
+                s.remove(svc_key);
+                if s.is_empty() {
+                    self.selected_by.remove(ep_key);
+                }
+            }
+        }
+        matches != was
+    }
+
+    fn endpoints_changed(&mut self, key: &ObjectKey) {
+        self.refresh_devices(key);
+        let mut affected: BTreeSet<ObjectKey> = self.selecting_services(key).cloned().collect();
+        let same_ns: Vec<ObjectKey> = ns_range(&self.services, &key.namespace).map(|(k, _)| k.clone()).collect();
+        for svc in same_ns {
+            self.relink(&svc, key);
+        }
+        affected.extend(self.selecting_services(key).cloned());
+        for svc in affected {
+            self.refresh_selection_view(&svc);
+        }
+    }
+
+    fn services_changed(&mut self, key: &ObjectKey) {
+        let same_ns: Vec<ObjectKey> = ns_range(&self.endpoints, &key.namespace).map(|(k, _)| k.clone()).collect();
+        for ep in same_ns {
+            self.relink(key, &ep);
+        }
+        self.refresh_selection_view(key);
+    }
+
+    fn set_vip_claim(&mut self, key: &ObjectKey, old: Option<String>, new: Option<String>) {
+        if old == new {
+            return;
+        }
+        if let Some(o) = old
+            && let Some(set) = self.vip_claims.get_mut(&o)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.vip_claims.remove(&o);
+            }
+        }
+        if let Some(n) = new {
+            self.vip_claims.entry(n).or_default().insert(key.clone());
+        }
+    }
+
+    fn apply(&mut self, res: Resource) {
+        let key = res.key();
+        match res {
+            Resource::Tailnet(t) => {
+                if self.tailnets.get(&key.name).is_some_and(|o| **o == t) {
+                    return;
+                }
+                self.tailnets.insert(key.name, Arc::new(t));
+                self.bump();
+            }
+            Resource::Gateway(g) => {
+                if self.gateways.get(&key).is_some_and(|o| **o == g) {
+                    return;
+                }
+                self.gateways.insert(key, Arc::new(g));
+                self.bump();
+            }
+            Resource::Endpoints(e) => {
+                if self.endpoints.get(&key).is_some_and(|o| **o == e) {
+                    return;
+                }
+                self.endpoints.insert(key.clone(), Arc::new(e));
+                self.bump();
+                self.endpoints_changed(&key);
+            }
+            Resource::Services(s) => {
+                if self.services.get(&key).is_some_and(|o| *o.object == s) {
+                    return;
+                }
+                let selector = s
+                    .spec
+                    .selector
+                    .as_ref()
+                    .and_then(|sel| Selector::from_label_selector(sel, &FieldPath::new("spec.selector")).ok());
+                let vip = vip_service_name(&s);
+                let old_vip = self.services.get(&key).and_then(|o| o.vip.clone());
+                self.set_vip_claim(&key, old_vip, vip.clone());
+                self.services.insert(key.clone(), CompiledService { object: Arc::new(s), selector, vip });
+                self.bump();
+                self.services_changed(&key);
+            }
+        }
+    }
+
+    fn delete(&mut self, kind: Kind, key: &ObjectKey) {
+        let removed = match kind {
+            Kind::Tailnet => self.tailnets.remove(&key.name).is_some(),
+            Kind::Gateway => self.gateways.remove(key).is_some(),
+            Kind::Endpoints => self.endpoints.remove(key).is_some(),
+            Kind::Services => match self.services.remove(key) {
+                Some(old) => {
+                    self.set_vip_claim(key, old.vip, None);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !removed {
+            return;
+        }
+        self.bump();
+        match kind {
+            Kind::Endpoints => self.endpoints_changed(key),
+            Kind::Services => {
+                let eps: Vec<ObjectKey> = self.selected_endpoints(key).cloned().collect();
+                for ep in eps {
+                    self.relink(key, &ep);
+                }
+                self.refresh_selection_view(key);
+            }
+            Kind::Tailnet | Kind::Gateway => {}
+        }
+    }
+
+    fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        match kind {
+            Kind::Tailnet => self.tailnets.keys().map(ObjectKey::cluster).collect(),
+            Kind::Endpoints => self.endpoints.keys().cloned().collect(),
+            Kind::Services => self.services.keys().cloned().collect(),
+            Kind::Gateway => self.gateways.keys().cloned().collect(),
+        }
+    }
+}
+
+impl ClusterView for Index {
+    fn tailnet_exists(&self, name: &str) -> bool {
+        self.tailnets.contains_key(name)
+    }
+
+    fn vip_claimants(&self, vip: &str) -> Vec<ObjectKey> {
+        self.vip_claims(vip).cloned().collect()
+    }
+}
+
+/// Cheap-to-clone handle on the shared index.
+#[derive(Clone)]
+pub struct Cache {
+    index: Arc<RwLock<Index>>,
+    revision: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new(DEFAULT_EVENT_LOG)
+    }
+}
+
+impl Cache {
+    /// An empty cache keeping `event_log` view changes for watch resumption.
+    pub fn new(event_log: usize) -> Self {
+        let index = Index { log_capacity: event_log.max(1), ..Index::default() };
+        Self { index: Arc::new(RwLock::new(index)), revision: Arc::new(watch::channel(0).0) }
+    }
+
+    /// Read access. Hold the guard briefly: copy out `Arc`s, then serialize outside the lock.
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, f: impl FnOnce(&mut Index)) {
+        let revision = {
+            let mut guard: RwLockWriteGuard<'_, Index> =
+                self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard);
+            guard.revision
+        };
+        self.revision.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+    }
+
+    /// Pushed the current revision on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Inserts or replaces an object.
+    pub fn apply(&self, res: Resource) {
+        self.write(|idx| idx.apply(res));
+    }
+
+    /// Removes an object.
+    pub fn delete(&self, kind: Kind, key: &ObjectKey) {
+        self.write(|idx| idx.delete(kind, key));
+    }
+
+    /// Replaces every object of `kind` with `objects` (a reflector relist, or a reload of the
+    /// local directory) and marks the kind synced.
+    pub fn reset(&self, kind: Kind, objects: Vec<Resource>) {
+        self.write(|idx| {
+            let keep: BTreeSet<ObjectKey> = objects.iter().map(Resource::key).collect();
+            for key in idx.keys(kind) {
+                if !keep.contains(&key) {
+                    idx.delete(kind, &key);
+                }
+            }
+            for obj in objects {
+                if obj.kind() == kind {
+                    idx.apply(obj);
+                }
+            }
+            idx.synced.insert(kind);
+        });
+    }
+
+    /// Marks a kind as loaded (for `/readyz`).
+    pub fn mark_synced(&self, kind: Kind) {
+        self.write(|idx| {
+            idx.synced.insert(kind);
+        });
+    }
+
+    /// Replaces the live device data of a tailnet (written by the reconciler).
+    pub fn set_live_devices(&self, tailnet: &str, devices: Vec<LiveDevice>) {
+        self.write(|idx| {
+            if idx.live.get(tailnet).is_some_and(|d| **d == devices) {
+                return;
+            }
+            idx.live.insert(tailnet.to_string(), Arc::new(devices));
+            idx.bump();
+            let eps: Vec<ObjectKey> =
+                idx.endpoints.iter().filter(|(_, e)| e.spec.tailnet == tailnet).map(|(k, _)| k.clone()).collect();
+            for ep in eps {
+                idx.endpoints_changed(&ep);
+            }
+        });
+    }
+
+    /// Whether every kind has completed its initial load.
+    pub fn synced(&self) -> bool {
+        self.read().synced()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::API_VERSION;
+
+    fn endpoints(ns: &str, name: &str, labels: serde_json::Value, hosts: &[&str]) -> Resource {
+        let devices: Vec<_> =
+            hosts.iter().map(|h| json!({"hostname": h, "nodeID": format!("n-{h}"), "online": true})).collect();
+        Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"tailnet": "t"}, "status": {"devices": devices}}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn services(ns: &str, name: &str, match_labels: serde_json::Value, vip: Option<&str>) -> Resource {
+        Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleServices",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"matchLabels": match_labels}, "vipService": {"name": vip, "ports": ["tcp:80"]}}}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn selection_follows_label_changes_both_ways() {
+        let cache = Cache::new(100);
+        let svc = ObjectKey::new("default", "web");
+        let ep = ObjectKey::new("default", "east");
+        cache.apply(services("default", "web", json!({"tier": "web"}), None));
+        cache.apply(endpoints("default", "east", json!({"tier": "web"}), &["east-0", "east-1"]));
+        cache.apply(endpoints("other", "east", json!({"tier": "web"}), &["o-0"]));
+        {
+            let idx = cache.read();
+            assert_eq!(idx.selected_endpoints(&svc).collect::<Vec<_>>(), vec![&ep]);
+            assert_eq!(idx.selecting_services(&ep).collect::<Vec<_>>(), vec![&svc]);
+            let sel = idx.selection(&svc).unwrap_or_else(|| panic!("no selection"));
+            assert_eq!(sel.object.machine_count(), 2);
+            assert_eq!(sel.object.healthy_count(), 2);
+            assert_eq!(idx.devices(Some("default")).len(), 2);
+            assert_eq!(idx.devices(None).len(), 3);
+        }
+        cache.apply(endpoints("default", "east", json!({"tier": "db"}), &["east-0", "east-1"]));
+        let idx = cache.read();
+        assert_eq!(idx.selected_endpoints(&svc).count(), 0);
+        assert_eq!(idx.selecting_services(&ep).count(), 0);
+        assert_eq!(idx.selection(&svc).map(|s| s.object.machine_count()), Some(0));
+    }
+
+    #[test]
+    fn vip_claims_and_cluster_view() {
+        let cache = Cache::new(100);
+        cache.apply(services("a", "web", json!({"x": "y"}), None));
+        cache.apply(services("b", "web2", json!({"x": "y"}), Some("svc:web")));
+        let idx = cache.read();
+        assert_eq!(idx.vip_claimants("svc:web"), vec![ObjectKey::new("a", "web"), ObjectKey::new("b", "web2")]);
+        drop(idx);
+        cache.delete(Kind::Services, &ObjectKey::new("a", "web"));
+        assert_eq!(cache.read().vip_claimants("svc:web"), vec![ObjectKey::new("b", "web2")]);
+    }
+
+    #[test]
+    fn events_resume_and_gone() {
+        let cache = Cache::new(3);
+        let rx = cache.subscribe();
+        cache.apply(endpoints("default", "e", json!({}), &["e-0"]));
+        assert!(rx.has_changed().unwrap_or(false));
+        let r1 = cache.read().revision();
+        cache.apply(endpoints("default", "e", json!({}), &["e-0", "e-1"]));
+        let events = cache.read().events_since(r1).unwrap_or_default();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, EventType::Added);
+        // Unchanged input: no new revision, no event.
+        let before = cache.read().revision();
+        cache.apply(endpoints("default", "e", json!({}), &["e-0", "e-1"]));
+        assert_eq!(cache.read().revision(), before);
+        cache.delete(Kind::Endpoints, &ObjectKey::new("default", "e"));
+        let idx = cache.read();
+        let tail = idx.events_since(before).unwrap_or_default();
+        assert_eq!(tail.iter().filter(|e| e.kind == EventType::Deleted).count(), 2);
+        assert!(matches!(idx.events_since(0), Err(Gone { .. })));
+    }
+
+    #[test]
+    fn live_devices_overlay_status() {
+        let cache = Cache::new(100);
+        cache.apply(endpoints("default", "e", json!({}), &["e-0"]));
+        cache.set_live_devices(
+            "t",
+            vec![LiveDevice {
+                node_id: "n-e-0".into(),
+                hostname: "e-0".into(),
+                addresses: vec!["100.64.0.1".into()],
+                connected_to_control: false,
+                os: Some("linux".into()),
+                ..LiveDevice::default()
+            }],
+        );
+        let d = cache.read().device(&ObjectKey::new("default", "e-0")).unwrap_or_else(|| panic!("missing"));
+        assert_eq!(d.object.addresses, vec!["100.64.0.1".to_string()]);
+        assert!(!d.object.online);
+        assert_eq!(d.object.os.as_deref(), Some("linux"));
+    }
+
+    #[test]
+    fn reset_replaces_a_kind_and_marks_sync() {
+        let cache = Cache::new(100);
+        assert!(!cache.synced());
+        cache.apply(endpoints("default", "old", json!({}), &[]));
+        cache.reset(Kind::Endpoints, vec![endpoints("default", "new", json!({}), &[])]);
+        for k in [Kind::Tailnet, Kind::Services, Kind::Gateway] {
+            cache.reset(k, Vec::new());
+        }
+        assert!(cache.synced());
+        let idx = cache.read();
+        assert!(idx.endpoints(&ObjectKey::new("default", "old")).is_none());
+        assert!(idx.endpoints(&ObjectKey::new("default", "new")).is_some());
+    }
+}

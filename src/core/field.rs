@@ -1,0 +1,170 @@
+//! Field-level errors formatted the way kube-apiserver formats them, so a denial reads like
+//! `spec.vipService.ports[1]: Invalid value: "http:80": want "tcp:PORT", ...`.
+
+use std::fmt;
+
+/// A path to a field, e.g. `spec.vipService.ports[1]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    /// A root path such as `spec` or `metadata`.
+    pub fn new(root: &str) -> Self {
+        Self(root.to_string())
+    }
+
+    /// `self.name`.
+    pub fn child(&self, name: &str) -> Self {
+        if self.0.is_empty() { Self(name.to_string()) } else { Self(format!("{}.{name}", self.0)) }
+    }
+
+    /// `self[i]`.
+    pub fn index(&self, i: usize) -> Self {
+        Self(format!("{}[{i}]", self.0))
+    }
+
+    /// `self[key]` for map entries.
+    pub fn key(&self, key: &str) -> Self {
+        Self(format!("{}[{key}]", self.0))
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kind of a field error (the `field.ErrorType` vocabulary of Kubernetes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorType {
+    /// A required field is missing.
+    Required,
+    /// The value is malformed.
+    Invalid,
+    /// The value repeats an earlier one.
+    Duplicate,
+    /// The value is not in the supported set.
+    NotSupported,
+    /// The value is well-formed but not allowed here (conflicts, immutability).
+    Forbidden,
+    /// Too many items.
+    TooMany,
+}
+
+impl ErrorType {
+    fn label(self) -> &'static str {
+        match self {
+            ErrorType::Required => "Required value",
+            ErrorType::Invalid => "Invalid value",
+            ErrorType::Duplicate => "Duplicate value",
+            ErrorType::NotSupported => "Unsupported value",
+            ErrorType::Forbidden => "Forbidden",
+            ErrorType::TooMany => "Too many",
+        }
+    }
+}
+
+/// One bad field, with what was found and what is expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where.
+    pub path: FieldPath,
+    /// What kind of problem.
+    pub kind: ErrorType,
+    /// The offending value, when there is one to show.
+    pub value: Option<String>,
+    /// What is expected.
+    pub detail: String,
+}
+
+impl FieldError {
+    /// A missing field.
+    pub fn required(path: &FieldPath, detail: impl Into<String>) -> Self {
+        Self { path: path.clone(), kind: ErrorType::Required, value: None, detail: detail.into() }
+    }
+
+    /// A malformed value.
+    pub fn invalid(path: &FieldPath, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Self { path: path.clone(), kind: ErrorType::Invalid, value: Some(value.to_string()), detail: detail.into() }
+    }
+
+    /// A repeated value.
+    pub fn duplicate(path: &FieldPath, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Self { path: path.clone(), kind: ErrorType::Duplicate, value: Some(value.to_string()), detail: detail.into() }
+    }
+
+    /// A value outside a fixed set.
+    pub fn not_supported(path: &FieldPath, value: impl fmt::Display, supported: &[&str]) -> Self {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self {
+            path: path.clone(),
+            kind: ErrorType::NotSupported,
+            value: Some(value.to_string()),
+            detail: format!("supported values: {}", list.join(", ")),
+        }
+    }
+
+    /// A value that is not allowed here.
+    pub fn forbidden(path: &FieldPath, detail: impl Into<String>) -> Self {
+        Self { path: path.clone(), kind: ErrorType::Forbidden, value: None, detail: detail.into() }
+    }
+
+    /// Too many items.
+    pub fn too_many(path: &FieldPath, count: usize, max: usize) -> Self {
+        Self {
+            path: path.clone(),
+            kind: ErrorType::TooMany,
+            value: Some(count.to_string()),
+            detail: format!("must have at most {max} items"),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.kind.label())?;
+        match (&self.value, self.kind) {
+            (Some(v), ErrorType::TooMany) => write!(f, ": {v}")?,
+            (Some(v), _) => write!(f, ": {v:?}")?,
+            (None, _) => {}
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Joins errors the way kube-apiserver does: `Kind "name" is invalid: [a, b]`.
+pub fn summarize(kind: &str, name: &str, errors: &[FieldError]) -> String {
+    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let body = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+    format!("{kind} {name:?} is invalid: {body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_kube_apiserver() {
+        let p = FieldPath::new("spec").child("vipService").child("ports").index(1);
+        let e = FieldError::invalid(&p, "http:80", "want \"tcp:PORT\"");
+        assert_eq!(e.to_string(), r#"spec.vipService.ports[1]: Invalid value: "http:80": want "tcp:PORT""#);
+        let r = FieldError::required(&FieldPath::new("spec").child("tailnet"), "must name a TailscaleTailnet");
+        assert_eq!(r.to_string(), "spec.tailnet: Required value: must name a TailscaleTailnet");
+        let s = FieldError::not_supported(&FieldPath::new("x"), "foo", &["a", "b"]);
+        assert_eq!(s.to_string(), r#"x: Unsupported value: "foo": supported values: "a", "b""#);
+        assert_eq!(
+            summarize("TailscaleServices", "web", &[r.clone(), s.clone()]),
+            format!("TailscaleServices \"web\" is invalid: [{r}, {s}]")
+        );
+        assert_eq!(summarize("K", "n", &[r.clone()]), format!("K \"n\" is invalid: {r}"));
+    }
+}

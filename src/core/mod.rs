@@ -1,0 +1,16 @@
+//! The pure core: rules and builders over plain types, with no I/O.
+//!
+//! The admission webhook, the `check` CLI, the local-mode loader, the cache, the reconciler and the
+//! xDS service all call these functions, so a rule lives in exactly one place.
+
+pub mod defaults;
+pub mod duration;
+pub mod field;
+pub mod names;
+pub mod resource;
+pub mod selector;
+pub mod validate;
+pub mod views;
+
+pub use field::{FieldError, FieldPath};
+pub use resource::{Kind, ObjectKey, Resource};

@@ -1,0 +1,241 @@
+//! One enum over our four kinds, so code that handles "any of our objects" (admission, the
+//! loader, the cache) is written once.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use super::{FieldError, FieldPath, names};
+use crate::api::{API_VERSION, TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+
+/// Our resource kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// TailscaleTailnet (cluster-scoped).
+    Tailnet,
+    /// TailscaleEndpoints.
+    Endpoints,
+    /// TailscaleServices.
+    Services,
+    /// TailscaleGateway.
+    Gateway,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Tailnet, Kind::Endpoints, Kind::Services, Kind::Gateway];
+
+    /// The `kind` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tailnet => "TailscaleTailnet",
+            Kind::Endpoints => "TailscaleEndpoints",
+            Kind::Services => "TailscaleServices",
+            Kind::Gateway => "TailscaleGateway",
+        }
+    }
+
+    /// Looks a kind up by its `kind` string.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self != Kind::Tailnet
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Namespace and name of an object; the namespace is empty for cluster-scoped objects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ObjectKey {
+    /// Namespace, or empty.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A namespaced key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// A cluster-scoped key.
+    pub fn cluster(name: impl Into<String>) -> Self {
+        Self { namespace: String::new(), name: name.into() }
+    }
+
+    /// The key of an object's metadata.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() { f.write_str(&self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
+    }
+}
+
+/// Any of our objects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    /// A TailscaleTailnet.
+    Tailnet(TailscaleTailnet),
+    /// A TailscaleEndpoints.
+    Endpoints(TailscaleEndpoints),
+    /// A TailscaleServices.
+    Services(TailscaleServices),
+    /// A TailscaleGateway.
+    Gateway(TailscaleGateway),
+}
+
+/// Why a JSON document is not one of our objects.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseError {
+    /// Another group's object: not for us to judge.
+    #[error("{api_version}/{kind} is not a gateway.tailscale.com/v1alpha1 kind")]
+    NotOurs {
+        /// Its apiVersion.
+        api_version: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// One of ours, but it does not deserialize.
+    #[error("{0}")]
+    Invalid(FieldError),
+}
+
+impl Resource {
+    /// Parses a JSON object of one of our kinds. Deserialization errors name the field.
+    pub fn from_value(value: Value) -> Result<Self, ParseError> {
+        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        if api_version != API_VERSION {
+            if api_version.starts_with(&format!("{}/", crate::api::GROUP)) {
+                return Err(ParseError::Invalid(FieldError::not_supported(
+                    &FieldPath::new("apiVersion"),
+                    &api_version,
+                    &[API_VERSION],
+                )));
+            }
+            return Err(ParseError::NotOurs { api_version, kind: kind_name });
+        }
+        let Some(kind) = Kind::from_name(&kind_name) else {
+            let supported: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            return Err(ParseError::Invalid(FieldError::not_supported(&FieldPath::new("kind"), kind_name, &supported)));
+        };
+        fn de<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParseError> {
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." { String::from("(root)") } else { path };
+                ParseError::Invalid(FieldError {
+                    path: FieldPath::new(&path),
+                    kind: super::field::ErrorType::Invalid,
+                    value: None,
+                    detail: e.into_inner().to_string(),
+                })
+            })
+        }
+        Ok(match kind {
+            Kind::Tailnet => Resource::Tailnet(de(value)?),
+            Kind::Endpoints => Resource::Endpoints(de(value)?),
+            Kind::Services => Resource::Services(de(value)?),
+            Kind::Gateway => Resource::Gateway(de(value)?),
+        })
+    }
+
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Tailnet(_) => Kind::Tailnet,
+            Resource::Endpoints(_) => Kind::Endpoints,
+            Resource::Services(_) => Kind::Services,
+            Resource::Gateway(_) => Kind::Gateway,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Resource::Tailnet(o) => &o.metadata,
+            Resource::Endpoints(o) => &o.metadata,
+            Resource::Services(o) => &o.metadata,
+            Resource::Gateway(o) => &o.metadata,
+        }
+    }
+
+    /// The object's metadata, mutably.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Tailnet(o) => &mut o.metadata,
+            Resource::Endpoints(o) => &mut o.metadata,
+            Resource::Services(o) => &mut o.metadata,
+            Resource::Gateway(o) => &mut o.metadata,
+        }
+    }
+
+    /// Namespace and name.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::of(self.meta())
+    }
+
+    /// Puts a namespaced object without a namespace into `namespace`, and clears the namespace
+    /// of a cluster-scoped one (what kube-apiserver does on create).
+    pub fn default_namespace(&mut self, namespace: &str) {
+        let namespaced = self.kind().namespaced();
+        let meta = self.meta_mut();
+        if !namespaced {
+            meta.namespace = None;
+        } else if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+            meta.namespace = Some(namespace.to_string());
+        }
+    }
+}
+
+/// The VIP service name a TailscaleServices owns: `spec.vipService.name`, or `svc:<name>` when
+/// unset and the object name is a DNS label.
+pub fn vip_service_name(svc: &TailscaleServices) -> Option<String> {
+    if let Some(name) = svc.spec.vip_service.as_ref().and_then(|v| v.name.clone()) {
+        return Some(name);
+    }
+    let name = svc.metadata.name.as_deref()?;
+    names::dns_label(name).ok()?;
+    Some(format!("svc:{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn parses_our_kinds_and_names_bad_fields() {
+        let ok = Resource::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
+            "metadata": {"name": "e"}, "spec": {"tailnet": "t"}
+        }));
+        assert!(matches!(ok, Ok(Resource::Endpoints(_))));
+        let other = Resource::from_value(json!({"apiVersion": "v1", "kind": "Pod"}));
+        assert!(matches!(other, Err(ParseError::NotOurs { .. })));
+        let bad = Resource::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
+            "metadata": {"name": "e"}, "spec": {"tailnet": "t", "proxy": {"replicas": "two"}}
+        }));
+        match bad {
+            Err(ParseError::Invalid(e)) => assert_eq!(e.path.as_str(), "spec.proxy.replicas", "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let wrong_kind = Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleThing"}));
+        assert!(matches!(wrong_kind, Err(ParseError::Invalid(e)) if e.path.as_str() == "kind"));
+    }
+}
