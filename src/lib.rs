@@ -6,3 +6,4 @@
 pub mod api;
 pub mod cache;
 pub mod core;
+pub mod tailscale;
