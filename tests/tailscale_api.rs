@@ -132,7 +132,7 @@ async fn devices_list_get_and_delete() {
 
     ok(c.delete_device(&a.id).await);
     ok(c.delete_device(&a.id).await); // already gone: still Ok
-    assert_eq!(fake.devices(), vec![b]);
+    assert_eq!(fake.devices(), vec![b.clone()]);
 
     let api_calls: Vec<Call> = fake.calls().into_iter().filter(|c| c.path != TOKEN).collect();
     let dev = format!("/api/v2/device/{}", a.id);
@@ -149,6 +149,12 @@ async fn devices_list_get_and_delete() {
             expect("DELETE", &dev, None),
         ]
     );
+
+    // A device that leaves the tailnet on its own is gone for the client too.
+    assert!(fake.remove_device(&b.id));
+    assert!(!fake.remove_device(&b.id));
+    assert_eq!(ok(c.get_device(&b.id).await), None);
+    assert!(ok(c.list_devices().await).is_empty());
 }
 
 #[tokio::test]

@@ -510,6 +510,8 @@ impl Client {
     async fn create_auth_key_impl(&self, req: &AuthKeyRequest) -> Result<AuthKey, ApiError> {
         let path = self.tailnet_path("keys");
         let body = encode_json("POST", &path, &KeyCreateBody::from_request(req))?;
+        // Retried like every call: a 5xx or timeout after the API created the key leaves an
+        // unused single-use key behind, which expires on its own; a missing key blocks a proxy.
         let reply = self.call(Method::POST, &path, None, Some(body)).await?;
         let created: KeyCreated = expect_found("POST", &path, reply)?;
         debug!(key_id = %created.id, tags = ?req.tags, "created auth key");

@@ -258,6 +258,11 @@ impl FakeTailscale {
         device
     }
 
+    /// Removes a device, as if it left the tailnet; returns whether it existed.
+    pub fn remove_device(&self, id: &str) -> bool {
+        lock(&self.store).devices.remove(id).is_some()
+    }
+
     /// All devices, ordered by ID.
     pub fn devices(&self) -> Vec<Device> {
         lock(&self.store).devices.values().cloned().collect()
