@@ -7,3 +7,4 @@ pub mod api;
 pub mod cache;
 pub mod core;
 pub mod tailscale;
+pub mod xds;
