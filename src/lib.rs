@@ -3,8 +3,16 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod cache;
+pub mod check;
 pub mod core;
+pub mod local;
+pub mod manifest;
+pub mod metrics;
+pub mod pki;
+pub mod runtime;
+pub mod server;
 pub mod tailscale;
 pub mod xds;

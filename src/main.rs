@@ -1,1 +1,97 @@
-fn main() {}
+//! The `tailscale-gateway` binary: parses the command line and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tailscale_gateway::{check, runtime};
+
+/// Tailscale + Envoy Gateway on Kubernetes: admission webhooks, aggregated API, reconciler and
+/// Envoy Gateway extension in one binary.
+#[derive(Parser)]
+#[command(name = "tailscale-gateway", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "TSGW_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (in a cluster, or with --local DIR on a laptop).
+    Serve(runtime::ServeArgs),
+    /// Validate manifests offline with the webhook's rules; exit 1 on any rejected document.
+    Check {
+        /// Files or folders (walked recursively for *.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        /// Namespace for objects that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Print our CustomResourceDefinitions as YAML (the content of crds/).
+    Crds,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn,rustls=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Crds => match tailscale_gateway::api::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { paths, namespace } => match check::run(&paths, &namespace, &mut std::io::stdout()) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                let running = match runtime::start(args).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if let Some(kc) = &running.kubeconfig {
+                    eprintln!("kubeconfig for kubectl: export KUBECONFIG={}", kc.display());
+                }
+                runtime::shutdown_signal().await;
+                tracing::info!("shutting down");
+                running.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

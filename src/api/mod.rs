@@ -5,6 +5,9 @@
 //! Enum-like fields are plain strings so that validation can report every bad value at once with
 //! its field path instead of failing on the first unknown variant during deserialization.
 
+// kube-derive repeats `type_` across printcolumn(...) groups, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 mod endpoints;
 mod gateway;
 mod services;

@@ -165,6 +165,6 @@ mod tests {
             summarize("TailscaleServices", "web", &[r.clone(), s.clone()]),
             format!("TailscaleServices \"web\" is invalid: [{r}, {s}]")
         );
-        assert_eq!(summarize("K", "n", &[r.clone()]), format!("K \"n\" is invalid: {r}"));
+        assert_eq!(summarize("K", "n", std::slice::from_ref(&r)), format!("K \"n\" is invalid: {r}"));
     }
 }

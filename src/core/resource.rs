@@ -85,8 +85,9 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// Any of our objects.
+/// Any of our objects. Variants differ in size, but values are moved, not copied around in bulk.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// A TailscaleTailnet.
     Tailnet(TailscaleTailnet),
@@ -210,6 +211,30 @@ pub fn vip_service_name(svc: &TailscaleServices) -> Option<String> {
     let name = svc.metadata.name.as_deref()?;
     names::dns_label(name).ok()?;
     Some(format!("svc:{name}"))
+}
+
+impl From<TailscaleTailnet> for Resource {
+    fn from(o: TailscaleTailnet) -> Self {
+        Resource::Tailnet(o)
+    }
+}
+
+impl From<TailscaleEndpoints> for Resource {
+    fn from(o: TailscaleEndpoints) -> Self {
+        Resource::Endpoints(o)
+    }
+}
+
+impl From<TailscaleServices> for Resource {
+    fn from(o: TailscaleServices) -> Self {
+        Resource::Services(o)
+    }
+}
+
+impl From<TailscaleGateway> for Resource {
+    fn from(o: TailscaleGateway) -> Self {
+        Resource::Gateway(o)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,310 @@
+//! Loading manifests from files: multi-document YAML (and JSON, and `kind: List`), nested
+//! folders, each document validated with the core rules. Shared by `check` and local mode, so a
+//! file `check` accepts is a file local mode loads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::core::resource::{ParseError, vip_service_name};
+use crate::core::validate::{ClusterView, review};
+use crate::core::{Kind, ObjectKey, Resource, field::summarize};
+
+/// Where a document came from: file and 1-based document index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// File.
+    pub path: PathBuf,
+    /// 1-based index of the document in the file.
+    pub document: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {})", self.path.display(), self.document)
+    }
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The document is rejected.
+    Error,
+    /// Accepted with a warning.
+    Warning,
+}
+
+/// A problem with one document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where.
+    pub source: Source,
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {label}: {}", self.source, self.message)
+    }
+}
+
+/// The outcome of loading a set of files.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Valid objects of ours, in file order.
+    pub resources: Vec<(Source, Resource)>,
+    /// Problems found (errors mean the document was skipped).
+    pub problems: Vec<Problem>,
+    /// Documents of other kinds, ignored.
+    pub foreign: usize,
+    /// Files read.
+    pub files: usize,
+}
+
+impl Loaded {
+    /// Whether any document was rejected.
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+/// Manifest files under `paths` (folders are walked recursively), sorted, deduplicated.
+pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(p: &Path, out: &mut BTreeSet<PathBuf>, explicit: bool) -> std::io::Result<()> {
+        let meta = std::fs::metadata(p)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(p)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                walk(&entry.path(), out, false)?;
+            }
+        } else if explicit || matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            out.insert(p.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut out = BTreeSet::new();
+    for p in paths {
+        walk(p, &mut out, true)?;
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Splits a YAML stream into documents at `---` lines; empty documents are dropped but still
+/// counted, so indexes match what an editor shows.
+pub fn split_documents(text: &str) -> Vec<(usize, String)> {
+    fn has_content(body: &str) -> bool {
+        body.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    }
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut index = 1;
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") || line.starts_with("---\t") {
+            let leading = index == 1 && docs.is_empty() && !has_content(&current);
+            if !leading {
+                let body = std::mem::take(&mut current);
+                if has_content(&body) {
+                    docs.push((index, body));
+                }
+                index += 1;
+            }
+            current.clear();
+            continue;
+        }
+        if line == "..." {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    if has_content(&current) {
+        docs.push((index, current));
+    }
+    docs
+}
+
+/// Parses one file into JSON documents (expanding `kind: List`).
+pub fn parse_file(path: &Path, text: &str) -> Vec<Result<(Source, Value), Problem>> {
+    let mut out = Vec::new();
+    for (document, body) in split_documents(text) {
+        let source = Source { path: path.to_path_buf(), document };
+        match serde_saphyr::from_str::<Value>(&body) {
+            Ok(Value::Null) => {}
+            Ok(Value::Object(mut o)) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+                if let Some(Value::Array(items)) = o.remove("items") {
+                    out.extend(items.into_iter().map(|v| Ok((source.clone(), v))));
+                }
+            }
+            Ok(v @ Value::Object(_)) => out.push(Ok((source, v))),
+            Ok(other) => out.push(Err(Problem {
+                source,
+                severity: Severity::Error,
+                message: format!("want a Kubernetes object (a YAML mapping), got {}", type_name(&other)),
+            })),
+            Err(e) => out.push(Err(Problem { source, severity: Severity::Error, message: format!("YAML: {e}") })),
+        }
+    }
+    out
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// What the other documents of the set say, for cross-object rules.
+struct SetView {
+    tailnets: BTreeSet<String>,
+    claims: BTreeMap<String, Vec<ObjectKey>>,
+}
+
+impl ClusterView for SetView {
+    fn tailnet_exists(&self, name: &str) -> bool {
+        // A set without tailnets is checked on its own: do not warn about every reference.
+        self.tailnets.is_empty() || self.tailnets.contains(name)
+    }
+
+    fn vip_claimants(&self, vip: &str) -> Vec<ObjectKey> {
+        self.claims.get(vip).cloned().unwrap_or_default()
+    }
+}
+
+/// Reads, parses and validates every manifest under `paths`. Objects without a namespace go to
+/// `default_namespace`. When two TailscaleServices claim one VIP name, the first (in file order)
+/// wins and the others are rejected.
+pub fn load(paths: &[PathBuf], default_namespace: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    let files = match collect_files(paths) {
+        Ok(f) => f,
+        Err(e) => {
+            let path = paths.first().cloned().unwrap_or_default();
+            loaded.problems.push(Problem {
+                source: Source { path, document: 0 },
+                severity: Severity::Error,
+                message: e.to_string(),
+            });
+            return loaded;
+        }
+    };
+    loaded.files = files.len();
+    let mut parsed: Vec<(Source, Resource)> = Vec::new();
+    for path in &files {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                loaded.problems.push(Problem {
+                    source: Source { path: path.clone(), document: 0 },
+                    severity: Severity::Error,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        for doc in parse_file(path, &text) {
+            match doc {
+                Err(p) => loaded.problems.push(p),
+                Ok((source, value)) => {
+                    let kind_hint = value.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
+                    let name_hint =
+                        value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    match Resource::from_value(value) {
+                        Ok(mut r) => {
+                            r.default_namespace(default_namespace);
+                            parsed.push((source, r));
+                        }
+                        Err(ParseError::NotOurs { .. }) => loaded.foreign += 1,
+                        Err(ParseError::Invalid(e)) => loaded.problems.push(Problem {
+                            source,
+                            severity: Severity::Error,
+                            message: summarize(&kind_hint, &name_hint, &[e]),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    let mut view = SetView {
+        tailnets: parsed.iter().filter(|(_, r)| r.kind() == Kind::Tailnet).map(|(_, r)| r.key().name).collect(),
+        claims: BTreeMap::new(),
+    };
+    let mut seen: BTreeSet<(Kind, ObjectKey)> = BTreeSet::new();
+    for (source, res) in parsed {
+        let key = res.key();
+        if !seen.insert((res.kind(), key.clone())) {
+            loaded.problems.push(Problem {
+                source,
+                severity: Severity::Error,
+                message: format!("{} {key} is defined more than once; this copy is ignored", res.kind()),
+            });
+            continue;
+        }
+        let verdict = review(&res, None, &view);
+        for w in verdict.warnings {
+            loaded.problems.push(Problem {
+                source: source.clone(),
+                severity: Severity::Warning,
+                message: format!("{} {key}: {w}", res.kind()),
+            });
+        }
+        if !verdict.errors.is_empty() {
+            loaded.problems.push(Problem {
+                source,
+                severity: Severity::Error,
+                message: summarize(res.kind().name(), &key.to_string(), &verdict.errors),
+            });
+            continue;
+        }
+        if let Resource::Services(s) = &res
+            && let Some(vip) = vip_service_name(s)
+        {
+            view.claims.entry(vip).or_default().push(key);
+        }
+        loaded.resources.push((source, res));
+    }
+    loaded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_keeping_indexes() {
+        let docs = split_documents("a: 1\n---\n# only a comment\n---\nb: 2\n...\n--- \nc: 3\n");
+        let idx: Vec<usize> = docs.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![1, 3, 4]);
+        let leading = split_documents("---\na: 1\n");
+        assert_eq!(leading.len(), 1);
+    }
+
+    #[test]
+    fn parses_lists_and_reports_scalars() {
+        let docs = parse_file(
+            Path::new("x.yaml"),
+            "kind: List\nitems:\n- {kind: A}\n- {kind: B}\n---\njust a string\n---\n: bad: [\n",
+        );
+        assert_eq!(docs.iter().filter(|d| d.is_ok()).count(), 2);
+        let errs: Vec<String> = docs.iter().filter_map(|d| d.as_ref().err()).map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("x.yaml (document 2): error: want a Kubernetes object"), "{errs:?}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Where the process is wired: arguments, the shared cache and what feeds it, the HTTPS server
+//! (webhooks, health, metrics), and shutdown. A reader sees every task and port here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use http::{StatusCode, header};
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::{Admission, mutate_handler, validate_handler};
+use crate::cache::Cache;
+use crate::core::{Kind, Resource};
+use crate::metrics::AdmissionMetrics;
+use crate::server::tls::{self, CertStore};
+
+/// `tailscale-gateway serve` arguments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// HTTPS address for webhooks and the aggregated API [default: 0.0.0.0:8443, or
+    /// 127.0.0.1:8443 with --local].
+    #[arg(long, env = "TSGW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serving certificate (PEM); reloaded when the file changes. Self-generated when omitted.
+    #[arg(long, env = "TSGW_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving certificate key (PEM).
+    #[arg(long, env = "TSGW_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// How often certificate files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Extra names for a self-generated serving certificate (e.g. SVC.NAMESPACE.svc).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// Local mode: load objects from the manifests in DIR instead of a cluster.
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// Local mode: where certificates and the kubeconfig are kept.
+    #[arg(long, default_value = ".state", env = "TSGW_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Local mode: how often DIR is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub local_poll_interval: Duration,
+}
+
+impl ServeArgs {
+    /// Arguments for local mode on `dir` with everything else defaulted (tests, examples).
+    pub fn local(dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            listen: Some(listen),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval: Duration::from_secs(2),
+            tls_sans: Vec::new(),
+            local: Some(dir.into()),
+            state_dir: state_dir.into(),
+            local_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::core::duration::parse(s)
+}
+
+/// A started server.
+pub struct Running {
+    /// Where HTTPS is served.
+    pub https_addr: SocketAddr,
+    /// Local mode: the kubeconfig for kubectl.
+    pub kubeconfig: Option<PathBuf>,
+    /// The shared cache.
+    pub cache: Cache,
+    /// Cancel to shut everything down.
+    pub stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits until every task has finished (after `stop` is cancelled).
+    pub async fn wait(mut self) {
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(error) = res {
+                tracing::error!(%error, "task failed");
+            }
+        }
+    }
+
+    /// Cancels and waits.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.wait().await;
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    cache: Cache,
+    registry: Arc<Registry>,
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.cache.synced() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "cache not synced").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::encode(&state.registry);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// The HTTPS routes: webhooks, health and metrics.
+pub fn router(cache: Cache, admission_metrics: AdmissionMetrics, registry: Arc<Registry>) -> Router {
+    let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
+    let webhooks = Router::new()
+        .route("/validate", post(validate_handler))
+        .route("/mutate", post(mutate_handler))
+        .with_state(admission);
+    let ops = Router::new()
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { cache, registry });
+    webhooks.merge(ops)
+}
+
+/// Feeds one kind into the cache from a kube-runtime watcher (relists reset the kind).
+async fn reflect<K>(api: kube::Api<K>, kind: Kind, cache: Cache, stop: CancellationToken)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    Resource: From<K>,
+{
+    use kube::runtime::WatchStreamExt;
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer: Vec<Resource> = Vec::new();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => e,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => tracing::warn!(%kind, %error, "watch failed; retrying"),
+            Some(Ok(watcher::Event::Init)) => buffer.clear(),
+            Some(Ok(watcher::Event::InitApply(o))) => buffer.push(Resource::from(o)),
+            Some(Ok(watcher::Event::InitDone)) => cache.reset(kind, std::mem::take(&mut buffer)),
+            Some(Ok(watcher::Event::Apply(o))) => cache.apply(Resource::from(o)),
+            Some(Ok(watcher::Event::Delete(o))) => {
+                let r = Resource::from(o);
+                cache.delete(kind, &r.key());
+            }
+        }
+    }
+}
+
+/// Starts the server: cache and its feeders, HTTPS server, background tasks.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let cache = Cache::default();
+    let mut registry = Registry::with_prefix("tailscale_gateway");
+    let admission_metrics = AdmissionMetrics::register(&mut registry);
+
+    let local = args.local.is_some();
+    let listen = args.listen.unwrap_or_else(|| {
+        if local { SocketAddr::from(([127, 0, 0, 1], 8443)) } else { SocketAddr::from(([0, 0, 0, 0], 8443)) }
+    });
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding HTTPS listener on {listen}"))?;
+    let https_addr = listener.local_addr()?;
+
+    // Serving certificate: files (reloaded on change), local-mode PKI, or self-generated.
+    let mut kubeconfig = None;
+    let store = match (&args.tls_cert_file, &args.tls_key_file, &args.local) {
+        (Some(cert), Some(key), _) => {
+            let (c, k) = tls::load_files(cert, key)?;
+            let store =
+                CertStore::new(tls::certified_key(&c, &k).with_context(|| format!("loading {}", cert.display()))?);
+            tasks.spawn(tls::reload_on_change(
+                store.clone(),
+                cert.clone(),
+                key.clone(),
+                args.tls_reload_interval,
+                stop.clone(),
+            ));
+            store
+        }
+        (_, _, Some(_)) => {
+            let pki = crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?;
+            let server = format!("https://{}", display_addr(https_addr));
+            kubeconfig = Some(crate::local::write_kubeconfig(&args.state_dir, &server, &pki)?);
+            CertStore::new(tls::certified_key(pki.serving.cert_pem.as_bytes(), pki.serving.key_pem.as_bytes())?)
+        }
+        _ => {
+            let ca = crate::pki::Ca::generate("tailscale-gateway self-signed CA")?;
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            names.extend(args.tls_sans.iter().cloned());
+            let pair = ca.issue_server(&names)?;
+            tracing::warn!("no --tls-cert-file given: serving a self-generated certificate");
+            CertStore::new(tls::certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes())?)
+        }
+    };
+
+    // Feed the cache.
+    if let Some(dir) = &args.local {
+        let summary = crate::local::load_dir(&cache, dir);
+        tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
+        tasks.spawn(crate::local::watch_dir(cache.clone(), dir.clone(), args.local_poll_interval, stop.clone()));
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?;
+        tasks.spawn(reflect(
+            kube::Api::<crate::api::TailscaleTailnet>::all(client.clone()),
+            Kind::Tailnet,
+            cache.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(reflect(
+            kube::Api::<crate::api::TailscaleEndpoints>::all(client.clone()),
+            Kind::Endpoints,
+            cache.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(reflect(
+            kube::Api::<crate::api::TailscaleServices>::all(client.clone()),
+            Kind::Services,
+            cache.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(reflect(
+            kube::Api::<crate::api::TailscaleGateway>::all(client),
+            Kind::Gateway,
+            cache.clone(),
+            stop.clone(),
+        ));
+    }
+
+    let app = router(cache.clone(), admission_metrics, Arc::new(registry));
+    let tls_config = tls::server_config(store)?;
+    tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
+    tracing::info!(%https_addr, local, "serving HTTPS");
+    Ok(Running { https_addr, kubeconfig, cache, stop, tasks })
+}
+
+fn display_addr(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,102 @@
+//! The HTTPS server shared by the admission webhooks and the aggregated API: accepts TLS
+//! connections, serves HTTP/1.1 and HTTP/2, tags each request with the client's certificate
+//! chain, and drains open connections on shutdown.
+
+pub mod status;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The client certificate chain of the connection a request arrived on (empty when the client
+/// sent none). Inserted into every request's extensions.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCerts(pub Arc<[CertificateDer<'static>]>);
+
+impl PeerCerts {
+    /// The leaf certificate, if any.
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.0.first()
+    }
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves `app` over TLS on `listener` until `stop` is cancelled, then drains connections.
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, stop: CancellationToken) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    builder.http2().max_concurrent_streams(250);
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certs: Arc<[CertificateDer<'static>]> =
+                tls.get_ref().1.peer_certificates().map(Arc::from).unwrap_or_default();
+            let peer_certs = PeerCerts(certs);
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer_certs.clone());
+                req.extensions_mut().insert(RemoteAddr(peer));
+                app.clone().oneshot(req)
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection closed with error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("HTTPS connections drained"),
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("HTTPS drain timed out; closing remaining connections"),
+    }
+}
+
+/// The remote address of the connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub SocketAddr);
