@@ -128,9 +128,9 @@ impl BadResource {
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackendObject {
     /// A TailscaleServices.
-    Services(TailscaleServices),
+    Services(Box<TailscaleServices>),
     /// A TailscaleEndpoints.
-    Endpoints(TailscaleEndpoints),
+    Endpoints(Box<TailscaleEndpoints>),
 }
 
 /// A stable identity of an object's bytes for "log once per object": kind, namespace, name and
@@ -161,8 +161,8 @@ pub fn parse_backend(bytes: &[u8]) -> Result<BackendObject, BadResource> {
         return Err(BadResource::Unparseable("top-level value is not an object".into()));
     }
     match Resource::from_value(value) {
-        Ok(Resource::Services(s)) => Ok(BackendObject::Services(s)),
-        Ok(Resource::Endpoints(e)) => Ok(BackendObject::Endpoints(e)),
+        Ok(Resource::Services(s)) => Ok(BackendObject::Services(Box::new(s))),
+        Ok(Resource::Endpoints(e)) => Ok(BackendObject::Endpoints(Box::new(e))),
         Ok(other) => Err(BadResource::Unknown(other.kind().to_string())),
         Err(ParseError::NotOurs { api_version, kind }) => Err(BadResource::Unknown(format!("{api_version}/{kind}"))),
         Err(ParseError::Invalid(e)) => Err(BadResource::Invalid { kind: "object".into(), detail: e.to_string() }),
@@ -257,7 +257,10 @@ fn strategy(svc: &TailscaleServices) -> String {
 
 /// The TailscaleEndpoints a TailscaleServices selects: the cache's selection when the cache holds
 /// the same spec, else the object's own selector evaluated over the cached endpoints.
-fn selected(idx: &Index, svc: &TailscaleServices) -> Vec<(Arc<TailscaleEndpoints>, Option<Vec<Arc<Device>>>)> {
+/// A selected TailscaleEndpoints with the cache's devices of it.
+type SelectedEndpoints = (Arc<TailscaleEndpoints>, Option<Vec<Arc<Device>>>);
+
+fn selected(idx: &Index, svc: &TailscaleServices) -> Vec<SelectedEndpoints> {
     let key = ObjectKey::of(&svc.metadata);
     if idx.services(&key).is_some_and(|c| c.spec == svc.spec) {
         return idx

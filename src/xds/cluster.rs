@@ -208,7 +208,7 @@ mod tests {
         let b = backend(vec![target("a-down", 0, false), target("b-remote", 1, true), target("c-up", 2, false)]);
         let mut c = Cluster { name: "httproute/default/web/rule/0".into(), ..Default::default() };
         c.eds_cluster_config = Some(Default::default());
-        fill_cluster(&mut c, &[b.clone()], DEFAULT_CONNECT_TIMEOUT);
+        fill_cluster(&mut c, std::slice::from_ref(&b), DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(priorities(&c), vec![("c-up".into(), 0), ("b-remote".into(), 1), ("a-down".into(), 2)]);
         assert_eq!(
             c.cluster_discovery_type,
