@@ -145,8 +145,11 @@ pub async fn serve_on(
                 tracing::info!("xds: cache synced, extension service serving");
                 return;
             }
-            if synced.changed().await.is_err() {
-                return;
+            // Marking a kind synced does not always bump the revision, so also look again
+            // every half second.
+            tokio::select! {
+                changed = synced.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     });
