@@ -1,11 +1,14 @@
-//! Compiles the Envoy Gateway extension API (`proto/extension/*.proto`) with `protox`, so no system
+//! Compiles the Envoy Gateway extension API (`src/xds/proto/extension/*.proto`) with `protox`, so no system
 //! `protoc` is needed. Envoy's own messages are not generated here: they map to the `envoy-types`
 //! crate, whose published sources also carry the `.proto` files we import.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Our protos, relative to [`PROTO_ROOT`] so that imports read `proto/extension/...` as upstream's do.
 const PROTOS: &[&str] = &["proto/extension/context.proto", "proto/extension/service.proto"];
+/// Include root of our protos.
+const PROTO_ROOT: &str = "src/xds";
 
 /// Folders of the `envoy-types` source tree that hold import roots.
 const ENVOY_INCLUDE_ROOTS: &[&str] = &[
@@ -49,10 +52,10 @@ fn envoy_types_dir() -> Result<PathBuf, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     for p in PROTOS {
-        println!("cargo:rerun-if-changed={p}");
+        println!("cargo:rerun-if-changed={PROTO_ROOT}/{p}");
     }
     let envoy = envoy_types_dir()?;
-    let mut includes: Vec<PathBuf> = vec![PathBuf::from(".")];
+    let mut includes: Vec<PathBuf> = vec![PathBuf::from(PROTO_ROOT)];
     includes.extend(ENVOY_INCLUDE_ROOTS.iter().map(|r| envoy.join(r)).filter(|p| p.is_dir()));
     let fds = protox::Compiler::new(&includes)?
         .include_imports(true)

@@ -1,7 +1,7 @@
 //! What a TailscaleServices or TailscaleEndpoints used as a route backend resolves to right now:
 //! the proxy Services to send traffic to, their health and region, the port, the VIP DNS name and
 //! the load-balancing settings. Resolution reads the shared cache; turning a [`Backend`] into an
-//! Envoy cluster is the pure job of [`super::cluster`].
+//! Envoy cluster is the pure job of [`crate::core::envoy`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::api::{TailscaleEndpoints, TailscaleServices};
 use crate::cache::Index;
+use crate::core::envoy::{Backend, HealthCheckSettings, Target};
 use crate::core::selector::Selector;
 use crate::core::validate::{DEFAULT_HEALTH_INTERVAL, DEFAULT_STRATEGY, STRATEGIES};
 use crate::core::views::{self, Device};
@@ -41,57 +42,6 @@ impl Default for Placement {
     fn default() -> Self {
         Self { cluster_domain: "cluster.local".into(), local_region: None }
     }
-}
-
-/// One TailscaleEndpoints behind a backend: the Service in front of its proxies.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// TailscaleEndpoints name.
-    pub endpoints: String,
-    /// Stable DNS name of the proxies' Service (`<svc>.<ns>.svc.<domain>`).
-    pub host: String,
-    /// Region label of the TailscaleEndpoints, if any.
-    pub region: Option<String>,
-    /// Whether the region differs from [`Placement::local_region`].
-    pub remote: bool,
-    /// Devices known for the proxies.
-    pub devices: usize,
-    /// Devices online now.
-    pub healthy: usize,
-}
-
-/// Active HTTP health check settings, with defaults filled in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheckSettings {
-    /// Request path.
-    pub path: String,
-    /// Time between checks.
-    pub interval: Duration,
-    /// Timeout of one check.
-    pub timeout: Duration,
-    /// Failures before unhealthy.
-    pub unhealthy_threshold: u32,
-    /// Successes before healthy again.
-    pub healthy_threshold: u32,
-}
-
-/// A resolved backend: everything needed to build its Envoy cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backend {
-    /// TailscaleServices or TailscaleEndpoints.
-    pub kind: Kind,
-    /// The object.
-    pub key: ObjectKey,
-    /// Upstream port on the proxy Services.
-    pub port: u32,
-    /// The proxy Services, in name order.
-    pub targets: Vec<Target>,
-    /// MagicDNS name of the VIP service (`web.tail8eff9.ts.net`), when known.
-    pub vip_dns_name: Option<String>,
-    /// One of [`STRATEGIES`].
-    pub strategy: String,
-    /// Active health checking, when the spec asks for it.
-    pub health_check: Option<HealthCheckSettings>,
 }
 
 /// Why an extension resource was not turned into a backend.

@@ -3,12 +3,11 @@
 //! `envoygateway.extension.EnvoyGatewayExtension` gRPC service over the shared cache.
 //!
 //! - [`backend`]: what one of our objects resolves to now (proxy Services, health, region, port).
-//! - [`cluster`]: pure builder of the Envoy cluster for resolved backends.
-//! - [`translate`]: the clusters and routes TailscaleGateways add to a translation, and the merge.
+//! - [`crate::core::envoy`]: the pure builders (cluster, generated routes, translation merge).
+//! - [`translate`]: plans the clusters and routes TailscaleGateways add to a translation.
 //! - [`service`]: the gRPC hooks; [`serve`] / [`serve_on`] run them with the health service.
 
 pub mod backend;
-pub mod cluster;
 pub mod metrics;
 pub mod service;
 pub mod translate;

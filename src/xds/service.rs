@@ -7,16 +7,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::route::v3::{route, route_action};
 use tonic::{Request, Response, Status};
 
-use super::backend::{self, Backend, BadResource, Placement};
-use super::cluster::fill_cluster;
+use super::backend::{self, BadResource, Placement};
 use super::metrics::XdsMetrics;
 use super::pb::envoy_gateway_extension_server::EnvoyGatewayExtension;
 use super::pb::*;
 use super::translate;
 use crate::cache::Cache;
+use crate::core::envoy::{Backend, DEFAULT_CONNECT_TIMEOUT, fill_cluster, merge_translation, rewrite_route_host};
 
 /// How many distinct bad objects are remembered for "log once" before the memory is reset.
 const SEEN_CAPACITY: usize = 10_000;
@@ -32,7 +31,7 @@ pub struct HookSettings {
 
 impl Default for HookSettings {
     fn default() -> Self {
-        Self { placement: Placement::default(), connect_timeout: super::cluster::DEFAULT_CONNECT_TIMEOUT }
+        Self { placement: Placement::default(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
     }
 }
 
@@ -97,19 +96,6 @@ impl ExtensionService {
     fn missing(&self, hook: &'static str) {
         self.metrics.error(hook, "missing_field");
         tracing::debug!(hook, "request without the resource to modify; answering with none (no change)");
-    }
-}
-
-/// Sets the Host rewrite of a route to the VIP DNS name when every one of our backends agrees on
-/// one; other actions and routes without our backends are left alone.
-pub fn rewrite_route_host(route: &mut envoy_types::pb::envoy::config::route::v3::Route, backends: &[Backend]) {
-    let mut names = backends.iter().filter_map(|b| b.vip_dns_name.as_deref());
-    let Some(dns) = names.next() else { return };
-    if names.any(|n| n != dns) {
-        return;
-    }
-    if let Some(route::Action::Route(action)) = &mut route.action {
-        action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(dns.to_string()));
     }
 }
 
@@ -205,7 +191,7 @@ impl EnvoyGatewayExtension for ExtensionService {
             translate::plan(&idx, &self.settings.placement, self.settings.connect_timeout)
         };
         let (gateways, generated) = (plan.routes.len(), plan.clusters.len());
-        translate::apply(plan, &mut cl, &mut rc);
+        merge_translation(plan, &mut cl, &mut rc);
         tracing::debug!(
             hook = HOOK,
             gateways,

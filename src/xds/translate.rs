@@ -1,4 +1,5 @@
-//! What TailscaleGateways add to Envoy Gateway's translation, and the merge that adds it.
+//! What TailscaleGateways add to Envoy Gateway's translation, planned from the cache; the merge
+//! itself is [`crate::core::envoy::merge_translation`].
 //!
 //! For each TailscaleGateway we expose the TailscaleServices of its tailnets: one cluster per
 //! service (`tailscale/<ns>/<service>`) and, in every virtual host of the route configurations of
@@ -6,106 +7,18 @@
 //! Envoy Gateway's own routes. The merge replaces our own earlier output instead of adding to it,
 //! so running it on its own result changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, route, route_action, route_match,
-};
-
 use super::backend::{self, Placement};
-use super::cluster::{new_cluster, pb_duration};
 use crate::api::{ExposedServiceStatus, RouteGeneration, TailscaleGateway, TailscaleServices};
 use crate::cache::Index;
+use crate::core::envoy::{
+    GENERATED_PREFIX, GatewayTarget, GeneratedRoute, Plan, cluster_name, expand_prefix, new_cluster,
+};
 use crate::core::selector::Selector;
 use crate::core::validate::DEFAULT_PATH_PREFIX;
 use crate::core::{FieldPath, ObjectKey, duration};
-
-/// Name prefix of every cluster and route we generate; anything else is Envoy Gateway's.
-pub const GENERATED_PREFIX: &str = "tailscale/";
-
-/// Cluster name of a TailscaleServices exposed by a gateway.
-pub fn cluster_name(svc: &ObjectKey) -> String {
-    format!("{GENERATED_PREFIX}{}/{}", svc.namespace, svc.name)
-}
-
-/// Expands `{service}` and `{tailnet}` in a path prefix template.
-pub fn expand_prefix(template: &str, service: &str, tailnet: &str) -> String {
-    template.replace("{service}", service).replace("{tailnet}", tailnet)
-}
-
-/// One generated route.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GeneratedRoute {
-    /// Envoy route name.
-    pub name: String,
-    /// Path prefix matched.
-    pub prefix: String,
-    /// Cluster routed to.
-    pub cluster: String,
-    /// Host header rewrite (the VIP DNS name), when known.
-    pub host_rewrite: Option<String>,
-    /// Route timeout.
-    pub timeout: Option<Duration>,
-    /// Service and tailnet, for status.
-    pub service: String,
-    /// Tailnet of the service.
-    pub tailnet: String,
-}
-
-impl GeneratedRoute {
-    /// The Envoy route.
-    pub fn to_route(&self) -> Route {
-        Route {
-            name: self.name.clone(),
-            r#match: Some(RouteMatch {
-                path_specifier: Some(route_match::PathSpecifier::Prefix(self.prefix.clone())),
-                ..Default::default()
-            }),
-            action: Some(route::Action::Route(RouteAction {
-                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(self.cluster.clone())),
-                prefix_rewrite: "/".into(),
-                host_rewrite_specifier: self
-                    .host_rewrite
-                    .clone()
-                    .map(route_action::HostRewriteSpecifier::HostRewriteLiteral),
-                timeout: self.timeout.map(pb_duration),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }
-    }
-}
-
-/// Which route configurations of Envoy Gateway a TailscaleGateway adds routes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayTarget {
-    /// `<namespace>/<gateway>/`: Envoy Gateway names route configurations after listeners.
-    pub prefix: String,
-    /// The listener (sectionName), when one is named.
-    pub listener: Option<String>,
-}
-
-impl GatewayTarget {
-    /// Whether a route configuration belongs to the targeted Gateway (and listener).
-    pub fn matches(&self, route_config: &str) -> bool {
-        match route_config.strip_prefix(&self.prefix) {
-            Some(rest) => self.listener.as_deref().is_none_or(|l| rest == l),
-            None => false,
-        }
-    }
-}
-
-/// Everything one call of PostTranslateModify adds.
-#[derive(Clone, Debug, Default)]
-pub struct Plan {
-    /// Clusters by name.
-    pub clusters: BTreeMap<String, Cluster>,
-    /// Per gateway target, its routes (most specific prefix first).
-    pub routes: Vec<(GatewayTarget, Vec<GeneratedRoute>)>,
-}
 
 fn effective_generation<'a>(
     tailnet: Option<&'a RouteGeneration>,
@@ -198,50 +111,17 @@ pub fn exposed_services(idx: &Index, gw: &TailscaleGateway) -> Vec<ExposedServic
         .collect()
 }
 
-/// Adds the plan to Envoy Gateway's lists in place: our clusters replace same-named ones (or are
-/// appended), stale generated clusters go, and in each targeted virtual host our routes replace
-/// earlier generated ones at the front. Unrelated resources are not touched.
-pub fn apply(plan: Plan, clusters: &mut Vec<Cluster>, route_configs: &mut [RouteConfiguration]) {
-    let mut ours = plan.clusters;
-    clusters.retain(|c| !c.name.starts_with(GENERATED_PREFIX) || ours.contains_key(&c.name));
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (i, c) in clusters.iter().enumerate() {
-        if c.name.starts_with(GENERATED_PREFIX) {
-            index.insert(c.name.clone(), i);
-        }
-    }
-    for (name, cluster) in std::mem::take(&mut ours) {
-        match index.get(&name) {
-            Some(&i) => clusters[i] = cluster,
-            None => clusters.push(cluster),
-        }
-    }
-    for rc in route_configs.iter_mut() {
-        let targeted: Vec<&GeneratedRoute> =
-            plan.routes.iter().filter(|(t, _)| t.matches(&rc.name)).flat_map(|(_, r)| r.iter()).collect();
-        let has_ours = rc.virtual_hosts.iter().any(|vh| vh.routes.iter().any(|r| r.name.starts_with(GENERATED_PREFIX)));
-        if targeted.is_empty() && !has_ours {
-            continue;
-        }
-        let mut generated: Vec<Route> = targeted.iter().map(|r| r.to_route()).collect();
-        let mut seen = std::collections::HashSet::new();
-        generated.retain(|r| seen.insert(r.name.clone()));
-        for vh in &mut rc.virtual_hosts {
-            vh.routes.retain(|r| !r.name.starts_with(GENERATED_PREFIX));
-            vh.routes.splice(0..0, generated.iter().cloned());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
     use serde_json::json;
 
     use super::*;
     use crate::api::API_VERSION;
     use crate::cache::Cache;
     use crate::core::Resource;
+    use crate::core::envoy::merge_translation;
 
     fn res(v: serde_json::Value) -> Resource {
         Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
@@ -303,13 +183,13 @@ mod tests {
         let mut routes = vec![route_config("gw/eg/http"), route_config("other/gw/http")];
         let untouched = routes[1].clone();
         let p = || plan(&cache.read(), &Placement::default(), Duration::from_secs(5));
-        apply(p(), &mut clusters, &mut routes);
+        merge_translation(p(), &mut clusters, &mut routes);
         assert_eq!(clusters.len(), 2);
         assert_eq!(routes[0].virtual_hosts[0].routes.len(), 2);
         assert_eq!(routes[0].virtual_hosts[0].routes[0].name, "tailscale/apps/tsgw/web");
         assert_eq!(routes[1], untouched);
         let (c1, r1) = (clusters.clone(), routes.clone());
-        apply(p(), &mut clusters, &mut routes);
+        merge_translation(p(), &mut clusters, &mut routes);
         assert_eq!((clusters, routes), (c1, r1));
     }
 
@@ -321,7 +201,11 @@ mod tests {
         routes[0].virtual_hosts[0]
             .routes
             .insert(0, Route { name: "tailscale/apps/tsgw/gone".into(), ..Default::default() });
-        apply(plan(&empty.read(), &Placement::default(), Duration::from_secs(5)), &mut clusters, &mut routes);
+        merge_translation(
+            plan(&empty.read(), &Placement::default(), Duration::from_secs(5)),
+            &mut clusters,
+            &mut routes,
+        );
         assert!(clusters.is_empty());
         assert_eq!(routes[0].virtual_hosts[0].routes.len(), 1);
     }
