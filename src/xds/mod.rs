@@ -167,7 +167,10 @@ pub async fn serve_on(
     let result = builder
         .add_service(health)
         .add_service(svc)
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     health_task.abort();
     result.map_err(XdsError::from)
