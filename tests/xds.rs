@@ -613,3 +613,54 @@ async fn serves_over_tls() {
     assert_eq!(resp.cluster.and_then(|c| c.load_assignment).map(|l| l.endpoints.len()), Some(3));
     server.stop().await;
 }
+
+fn yaml_docs(file: &str) -> Vec<Value> {
+    let path = format!("{}/examples/envoy-gateway/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+#[test]
+fn envoy_gateway_example_matches_what_the_server_serves() {
+    let cm = &yaml_docs("envoy-gateway-config.yaml")[0];
+    let inner = cm.pointer("/data/envoy-gateway.yaml").and_then(Value::as_str).unwrap_or_else(|| panic!("no config"));
+    let eg: Value = serde_saphyr::from_str(inner).unwrap_or_else(|e| panic!("{e}"));
+    let em = eg.get("extensionManager").unwrap_or_else(|| panic!("no extensionManager"));
+    let kinds: Vec<&str> = em["backendResources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["group"] == "gateway.tailscale.com" && r["version"] == "v1alpha1")
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["TailscaleServices", "TailscaleEndpoints"]);
+    let hooks: Vec<&str> = em
+        .pointer("/hooks/xdsTranslator/post")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for h in ["Route", "VirtualHost", "HTTPListener", "Translation", "Cluster"] {
+        assert!(hooks.contains(&h), "hook {h} missing");
+    }
+    assert_eq!(em.pointer("/hooks/xdsTranslator/translation/route/includeAll"), Some(&json!(true)));
+    let port = em.pointer("/service/fqdn/port").and_then(Value::as_u64);
+    assert_eq!(port, Some(u64::from(XdsOptions::default().addr.port())));
+    let host = em.pointer("/service/fqdn/hostname").and_then(Value::as_str).unwrap_or_default();
+    let svc = &yaml_docs("xds-service.yaml")[0];
+    let svc_host = format!(
+        "{}.{}.svc.cluster.local",
+        svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+        svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
+    );
+    assert_eq!(host, svc_host, "extensionManager points at the example Service");
+    let rbac = yaml_docs("rbac.yaml");
+    let resources = rbac[0].pointer("/rules/0/resources").cloned().unwrap_or_default();
+    assert_eq!(resources, json!(["tailscaleservices", "tailscaleendpoints"]));
+    let routes = yaml_docs("httproute.yaml");
+    assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/kind"), Some(&json!("TailscaleServices")));
+    assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/group"), Some(&json!("gateway.tailscale.com")));
+}
