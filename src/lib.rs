@@ -16,3 +16,4 @@ pub mod pki;
 pub mod runtime;
 pub mod server;
 pub mod tailscale;
+pub mod xds;
