@@ -14,7 +14,13 @@ fn check(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn valid_examples_pass() {
-    let files = ["examples/tailnets.yaml", "examples/endpoints-east.yaml", "examples/endpoints-west.yaml", "examples/services.yaml", "examples/gateway.yaml"];
+    let files = [
+        "examples/tailnets.yaml",
+        "examples/endpoints-east.yaml",
+        "examples/endpoints-west.yaml",
+        "examples/services.yaml",
+        "examples/gateway.yaml",
+    ];
     let mut args = Vec::new();
     for f in files {
         args.extend(["-f", f]);
@@ -27,14 +33,21 @@ fn valid_examples_pass() {
 #[test]
 fn every_invalid_example_is_rejected_with_its_field() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.sort();
     assert!(files.len() >= 8, "one example per rule family");
     for f in files {
         let path = f.to_string_lossy().into_owned();
         let (code, out) = check(&["-f", &path]);
         assert_eq!(code, 1, "{path} should be rejected:\n{out}");
-        assert!(out.contains("error: ") && out.contains(": Invalid value") || out.contains(": Required value") || out.contains(": Unsupported value") || out.contains(": Duplicate value"), "{path}: {out}");
+        assert!(
+            out.contains("error: ") && out.contains(": Invalid value")
+                || out.contains(": Required value")
+                || out.contains(": Unsupported value")
+                || out.contains(": Duplicate value"),
+            "{path}: {out}"
+        );
     }
 }
 
