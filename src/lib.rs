@@ -6,4 +6,5 @@
 pub mod api;
 pub mod cache;
 pub mod core;
+pub mod reconciler;
 pub mod tailscale;
