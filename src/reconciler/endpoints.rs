@@ -121,6 +121,7 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     let mut created = Vec::new();
     if ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service_account.as_ref(), &builders::service_account(ep))
         .await?
+        .is_some()
         && observed.service_account.is_none()
     {
         created.push("ServiceAccount");
@@ -149,11 +150,11 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         states.push((i, state));
     }
     let sts = builders::stateful_set(ep, &ctx.config.proxy_image);
-    if ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_ref(), &sts).await?
-        && observed.stateful_set.is_none()
-    {
+    let applied = ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_ref(), &sts).await?;
+    if applied.is_some() && observed.stateful_set.is_none() {
         created.push("StatefulSet");
     }
+    let sts_facts = applied.as_ref().or(observed.stateful_set.as_ref()).map(ObservedStatefulSet::of);
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_ref(), &builders::service(ep)).await?;
     if !created.is_empty() {
         ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
@@ -179,7 +180,6 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
 
     let live = ctx.devices(&handle).await?;
     let devices = states.iter().filter_map(|(i, st)| builders::device_status(&name, *i, st, &live)).collect();
-    let sts_facts = observed.stateful_set.as_ref().map(ObservedStatefulSet::of);
     let new_status = builders::endpoints_status(ep, devices, sts_facts.as_ref(), status::now_seconds());
     apply_status(
         ctx,

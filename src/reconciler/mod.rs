@@ -7,6 +7,8 @@
 //! the controllers only read, compare, and write what differs, so a steady state sends no write.
 
 pub mod builders;
+#[cfg(test)]
+mod controller_tests;
 pub mod endpoints;
 pub mod metrics;
 pub mod provision;
@@ -341,21 +343,27 @@ impl Context {
     }
 }
 
-/// Server-side applies `desired` unless `observed` already contains it. Returns whether it wrote.
-pub(crate) async fn ensure<K>(ctx: &Context, api: &Api<K>, observed: Option<&K>, desired: &K) -> Result<bool, Error>
+/// Server-side applies `desired` unless `observed` already contains it. Returns the object as
+/// the server stored it when it wrote, `None` when nothing needed writing.
+pub(crate) async fn ensure<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    observed: Option<&K>,
+    desired: &K,
+) -> Result<Option<K>, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
     if let Some(obs) = observed
         && status::contains(&serde_json::to_value(obs)?, &serde_json::to_value(desired)?)
     {
-        return Ok(false);
+        return Ok(None);
     }
     let name = desired.meta().name.clone().ok_or_else(|| Error::Invalid("object without a name".into()))?;
     let params = PatchParams::apply(&ctx.config.field_manager).force();
-    api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    let stored = api.patch(&name, &params, &Patch::Apply(desired)).await?;
     tracing::debug!(name = %name, "applied");
-    Ok(true)
+    Ok(Some(stored))
 }
 
 /// Server-side applies `status` on the status subresource when it differs from `observed`.

@@ -107,7 +107,7 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
         if only_ours {
             if provision::selects(svc, &desired) {
                 let current = ctx.cache.read().endpoints(&ObjectKey::of(&desired.metadata)).cloned();
-                if ensure(ctx, &endpoints_api, current.as_deref(), &desired).await? && current.is_none() {
+                if ensure(ctx, &endpoints_api, current.as_deref(), &desired).await?.is_some() && current.is_none() {
                     let name = desired.name_any();
                     ctx.event(
                         svc,
