@@ -7,4 +7,5 @@ pub mod api;
 pub mod cache;
 pub mod core;
 pub mod reconciler;
+pub mod render;
 pub mod tailscale;

@@ -534,3 +534,32 @@ async fn tailnet_discovers_suffix_and_reports_bad_credentials() {
     assert_eq!(status["conditions"][0]["reason"], "InvalidCredentials");
     assert_eq!(status["tailnetInfo"]["magicDNSSuffix"], "tail1234.ts.net", "discovered info is kept");
 }
+
+#[tokio::test]
+async fn controllers_run_only_while_leader() {
+    let h = harness();
+    h.fake.take_requests();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(super::run(h.ctx.clone(), leader_rx, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.fake.requests().is_empty(), "a follower sends nothing");
+    leader_tx.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watched: Vec<String> = h.fake.take_requests().into_iter().map(|r| r.path).collect();
+    for plural in
+        ["tailscaletailnets", <TailscaleEndpoints as kube::Resource>::plural(&()).as_ref(), "statefulsets", "secrets"]
+    {
+        assert!(watched.iter().any(|p| p.ends_with(plural)), "leader watches {plural}: {watched:?}");
+    }
+    leader_tx.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.fake.take_requests();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.fake.requests().is_empty(), "after losing the lease nothing is sent");
+    let _ = stop_tx.send(());
+    let finished = tokio::time::timeout(Duration::from_secs(5), task).await;
+    assert!(finished.is_ok(), "run returns on shutdown");
+}
