@@ -404,8 +404,8 @@ impl FakeKube {
                     .range(prefix.clone()..)
                     .take_while(|(k, _)| k.starts_with(&prefix))
                     .filter(|(k, _)| !k[prefix.len()..].contains('/'))
+                    .filter(|(_, v)| labels_match(v, &selector))
                     .map(|(_, v)| v.clone())
-                    .filter(|v| labels_match(v, &selector))
                     .collect();
                 (
                     200,
