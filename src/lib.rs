@@ -13,6 +13,8 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod pki;
+pub mod reconciler;
+pub mod render;
 pub mod runtime;
 pub mod server;
 pub mod tailscale;
