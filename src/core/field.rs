@@ -3,40 +3,60 @@
 
 use std::fmt;
 
-/// A path to a field, e.g. `spec.vipService.ports[1]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldPath(String);
+/// A path to a field, e.g. `spec.vipService.ports[1]`, built as a chain of borrowed segments
+/// on the stack: validating a valid object allocates nothing for paths; text is only rendered
+/// when an error is reported.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldPath<'a> {
+    parent: Option<&'a FieldPath<'a>>,
+    segment: Segment<'a>,
+}
 
-impl FieldPath {
-    /// A root path such as `spec` or `metadata`.
-    pub fn new(root: &str) -> Self {
-        Self(root.to_string())
+#[derive(Clone, Copy, Debug)]
+enum Segment<'a> {
+    Name(&'a str),
+    Index(usize),
+    Key(&'a str),
+}
+
+impl<'a> FieldPath<'a> {
+    /// A root path such as `spec` or `metadata` (may itself contain dots).
+    pub const fn new(root: &'a str) -> Self {
+        Self { parent: None, segment: Segment::Name(root) }
     }
 
     /// `self.name`.
-    pub fn child(&self, name: &str) -> Self {
-        if self.0.is_empty() { Self(name.to_string()) } else { Self(format!("{}.{name}", self.0)) }
+    pub fn child<'b>(&'b self, name: &'b str) -> FieldPath<'b> {
+        FieldPath { parent: Some(self), segment: Segment::Name(name) }
     }
 
     /// `self[i]`.
-    pub fn index(&self, i: usize) -> Self {
-        Self(format!("{}[{i}]", self.0))
+    pub fn index(&self, i: usize) -> FieldPath<'_> {
+        FieldPath { parent: Some(self), segment: Segment::Index(i) }
     }
 
     /// `self[key]` for map entries.
-    pub fn key(&self, key: &str) -> Self {
-        Self(format!("{}[{key}]", self.0))
+    pub fn key<'b>(&'b self, key: &'b str) -> FieldPath<'b> {
+        FieldPath { parent: Some(self), segment: Segment::Key(key) }
     }
 
     /// The path as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn render(&self) -> String {
+        self.to_string()
     }
 }
 
-impl fmt::Display for FieldPath {
+impl fmt::Display for FieldPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        if let Some(parent) = self.parent {
+            parent.fmt(f)?;
+        }
+        match self.segment {
+            Segment::Name(n) if self.parent.is_some() => write!(f, ".{n}"),
+            Segment::Name(n) => f.write_str(n),
+            Segment::Index(i) => write!(f, "[{i}]"),
+            Segment::Key(k) => write!(f, "[{k}]"),
+        }
     }
 }
 
@@ -73,8 +93,8 @@ impl ErrorType {
 /// One bad field, with what was found and what is expected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
-    /// Where.
-    pub path: FieldPath,
+    /// Where, e.g. `spec.vipService.ports[1]`.
+    pub path: String,
     /// What kind of problem.
     pub kind: ErrorType,
     /// The offending value, when there is one to show.
@@ -85,25 +105,25 @@ pub struct FieldError {
 
 impl FieldError {
     /// A missing field.
-    pub fn required(path: &FieldPath, detail: impl Into<String>) -> Self {
-        Self { path: path.clone(), kind: ErrorType::Required, value: None, detail: detail.into() }
+    pub fn required(path: &FieldPath<'_>, detail: impl Into<String>) -> Self {
+        Self { path: path.render(), kind: ErrorType::Required, value: None, detail: detail.into() }
     }
 
     /// A malformed value.
-    pub fn invalid(path: &FieldPath, value: impl fmt::Display, detail: impl Into<String>) -> Self {
-        Self { path: path.clone(), kind: ErrorType::Invalid, value: Some(value.to_string()), detail: detail.into() }
+    pub fn invalid(path: &FieldPath<'_>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Self { path: path.render(), kind: ErrorType::Invalid, value: Some(value.to_string()), detail: detail.into() }
     }
 
     /// A repeated value.
-    pub fn duplicate(path: &FieldPath, value: impl fmt::Display, detail: impl Into<String>) -> Self {
-        Self { path: path.clone(), kind: ErrorType::Duplicate, value: Some(value.to_string()), detail: detail.into() }
+    pub fn duplicate(path: &FieldPath<'_>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Self { path: path.render(), kind: ErrorType::Duplicate, value: Some(value.to_string()), detail: detail.into() }
     }
 
     /// A value outside a fixed set.
-    pub fn not_supported(path: &FieldPath, value: impl fmt::Display, supported: &[&str]) -> Self {
+    pub fn not_supported(path: &FieldPath<'_>, value: impl fmt::Display, supported: &[&str]) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
-            path: path.clone(),
+            path: path.render(),
             kind: ErrorType::NotSupported,
             value: Some(value.to_string()),
             detail: format!("supported values: {}", list.join(", ")),
@@ -111,14 +131,14 @@ impl FieldError {
     }
 
     /// A value that is not allowed here.
-    pub fn forbidden(path: &FieldPath, detail: impl Into<String>) -> Self {
-        Self { path: path.clone(), kind: ErrorType::Forbidden, value: None, detail: detail.into() }
+    pub fn forbidden(path: &FieldPath<'_>, detail: impl Into<String>) -> Self {
+        Self { path: path.render(), kind: ErrorType::Forbidden, value: None, detail: detail.into() }
     }
 
     /// Too many items.
-    pub fn too_many(path: &FieldPath, count: usize, max: usize) -> Self {
+    pub fn too_many(path: &FieldPath<'_>, count: usize, max: usize) -> Self {
         Self {
-            path: path.clone(),
+            path: path.render(),
             kind: ErrorType::TooMany,
             value: Some(count.to_string()),
             detail: format!("must have at most {max} items"),
@@ -154,10 +174,13 @@ mod tests {
 
     #[test]
     fn formats_like_kube_apiserver() {
-        let p = FieldPath::new("spec").child("vipService").child("ports").index(1);
+        let spec = FieldPath::new("spec");
+        let vip = spec.child("vipService");
+        let ports = vip.child("ports");
+        let p = ports.index(1);
         let e = FieldError::invalid(&p, "http:80", "want \"tcp:PORT\"");
         assert_eq!(e.to_string(), r#"spec.vipService.ports[1]: Invalid value: "http:80": want "tcp:PORT""#);
-        let r = FieldError::required(&FieldPath::new("spec").child("tailnet"), "must name a TailscaleTailnet");
+        let r = FieldError::required(&spec.child("tailnet"), "must name a TailscaleTailnet");
         assert_eq!(r.to_string(), "spec.tailnet: Required value: must name a TailscaleTailnet");
         let s = FieldError::not_supported(&FieldPath::new("x"), "foo", &["a", "b"]);
         assert_eq!(s.to_string(), r#"x: Unsupported value: "foo": supported values: "a", "b""#);

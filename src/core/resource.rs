@@ -121,7 +121,7 @@ impl Resource {
         let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default();
         let kind = Self::our_kind(api_version, kind_name)?;
-        Self::deserialize_as(kind, value)
+        Self::deserialize_as(kind, &value.to_string())
     }
 
     /// Parses one of our objects straight from JSON text, without an intermediate `Value` (the
@@ -136,14 +136,14 @@ impl Resource {
         }
         let meta: TypeMeta<'_> = serde_json::from_str(json).map_err(|e| {
             ParseError::Invalid(FieldError {
-                path: FieldPath::new("(root)"),
+                path: String::from("(root)"),
                 kind: super::field::ErrorType::Invalid,
                 value: None,
                 detail: e.to_string(),
             })
         })?;
         let kind = Self::our_kind(&meta.api_version, &meta.kind)?;
-        Self::deserialize_as(kind, &mut serde_json::Deserializer::from_str(json))
+        Self::deserialize_as(kind, json)
     }
 
     /// Which of our kinds `apiVersion`/`kind` name, or why none.
@@ -164,31 +164,28 @@ impl Resource {
         })
     }
 
-    /// Deserializes `kind` from any deserializer, naming the failing field.
-    fn deserialize_as<'de, D: serde::Deserializer<'de>>(kind: Kind, de: D) -> Result<Self, ParseError>
-    where
-        D::Error: std::fmt::Display,
-    {
-        fn typed<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de>>(de: D) -> Result<T, ParseError>
-        where
-            D::Error: std::fmt::Display,
-        {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let path = if path == "." { String::from("(root)") } else { path };
-                ParseError::Invalid(FieldError {
-                    path: FieldPath::new(&path),
-                    kind: super::field::ErrorType::Invalid,
-                    value: None,
-                    detail: e.into_inner().to_string(),
+    /// Deserializes `kind` from JSON text. The common case takes serde_json's fast path; only a
+    /// document that fails is parsed again with path tracking, to name the failing field.
+    fn deserialize_as(kind: Kind, json: &str) -> Result<Self, ParseError> {
+        fn typed<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, ParseError> {
+            serde_json::from_str(json).or_else(|_| {
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)).map_err(|e| {
+                    let path = e.path().to_string();
+                    let path = if path == "." { String::from("(root)") } else { path };
+                    ParseError::Invalid(FieldError {
+                        path,
+                        kind: super::field::ErrorType::Invalid,
+                        value: None,
+                        detail: e.into_inner().to_string(),
+                    })
                 })
             })
         }
         Ok(match kind {
-            Kind::Tailnet => Resource::Tailnet(typed(de)?),
-            Kind::Endpoints => Resource::Endpoints(typed(de)?),
-            Kind::Services => Resource::Services(typed(de)?),
-            Kind::Gateway => Resource::Gateway(typed(de)?),
+            Kind::Tailnet => Resource::Tailnet(typed(json)?),
+            Kind::Endpoints => Resource::Endpoints(typed(json)?),
+            Kind::Services => Resource::Services(typed(json)?),
+            Kind::Gateway => Resource::Gateway(typed(json)?),
         })
     }
 

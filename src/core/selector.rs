@@ -55,51 +55,27 @@ impl Selector {
     }
 
     /// Compiles a `LabelSelector`, reporting every invalid key, value and operator under `path`.
-    pub fn from_label_selector(sel: &LabelSelector, path: &FieldPath) -> Result<Self, Vec<FieldError>> {
+    pub fn from_label_selector(sel: &LabelSelector, path: &FieldPath<'_>) -> Result<Self, Vec<FieldError>> {
         let mut errs = Vec::new();
+        validate_label_selector(sel, path, &mut errs);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
         let mut reqs = Vec::new();
-        if let Some(ml) = &sel.match_labels {
-            let p = path.child("matchLabels");
-            for (k, v) in ml {
-                if let Err(e) = names::label_key(k) {
-                    errs.push(FieldError::invalid(&p, k, e));
-                }
-                if let Err(e) = names::label_value(v) {
-                    errs.push(FieldError::invalid(&p.key(k), v, e));
-                }
-                reqs.push(Requirement::In(k.clone(), vec![v.clone()]));
-            }
+        for (k, v) in sel.match_labels.iter().flatten() {
+            reqs.push(Requirement::In(k.clone(), vec![v.clone()]));
         }
-        for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
-            let p = path.child("matchExpressions").index(i);
-            if let Err(e) = names::label_key(&expr.key) {
-                errs.push(FieldError::invalid(&p.child("key"), &expr.key, e));
-            }
+        for expr in sel.match_expressions.iter().flatten() {
+            let key = expr.key.clone();
             let values = expr.values.clone().unwrap_or_default();
-            for (j, v) in values.iter().enumerate() {
-                if let Err(e) = names::label_value(v) {
-                    errs.push(FieldError::invalid(&p.child("values").index(j), v, e));
-                }
-            }
-            let vp = p.child("values");
-            match expr.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => errs
-                    .push(FieldError::required(&vp, format!("must be non-empty when operator is {}", expr.operator))),
-                "Exists" | "DoesNotExist" if !values.is_empty() => errs.push(FieldError::forbidden(
-                    &vp,
-                    format!("may not be specified when operator is {}", expr.operator),
-                )),
-                _ => {}
-            }
-            match expr.operator.as_str() {
-                "In" => reqs.push(Requirement::In(expr.key.clone(), values)),
-                "NotIn" => reqs.push(Requirement::NotIn(expr.key.clone(), values)),
-                "Exists" => reqs.push(Requirement::Exists(expr.key.clone())),
-                "DoesNotExist" => reqs.push(Requirement::DoesNotExist(expr.key.clone())),
-                other => errs.push(FieldError::not_supported(&p.child("operator"), other, OPERATORS)),
-            }
+            reqs.push(match expr.operator.as_str() {
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                _ => Requirement::DoesNotExist(key),
+            });
         }
-        if errs.is_empty() { Ok(Self(reqs)) } else { Err(errs) }
+        Ok(Self(reqs))
     }
 
     /// Parses the string form used in `?labelSelector=` (kubectl `-l`).
@@ -113,6 +89,45 @@ impl Selector {
             reqs.push(parse_term(term)?);
         }
         Ok(Self(reqs))
+    }
+}
+
+/// Checks a `LabelSelector` without compiling it: label key and value syntax, known operators,
+/// and values present exactly when the operator needs them.
+pub fn validate_label_selector(sel: &LabelSelector, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
+    if let Some(ml) = &sel.match_labels {
+        let p = path.child("matchLabels");
+        for (k, v) in ml {
+            if let Err(e) = names::label_key(k) {
+                errs.push(FieldError::invalid(&p, k, e));
+            }
+            if let Err(e) = names::label_value(v) {
+                errs.push(FieldError::invalid(&p.key(k), v, e));
+            }
+        }
+    }
+    let exprs_path = path.child("matchExpressions");
+    for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
+        let p = exprs_path.index(i);
+        if let Err(e) = names::label_key(&expr.key) {
+            errs.push(FieldError::invalid(&p.child("key"), &expr.key, e));
+        }
+        let values: &[String] = expr.values.as_deref().unwrap_or_default();
+        let vp = p.child("values");
+        for (j, v) in values.iter().enumerate() {
+            if let Err(e) = names::label_value(v) {
+                errs.push(FieldError::invalid(&vp.index(j), v, e));
+            }
+        }
+        match expr.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                errs.push(FieldError::required(&vp, format!("must be non-empty when operator is {}", expr.operator)))
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => errs
+                .push(FieldError::forbidden(&vp, format!("may not be specified when operator is {}", expr.operator))),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errs.push(FieldError::not_supported(&p.child("operator"), other, OPERATORS)),
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    FieldError, FieldPath, Kind, ObjectKey, Resource, duration, names, resource::vip_service_name, selector::Selector,
+    FieldError, FieldPath, Kind, ObjectKey, Resource, duration, names, resource::vip_service_name,
+    selector::validate_label_selector,
 };
 use crate::api::{
     EndpointTemplate, HealthCheck, LoadBalancing, PortSpec, ProxySpec, RouteGeneration, TailscaleEndpointsSpec,
@@ -78,7 +79,7 @@ impl Verdict {
 /// Single-object rules of a spec.
 pub trait Validate {
     /// Appends every violation under `path`.
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>);
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>);
 }
 
 /// Validates an object as admission does: metadata, spec, immutable fields against `old` (on
@@ -107,7 +108,7 @@ pub fn review(res: &Resource, old: Option<&Resource>, view: &dyn ClusterView) ->
     v
 }
 
-fn warn_missing_tailnet(name: &str, path: &FieldPath, view: &dyn ClusterView, warnings: &mut Vec<String>) {
+fn warn_missing_tailnet(name: &str, path: &FieldPath<'_>, view: &dyn ClusterView, warnings: &mut Vec<String>) {
     if !name.is_empty() && !view.tailnet_exists(name) {
         warnings.push(format!(
             "{path}: TailscaleTailnet {name:?} does not exist (yet); devices will not join until it does"
@@ -116,7 +117,9 @@ fn warn_missing_tailnet(name: &str, path: &FieldPath, view: &dyn ClusterView, wa
 }
 
 fn review_services(s: &TailscaleServices, old: Option<&Resource>, view: &dyn ClusterView, v: &mut Verdict) {
-    let name_path = FieldPath::new("spec").child("vipService").child("name");
+    let spec = FieldPath::new("spec");
+    let vip_path = spec.child("vipService");
+    let name_path = vip_path.child("name");
     let me = ObjectKey::of(&s.metadata);
     let vip = vip_service_name(s);
     match &vip {
@@ -197,7 +200,7 @@ fn validate_meta(meta: &ObjectMeta, kind: Kind, errs: &mut Vec<FieldError>) {
 }
 
 /// Checks a list of Tailscale tags: syntax and duplicates.
-fn validate_tags(tags: &[String], path: &FieldPath, errs: &mut Vec<FieldError>) {
+fn validate_tags(tags: &[String], path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
     if tags.len() > MAX_LIST {
         errs.push(FieldError::too_many(path, tags.len(), MAX_LIST));
     }
@@ -212,7 +215,7 @@ fn validate_tags(tags: &[String], path: &FieldPath, errs: &mut Vec<FieldError>) 
 }
 
 /// A reference to another object by name.
-fn validate_object_name(name: &str, path: &FieldPath, what: &str, errs: &mut Vec<FieldError>) {
+fn validate_object_name(name: &str, path: &FieldPath<'_>, what: &str, errs: &mut Vec<FieldError>) {
     if name.is_empty() {
         errs.push(FieldError::required(path, format!("must name a {what}")));
     } else if let Err(e) = names::dns_subdomain(name) {
@@ -220,7 +223,7 @@ fn validate_object_name(name: &str, path: &FieldPath, what: &str, errs: &mut Vec
     }
 }
 
-fn validate_duration(value: &str, path: &FieldPath, errs: &mut Vec<FieldError>) {
+fn validate_duration(value: &str, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
     match duration::parse(value) {
         Ok(d) if d.as_secs_f64() >= 1.0 => {}
         Ok(_) => errs.push(FieldError::invalid(path, value, "want a duration of at least 1s, e.g. \"10s\"")),
@@ -231,7 +234,7 @@ fn validate_duration(value: &str, path: &FieldPath, errs: &mut Vec<FieldError>) 
 }
 
 impl Validate for TailscaleTailnetSpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(t) = &self.tailnet
             && (t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == '/'))
         {
@@ -268,7 +271,7 @@ impl Validate for TailscaleTailnetSpec {
 }
 
 impl Validate for ProxySpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(r) = self.replicas
             && !(0..=MAX_REPLICAS).contains(&r)
         {
@@ -288,7 +291,7 @@ impl Validate for ProxySpec {
 }
 
 /// Ports of a TailscaleEndpoints (or its template): range, protocol, uniqueness.
-fn validate_ports(ports: &[PortSpec], path: &FieldPath, errs: &mut Vec<FieldError>) {
+fn validate_ports(ports: &[PortSpec], path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
     let mut seen = BTreeSet::new();
     for (i, p) in ports.iter().enumerate() {
         let pp = path.index(i);
@@ -315,7 +318,7 @@ fn validate_ports(ports: &[PortSpec], path: &FieldPath, errs: &mut Vec<FieldErro
 }
 
 impl Validate for TailscaleEndpointsSpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         validate_object_name(&self.tailnet, &path.child("tailnet"), "TailscaleTailnet", errs);
         validate_tags(&self.tags, &path.child("tags"), errs);
         if let Some(proxy) = &self.proxy {
@@ -326,7 +329,7 @@ impl Validate for TailscaleEndpointsSpec {
 }
 
 impl Validate for VipServiceSpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(name) = &self.name
             && let Err(e) = names::vip_service_name(name)
         {
@@ -360,7 +363,7 @@ impl Validate for VipServiceSpec {
 }
 
 impl Validate for HealthCheck {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(p) = &self.path
             && (!p.starts_with('/') || p.contains(char::is_whitespace))
         {
@@ -389,7 +392,7 @@ impl Validate for HealthCheck {
 }
 
 impl Validate for LoadBalancing {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(s) = &self.strategy
             && !STRATEGIES.contains(&s.as_str())
         {
@@ -402,7 +405,7 @@ impl Validate for LoadBalancing {
 }
 
 impl Validate for EndpointTemplate {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         validate_object_name(&self.tailnet, &path.child("tailnet"), "TailscaleTailnet", errs);
         for (k, v) in &self.labels {
             if let Err(e) = names::label_key(k) {
@@ -421,13 +424,9 @@ impl Validate for EndpointTemplate {
 }
 
 impl Validate for TailscaleServicesSpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         match &self.selector {
-            Some(sel) => {
-                if let Err(mut e) = Selector::from_label_selector(sel, &path.child("selector")) {
-                    errs.append(&mut e);
-                }
-            }
+            Some(sel) => validate_label_selector(sel, &path.child("selector"), errs),
             None if self.endpoint_template.is_none() => errs.push(FieldError::required(
                 &path.child("selector"),
                 "a label selector for TailscaleEndpoints, e.g. {matchLabels: {service-type: web}}, is required unless spec.endpointTemplate is given",
@@ -454,7 +453,7 @@ impl Validate for TailscaleServicesSpec {
 }
 
 /// Checks a route path prefix template: starts with `/`, only `{service}` and `{tailnet}`.
-fn validate_path_prefix(prefix: &str, path: &FieldPath, errs: &mut Vec<FieldError>) {
+fn validate_path_prefix(prefix: &str, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
     let want =
         "want an absolute path such as \"/tailscale/{service}/\"; the variables {service} and {tailnet} are expanded";
     let mut rest = prefix;
@@ -475,7 +474,7 @@ fn validate_path_prefix(prefix: &str, path: &FieldPath, errs: &mut Vec<FieldErro
 }
 
 impl Validate for RouteGeneration {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         if let Some(p) = &self.path_prefix {
             validate_path_prefix(p, &path.child("pathPrefix"), errs);
         }
@@ -486,7 +485,7 @@ impl Validate for RouteGeneration {
 }
 
 impl Validate for TailscaleGatewaySpec {
-    fn validate(&self, path: &FieldPath, errs: &mut Vec<FieldError>) {
+    fn validate(&self, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
         let gp = path.child("gatewayRef");
         validate_object_name(&self.gateway_ref.name, &gp.child("name"), "Gateway (gateway.networking.k8s.io)", errs);
         if let Some(ns) = &self.gateway_ref.namespace
@@ -508,10 +507,8 @@ impl Validate for TailscaleGatewaySpec {
             if !t.name.is_empty() && !seen.insert(t.name.as_str()) {
                 errs.push(FieldError::duplicate(&p.child("name"), &t.name, "each tailnet may appear once"));
             }
-            if let Some(sel) = &t.service_selector
-                && let Err(mut e) = Selector::from_label_selector(sel, &p.child("serviceSelector"))
-            {
-                errs.append(&mut e);
+            if let Some(sel) = &t.service_selector {
+                validate_label_selector(sel, &p.child("serviceSelector"), errs);
             }
             if let Some(rg) = &t.route_generation {
                 rg.validate(&p.child("routeGeneration"), errs);
