@@ -142,18 +142,54 @@ pub fn schemas(refs: &str) -> Map<String, Value> {
     m
 }
 
+fn operation<T: View>(action: &str, response: String, v3: bool) -> Value {
+    let schema = json!({"$ref": response});
+    let ok = if v3 {
+        json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
+    } else {
+        json!({"description": "OK", "schema": schema})
+    };
+    let verb = if action == "list" { "list" } else { "read" };
+    json!({"get": {
+        "description": format!("{action} {}", T::KIND),
+        "operationId": format!("{verb}{}{}", T::KIND, if action == "list" { "List" } else { "" }),
+        "responses": {"200": ok},
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": {"group": GROUP, "version": VERSION, "kind": T::KIND},
+    }})
+}
+
+fn paths_of<T: View>(refs: &str, v3: bool, paths: &mut Map<String, Value>) {
+    let base = format!("/apis/{GROUP_VERSION}");
+    let list = format!("{refs}{DEF_PREFIX}.{}", T::LIST_KIND);
+    let one = format!("{refs}{DEF_PREFIX}.{}", T::KIND);
+    paths.insert(format!("{base}/{}", T::PLURAL), operation::<T>("list", list.clone(), v3));
+    paths.insert(format!("{base}/namespaces/{{namespace}}/{}", T::PLURAL), operation::<T>("list", list, v3));
+    paths.insert(format!("{base}/namespaces/{{namespace}}/{}/{{name}}", T::PLURAL), operation::<T>("get", one, v3));
+}
+
+/// The read operations of both kinds, each tagged with its group-version-kind (what
+/// `kubectl explain` uses to find a resource's schema).
+pub fn paths(refs: &str, v3: bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    paths_of::<Device>(refs, v3, &mut m);
+    paths_of::<Selection>(refs, v3, &mut m);
+    m
+}
+
 fn info() -> Value {
     json!({"title": "tailscale-gateway aggregated API", "version": VERSION})
 }
 
 /// `/openapi/v2` (JSON; kube-apiserver's aggregator merges it into the cluster's document).
 pub fn openapi_v2() -> Value {
-    json!({"swagger": "2.0", "info": info(), "paths": {}, "definitions": schemas("#/definitions/")})
+    json!({"swagger": "2.0", "info": info(), "paths": paths("#/definitions/", false),
+        "definitions": schemas("#/definitions/")})
 }
 
 /// `/openapi/v3/apis/<group>/<version>`.
 pub fn openapi_v3_group_version() -> Value {
-    json!({"openapi": "3.0.0", "info": info(), "paths": {},
+    json!({"openapi": "3.0.0", "info": info(), "paths": paths("#/components/schemas/", true),
         "components": {"schemas": schemas("#/components/schemas/")}})
 }
 
@@ -208,6 +244,9 @@ mod tests {
             let dev = &defs["com.tailscale.gateway.tailnet.v1alpha1.TailscaleDevice"];
             assert_eq!(dev["x-kubernetes-group-version-kind"][0]["kind"], "TailscaleDevice");
             assert_eq!(dev["properties"]["status"]["properties"]["online"]["type"], "boolean");
+            let op = &doc["paths"]["/apis/tailnet.gateway.tailscale.com/v1alpha1/namespaces/{namespace}/tailscaledevices"]
+                ["get"];
+            assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "TailscaleDevice");
         }
         let root = openapi_v3_root("ABC");
         assert_eq!(
