@@ -15,10 +15,10 @@ const SDK: &str = "/usr/lib/google-cloud-sdk/bin";
 
 fn kubectls() -> Vec<PathBuf> {
     let mut found = Vec::new();
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(k) = std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file()) {
-            found.push(k);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(k) = std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+    {
+        found.push(k);
     }
     for v in ["1.27", "1.33"] {
         let p = Path::new(SDK).join(format!("kubectl.{v}"));
