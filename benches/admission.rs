@@ -1,1 +1,140 @@
-fn main() {}
+//! Admission throughput and latency over TLS with keep-alive, side by side with a bare
+//! hyper+rustls responder that returns a canned AdmissionReview (the ceiling).
+//!
+//! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS, default 3).
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tailscale_gateway::runtime::{self, ServeArgs};
+use tailscale_gateway::server::tls::{CertStore, certified_key, server_config};
+use tokio::net::TcpListener;
+
+const CANNED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","allowed":true}}"#;
+
+/// The ceiling: TLS, HTTP/1.1 keep-alive, read the body, answer a constant.
+async fn bare_responder(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(CANNED.as_bytes())))
+                            .unwrap_or_default(),
+                    )
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn load(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    concurrency: usize,
+    seconds: f64,
+    body: Arc<Vec<u8>>,
+) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let cfg = cfg.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = util::Conn::open(addr, cfg).await;
+            let mut lat = Vec::with_capacity(100_000);
+            // Warm-up request, not measured.
+            let _ = conn.request("POST", "/validate", Some("application/json"), body.to_vec()).await;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = conn.request("POST", "/validate", Some("application/json"), body.to_vec()).await;
+                assert_eq!(r.status, 200);
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all.sort();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+    Stats { rps: all.len() as f64 / seconds, p50: pick(0.50), p99: pick(0.99) }
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let manifests = dir.path().join("m");
+        std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+        util::copy_examples(&manifests);
+        let state = dir.path().join("state");
+        let ours = runtime::start(ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"))))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap_or_else(|e| panic!("{e}"));
+        let cert = std::fs::read(state.join("tls.crt")).unwrap_or_else(|e| panic!("{e}"));
+        let key = std::fs::read(state.join("tls.key")).unwrap_or_else(|e| panic!("{e}"));
+        let tls = server_config(CertStore::new(certified_key(&cert, &key).unwrap_or_else(|e| panic!("{e}"))))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ceiling = bare_responder(tls).await;
+        let cfg = util::client_config(&[&ca], None);
+        let object = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+            "metadata": {"name": "bench-svc", "namespace": "default", "labels": {"app": "bench"}},
+            "spec": {"selector": {"matchLabels": {"service-type": "web", "environment": "production"}},
+                     "vipService": {"name": "svc:bench-svc", "ports": ["tcp:80", "tcp:443"], "tags": ["tag:web"]},
+                     "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}}});
+        let body = Arc::new(serde_json::to_vec(&util::review("CREATE", object, None)).unwrap_or_default());
+        println!("admission over TLS, keep-alive, {seconds}s per run, body {} bytes", body.len());
+        println!("{:>4} | {:>22} | {:>22} | {:>6}", "conc", "bare hyper+rustls", "tailscale-gateway", "ratio");
+        println!("{:>4} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}", "", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", "");
+        for conc in [1, 16, 64] {
+            let c = load(ceiling, cfg.clone(), conc, seconds, body.clone()).await;
+            let o = load(ours.https_addr, cfg.clone(), conc, seconds, body.clone()).await;
+            println!(
+                "{conc:>4} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>6.2}",
+                c.rps,
+                c.p50.as_micros(),
+                c.p99.as_micros(),
+                o.rps,
+                o.p50.as_micros(),
+                o.p99.as_micros(),
+                o.rps / c.rps
+            );
+        }
+        ours.shutdown().await;
+    });
+}

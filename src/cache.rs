@@ -550,14 +550,19 @@ impl Cache {
                     idx.apply(obj);
                 }
             }
-            idx.synced.insert(kind);
+            if idx.synced.insert(kind) {
+                // Readiness is part of what subscribers are told about.
+                idx.bump();
+            }
         });
     }
 
     /// Marks a kind as loaded (for `/readyz`).
     pub fn mark_synced(&self, kind: Kind) {
         self.write(|idx| {
-            idx.synced.insert(kind);
+            if idx.synced.insert(kind) {
+                idx.bump();
+            }
         });
     }
 

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (in a cluster, or with --local DIR on a laptop).
-    Serve(runtime::ServeArgs),
+    Serve(Box<runtime::ServeArgs>),
     /// Validate manifests offline with the webhook's rules; exit 1 on any rejected document.
     Check {
         /// Files or folders (walked recursively for *.yaml, *.yml, *.json).
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async move {
-                let running = match runtime::start(args).await {
+                let running = match runtime::start(*args).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("error: {e:#}");

@@ -55,6 +55,27 @@ pub struct ServeArgs {
     /// Local mode: how often DIR is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub local_poll_interval: Duration,
+    /// Envoy Gateway extension (gRPC) address [default: 0.0.0.0:5005, or 127.0.0.1:5005 with --local].
+    #[arg(long, env = "TSGW_XDS_ADDR")]
+    pub xds_addr: Option<SocketAddr>,
+    /// Extension server certificate (PEM); plain gRPC when omitted.
+    #[arg(long, requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// Extension server key (PEM).
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// CA that Envoy Gateway's client certificate must chain to (mutual TLS).
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
+    /// Largest gRPC message the extension server accepts or sends, in bytes.
+    #[arg(long, default_value_t = crate::xds::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub xds_max_message_size: usize,
+    /// Region of the Envoy fleet: endpoints labelled with another region are remote (failover priority 1).
+    #[arg(long)]
+    pub xds_local_region: Option<String>,
+    /// Kubernetes cluster DNS domain used in proxy Service names.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 impl ServeArgs {
@@ -69,6 +90,13 @@ impl ServeArgs {
             local: Some(dir.into()),
             state_dir: state_dir.into(),
             local_poll_interval: Duration::from_secs(1),
+            xds_addr: Some(SocketAddr::new(listen.ip(), 0)),
+            xds_tls_cert: None,
+            xds_tls_key: None,
+            xds_client_ca: None,
+            xds_max_message_size: crate::xds::DEFAULT_MAX_MESSAGE_SIZE,
+            xds_local_region: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -81,6 +109,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Running {
     /// Where HTTPS is served.
     pub https_addr: SocketAddr,
+    /// Where the Envoy Gateway extension (gRPC) is served.
+    pub xds_addr: SocketAddr,
     /// Local mode: the kubeconfig for kubectl.
     pub kubeconfig: Option<PathBuf>,
     /// The shared cache.
@@ -183,6 +213,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let cache = Cache::default();
     let mut registry = Registry::with_prefix("tailscale_gateway");
     let admission_metrics = AdmissionMetrics::register(&mut registry);
+    let xds_metrics = crate::xds::XdsMetrics::register(&mut registry);
 
     let local = args.local.is_some();
     let listen = args.listen.unwrap_or_else(|| {
@@ -190,6 +221,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding HTTPS listener on {listen}"))?;
     let https_addr = listener.local_addr()?;
+    let xds_listen = args.xds_addr.unwrap_or_else(|| {
+        if local { SocketAddr::from(([127, 0, 0, 1], 5005)) } else { SocketAddr::from(([0, 0, 0, 0], 5005)) }
+    });
+    let xds_listener = TcpListener::bind(xds_listen)
+        .await
+        .with_context(|| format!("binding Envoy Gateway extension listener on {xds_listen}"))?;
+    let xds_addr = xds_listener.local_addr()?;
 
     // Serving certificate: files (reloaded on change), local-mode PKI, or self-generated.
     let mut kubeconfig = None;
@@ -265,12 +303,51 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         ));
     }
 
+    let xds_options = crate::xds::XdsOptions {
+        addr: xds_addr,
+        tls: args.xds_tls_cert.clone().zip(args.xds_tls_key.clone()).map(|(cert, key)| crate::xds::TlsFiles {
+            cert,
+            key,
+            client_ca: args.xds_client_ca.clone(),
+        }),
+        max_message_size: args.xds_max_message_size,
+        hooks: crate::xds::HookSettings {
+            placement: crate::xds::backend::Placement {
+                cluster_domain: args.cluster_domain.clone(),
+                local_region: args.xds_local_region.clone(),
+            },
+            ..crate::xds::HookSettings::default()
+        },
+    };
+    // Fail at start-up, not in the background, when the TLS files are unusable.
+    if let Some(files) = &xds_options.tls {
+        crate::xds::tls_config(files)?;
+    }
+    let xds_stop = stop.clone();
+    let xds_cache = cache.clone();
+    tasks.spawn(async move {
+        let stopped = xds_stop.clone();
+        if let Err(error) =
+            crate::xds::serve_on(
+                xds_listener,
+                xds_cache,
+                xds_options,
+                xds_metrics,
+                async move { stopped.cancelled().await },
+            )
+            .await
+        {
+            tracing::error!(%error, "Envoy Gateway extension server failed; shutting down");
+            xds_stop.cancel();
+        }
+    });
+
     let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone());
     let app = router(cache.clone(), admission_metrics, Arc::new(registry)).merge(crate::aggregated::router(aggregated));
     let tls_config = tls::server_config(store)?;
     tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
-    tracing::info!(%https_addr, local, "serving HTTPS");
-    Ok(Running { https_addr, kubeconfig, cache, stop, tasks })
+    tracing::info!(%https_addr, %xds_addr, local, "serving");
+    Ok(Running { https_addr, xds_addr, kubeconfig, cache, stop, tasks })
 }
 
 fn display_addr(addr: SocketAddr) -> String {

@@ -12,6 +12,7 @@ use super::Condition;
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleEndpoints",
+    plural = "tailscaleendpoints",
     namespaced,
     shortname = "tsep",
     category = "tailscale",

@@ -12,6 +12,7 @@ use super::{Condition, LabelSelector, PortSpec, ProxySpec};
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleServices",
+    plural = "tailscaleservices",
     namespaced,
     shortname = "tssvc",
     category = "tailscale",

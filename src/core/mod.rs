@@ -5,6 +5,7 @@
 
 pub mod defaults;
 pub mod duration;
+pub mod envoy;
 pub mod field;
 pub mod names;
 pub mod resource;

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod client;
+pub mod fake;
+
 /// A device as `GET /api/v2/tailnet/{tailnet}/devices?fields=all` returns it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

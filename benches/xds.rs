@@ -1,0 +1,338 @@
+//! Extension server latency against a pass-through floor, over loopback gRPC.
+//!
+//! PostTranslateModify with 1,000 clusters, 1,000 routes and 200 TailscaleServices exposed by a
+//! TailscaleGateway, and PostClusterModify alone. The floor is a server that only decodes the
+//! request and re-encodes the same resources, so the ratio shows what our work adds on top of
+//! the unavoidable protobuf and transport cost. Target: translate p50 <= 2x the floor.
+//!
+//! Run: `cargo bench --bench xds` (or `--profile dev` for a quick, unoptimized run).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ConfigSource, config_source};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use prost::Message;
+use serde_json::json;
+use tailscale_gateway::cache::Cache;
+use tailscale_gateway::core::{Kind, Resource};
+use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
+use tailscale_gateway::xds::pb::envoy_gateway_extension_server::{EnvoyGatewayExtension, EnvoyGatewayExtensionServer};
+use tailscale_gateway::xds::pb::*;
+use tailscale_gateway::xds::{XdsMetrics, XdsOptions, serve_on};
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+const API: &str = "gateway.tailscale.com/v1alpha1";
+const CLUSTERS: usize = 1_000;
+const ROUTES: usize = 1_000;
+const SERVICES: usize = 200;
+const WARMUP: usize = 20;
+const ROUNDS: usize = 300;
+const MAX: usize = 256 << 20;
+
+/// Answers every hook with exactly what it received: the decode + encode floor.
+struct PassThrough;
+
+#[tonic::async_trait]
+impl EnvoyGatewayExtension for PassThrough {
+    async fn post_route_modify(
+        &self,
+        r: Request<PostRouteModifyRequest>,
+    ) -> Result<Response<PostRouteModifyResponse>, Status> {
+        Ok(Response::new(PostRouteModifyResponse { route: r.into_inner().route }))
+    }
+    async fn post_virtual_host_modify(
+        &self,
+        r: Request<PostVirtualHostModifyRequest>,
+    ) -> Result<Response<PostVirtualHostModifyResponse>, Status> {
+        Ok(Response::new(PostVirtualHostModifyResponse { virtual_host: r.into_inner().virtual_host }))
+    }
+    async fn post_http_listener_modify(
+        &self,
+        r: Request<PostHttpListenerModifyRequest>,
+    ) -> Result<Response<PostHttpListenerModifyResponse>, Status> {
+        Ok(Response::new(PostHttpListenerModifyResponse { listener: r.into_inner().listener }))
+    }
+    async fn post_cluster_modify(
+        &self,
+        r: Request<PostClusterModifyRequest>,
+    ) -> Result<Response<PostClusterModifyResponse>, Status> {
+        Ok(Response::new(PostClusterModifyResponse { cluster: r.into_inner().cluster }))
+    }
+    async fn post_endpoints_modify(
+        &self,
+        r: Request<PostEndpointsModifyRequest>,
+    ) -> Result<Response<PostEndpointsModifyResponse>, Status> {
+        Ok(Response::new(PostEndpointsModifyResponse { load_assignment: r.into_inner().load_assignment }))
+    }
+    async fn post_translate_modify(
+        &self,
+        r: Request<PostTranslateModifyRequest>,
+    ) -> Result<Response<PostTranslateModifyResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(PostTranslateModifyResponse {
+            clusters: r.clusters,
+            secrets: r.secrets,
+            listeners: r.listeners,
+            routes: r.routes,
+        }))
+    }
+}
+
+fn res(v: serde_json::Value) -> Resource {
+    Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn service_json(i: usize) -> serde_json::Value {
+    json!({"apiVersion": API, "kind": "TailscaleServices",
+        "metadata": {"name": format!("svc-{i}"), "namespace": "apps", "generation": 1, "resourceVersion": "1"},
+        "spec": {"selector": {"matchLabels": {"app": format!("app-{i}")}},
+                 "vipService": {"ports": ["tcp:443"]},
+                 "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}},
+        "status": {"vipService": {"dnsName": format!("svc-{i}.tail8eff9.ts.net")}}})
+}
+
+fn fill(cache: &Cache) {
+    for i in 0..SERVICES {
+        for region in ["east", "west"] {
+            cache.apply(res(json!({"apiVersion": API, "kind": "TailscaleEndpoints",
+                "metadata": {"name": format!("ep-{i}-{region}"), "namespace": "apps",
+                             "labels": {"app": format!("app-{i}"), "region": region}},
+                "spec": {"tailnet": "corp", "ports": [{"port": 443}]},
+                "status": {"devices": [{"hostname": format!("ep-{i}-{region}-0"), "online": true},
+                                       {"hostname": format!("ep-{i}-{region}-1"), "online": false}]}})));
+        }
+        cache.apply(res(service_json(i)));
+    }
+    cache.apply(res(json!({"apiVersion": API, "kind": "TailscaleGateway",
+        "metadata": {"name": "tsgw", "namespace": "apps"},
+        "spec": {"gatewayRef": {"name": "eg", "namespace": "gw"}, "tailnets": [{"name": "corp"}]}})));
+    for kind in Kind::ALL {
+        cache.mark_synced(kind);
+    }
+}
+
+fn eg_cluster(name: String) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            service_name: name.clone(),
+            eds_config: Some(ConfigSource {
+                resource_api_version: 2,
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                ..Default::default()
+            }),
+        }),
+        name,
+        connect_timeout: Some(PbDuration { seconds: 10, nanos: 0 }),
+        lb_policy: cluster::LbPolicy::LeastRequest as i32,
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: 32768 }),
+        ..Default::default()
+    }
+}
+
+fn translate_request() -> PostTranslateModifyRequest {
+    let clusters = (0..CLUSTERS).map(|i| eg_cluster(format!("httproute/ns-{}/route-{i}/rule/0", i % 20))).collect();
+    // Ten listeners' route configurations of 100 routes each; the first belongs to the Gateway
+    // the TailscaleGateway targets.
+    let routes = (0..10)
+        .map(|l| RouteConfiguration {
+            name: if l == 0 { "gw/eg/http".into() } else { format!("gw/other-{l}/http") },
+            virtual_hosts: vec![VirtualHost {
+                name: format!("vh-{l}"),
+                domains: vec![format!("host-{l}.example.com")],
+                routes: (0..ROUTES / 10)
+                    .map(|r| Route {
+                        name: format!("httproute/ns/route-{l}-{r}/rule/0/match/0"),
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(route_match::PathSpecifier::Prefix(format!("/app-{r}/"))),
+                            ..Default::default()
+                        }),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(format!(
+                                "httproute/ns/route-{r}/rule/0"
+                            ))),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    PostTranslateModifyRequest { clusters, routes, ..Default::default() }
+}
+
+async fn client(addr: SocketAddr) -> EnvoyGatewayExtensionClient<Channel> {
+    EnvoyGatewayExtensionClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+        .max_decoding_message_size(MAX)
+        .max_encoding_message_size(MAX)
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats { p50: at(0.50), p99: at(0.99) }
+}
+
+async fn measure<F, Fut>(mut call: F) -> Stats
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    for _ in 0..WARMUP {
+        call().await;
+    }
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let n = call().await;
+        samples.push(t.elapsed());
+        std::hint::black_box(n);
+    }
+    stats(samples)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cache = Cache::default();
+    fill(&cache);
+
+    let ours_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let ours_addr = ours_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_cache = cache.clone();
+    let ours = tokio::spawn(async move {
+        let opts = XdsOptions { addr: ours_addr, ..XdsOptions::default() };
+        serve_on(ours_listener, server_cache, opts, XdsMetrics::default(), async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("serve: {e}"));
+    });
+
+    let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let floor_addr = floor_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (floor_stop_tx, floor_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let floor = tokio::spawn(async move {
+        Server::builder()
+            .add_service(
+                EnvoyGatewayExtensionServer::new(PassThrough)
+                    .max_decoding_message_size(MAX)
+                    .max_encoding_message_size(MAX),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(floor_listener).with_nodelay(Some(true)),
+                async {
+                    let _ = floor_stop_rx.await;
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("floor: {e}"));
+    });
+
+    let translate = translate_request();
+    let cluster_req = PostClusterModifyRequest {
+        cluster: Some(eg_cluster("httproute/apps/web/rule/0".into())),
+        post_cluster_context: Some(PostClusterExtensionContext {
+            backend_extension_resources: vec![ExtensionResource {
+                unstructured_bytes: serde_json::to_vec(&service_json(7)).unwrap_or_default(),
+            }],
+        }),
+    };
+
+    let mut ours_c = client(ours_addr).await;
+    let floor_c = client(floor_addr).await;
+    let out = ours_c.post_translate_modify(translate.clone()).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let added_routes: usize =
+        out.routes.iter().map(|r| r.virtual_hosts.iter().map(|v| v.routes.len()).sum::<usize>()).sum();
+    println!(
+        "translate request: {} clusters, {} routes, {} bytes; response: {} clusters, {} routes, {} bytes",
+        translate.clusters.len(),
+        ROUTES,
+        translate.encoded_len(),
+        out.clusters.len(),
+        added_routes,
+        out.encoded_len()
+    );
+
+    let mut rows = Vec::new();
+    for (name, ours_stats, floor_stats) in
+        [
+            (
+                "PostTranslateModify",
+                measure(|| {
+                    let mut c = ours_c.clone();
+                    let r = translate.clone();
+                    async move { c.post_translate_modify(r).await.map(|r| r.into_inner().clusters.len()).unwrap_or(0) }
+                })
+                .await,
+                measure(|| {
+                    let mut c = floor_c.clone();
+                    let r = translate.clone();
+                    async move { c.post_translate_modify(r).await.map(|r| r.into_inner().clusters.len()).unwrap_or(0) }
+                })
+                .await,
+            ),
+            (
+                "PostClusterModify",
+                measure(|| {
+                    let mut c = ours_c.clone();
+                    let r = cluster_req.clone();
+                    async move {
+                        c.post_cluster_modify(r).await.map(|r| r.into_inner().cluster.is_some() as usize).unwrap_or(0)
+                    }
+                })
+                .await,
+                measure(|| {
+                    let mut c = floor_c.clone();
+                    let r = cluster_req.clone();
+                    async move {
+                        c.post_cluster_modify(r).await.map(|r| r.into_inner().cluster.is_some() as usize).unwrap_or(0)
+                    }
+                })
+                .await,
+            ),
+        ]
+    {
+        rows.push((name, ours_stats, floor_stats));
+    }
+
+    println!("{:<22} {:>10} {:>10} {:>12} {:>12} {:>8}", "hook", "p50 ms", "p99 ms", "floor p50", "floor p99", "ratio");
+    for (name, o, f) in rows {
+        println!(
+            "{:<22} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>7.2}x",
+            name,
+            ms(o.p50),
+            ms(o.p99),
+            ms(f.p50),
+            ms(f.p99),
+            o.p50.as_secs_f64() / f.p50.as_secs_f64()
+        );
+    }
+    let _ = stop_tx.send(());
+    let _ = floor_stop_tx.send(());
+    let _ = ours.await;
+    let _ = floor.await;
+}

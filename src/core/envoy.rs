@@ -1,0 +1,550 @@
+//! Pure builders of Envoy configuration for our resources: the cluster of a route backend, the
+//! routes a TailscaleGateway generates, and the merge of those into Envoy Gateway's translation.
+//! No I/O: the xDS face resolves objects against the cache into [`Backend`]s and calls these.
+//!
+//! Envoy Gateway hands us an empty cluster for a custom backendRef (usually EDS with nothing
+//! behind it). We turn it into a STRICT_DNS cluster over the proxies' Service DNS names, which
+//! stay stable while devices come and go: Envoy Gateway re-translates a backend resource only when
+//! its generation changes, so device IPs would go stale. Failover uses priorities: healthy local,
+//! then healthy remote, then unhealthy local, then unhealthy remote, with empty levels left out so
+//! priorities stay contiguous from 0 as Envoy expects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthCheck, Locality, SocketAddress, address, health_check, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, route, route_action, route_match,
+};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+
+use super::{Kind, ObjectKey};
+
+/// One TailscaleEndpoints behind a backend: the Service in front of its proxies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// TailscaleEndpoints name.
+    pub endpoints: String,
+    /// Stable DNS name of the proxies' Service (`<svc>.<ns>.svc.<domain>`).
+    pub host: String,
+    /// Region label of the TailscaleEndpoints, if any.
+    pub region: Option<String>,
+    /// Whether the region differs from [`Placement::local_region`].
+    pub remote: bool,
+    /// Devices known for the proxies.
+    pub devices: usize,
+    /// Devices online now.
+    pub healthy: usize,
+}
+
+/// Active HTTP health check settings, with defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckSettings {
+    /// Request path.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+    /// Failures before unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Successes before healthy again.
+    pub healthy_threshold: u32,
+}
+
+/// A resolved backend: everything needed to build its Envoy cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// TailscaleServices or TailscaleEndpoints.
+    pub kind: Kind,
+    /// The object.
+    pub key: ObjectKey,
+    /// Upstream port on the proxy Services.
+    pub port: u32,
+    /// The proxy Services, in name order.
+    pub targets: Vec<Target>,
+    /// MagicDNS name of the VIP service (`web.tail8eff9.ts.net`), when known.
+    pub vip_dns_name: Option<String>,
+    /// One of [`STRATEGIES`].
+    pub strategy: String,
+    /// Active health checking, when the spec asks for it.
+    pub health_check: Option<HealthCheckSettings>,
+}
+
+/// Default connect timeout for clusters that arrive without one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Failover tier of a target, in priority order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Devices online, same region: priority 0.
+    HealthyLocal,
+    /// Devices online, another region: priority 1.
+    HealthyRemote,
+    /// No device online, same region: priority 2.
+    UnhealthyLocal,
+    /// No device online, another region: last resort.
+    UnhealthyRemote,
+}
+
+impl Tier {
+    /// The tier of a target as of now.
+    pub fn of(t: &Target) -> Self {
+        match (t.healthy > 0, t.remote) {
+            (true, false) => Tier::HealthyLocal,
+            (true, true) => Tier::HealthyRemote,
+            (false, false) => Tier::UnhealthyLocal,
+            (false, true) => Tier::UnhealthyRemote,
+        }
+    }
+}
+
+/// A protobuf duration.
+pub fn pb_duration(d: Duration) -> PbDuration {
+    PbDuration { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+}
+
+/// Envoy's LB policy for one of our strategy names (round robin for anything else).
+pub fn lb_policy(strategy: &str) -> cluster::LbPolicy {
+    match strategy {
+        "least-request" => cluster::LbPolicy::LeastRequest,
+        "random" => cluster::LbPolicy::Random,
+        "ring-hash" => cluster::LbPolicy::RingHash,
+        "maglev" => cluster::LbPolicy::Maglev,
+        _ => cluster::LbPolicy::RoundRobin,
+    }
+}
+
+/// An active HTTP health check.
+pub fn health_check(hc: &HealthCheckSettings, host: Option<&str>) -> HealthCheck {
+    HealthCheck {
+        timeout: Some(pb_duration(hc.timeout)),
+        interval: Some(pb_duration(hc.interval)),
+        unhealthy_threshold: Some(UInt32Value { value: hc.unhealthy_threshold }),
+        healthy_threshold: Some(UInt32Value { value: hc.healthy_threshold }),
+        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            path: hc.path.clone(),
+            host: host.unwrap_or_default().to_string(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(host: &str, port: u32) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: host.to_string(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            }),
+            hostname: host.to_string(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The load assignment of a cluster over `backends`: one locality per target, priorities by
+/// [`Tier`], the same host:port listed once.
+pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadAssignment {
+    let mut by_tier: BTreeMap<Tier, Vec<(&Target, u32)>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for b in backends {
+        for t in &b.targets {
+            if seen.insert((t.host.as_str(), b.port)) {
+                by_tier.entry(Tier::of(t)).or_default().push((t, b.port));
+            }
+        }
+    }
+    let endpoints = by_tier
+        .into_values()
+        .enumerate()
+        .flat_map(|(priority, targets)| {
+            targets.into_iter().map(move |(t, port)| LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: t.region.clone().unwrap_or_default(),
+                    sub_zone: t.endpoints.clone(),
+                    ..Default::default()
+                }),
+                lb_endpoints: vec![lb_endpoint(&t.host, port)],
+                priority: priority as u32,
+                ..Default::default()
+            })
+        })
+        .collect();
+    ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
+}
+
+/// Turns `cluster` into a working cluster for `backends` (the first one's load balancing and
+/// health check settings win). Leaves the name and everything Envoy Gateway set that we do not
+/// own (circuit breakers, TLS, buffer limits, its connect timeout) as they were.
+pub fn fill_cluster(cluster: &mut Cluster, backends: &[Backend], connect_timeout: Duration) {
+    let Some(first) = backends.first() else { return };
+    let assignment = load_assignment(&cluster.name, backends);
+    let discovery = if assignment.endpoints.is_empty() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    cluster.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(discovery as i32));
+    cluster.eds_cluster_config = None;
+    cluster.load_assignment = Some(assignment);
+    cluster.lb_policy = lb_policy(&first.strategy) as i32;
+    // A typed policy would override lb_policy.
+    cluster.load_balancing_policy = None;
+    if let Some(hc) = &first.health_check {
+        cluster.health_checks = vec![health_check(hc, first.vip_dns_name.as_deref())];
+    }
+    if cluster.connect_timeout.is_none() {
+        cluster.connect_timeout = Some(pb_duration(connect_timeout));
+    }
+}
+
+/// A fresh cluster for `backend` (the clusters PostTranslateModify adds for TailscaleGateways).
+pub fn new_cluster(name: &str, backend: &Backend, connect_timeout: Duration) -> Cluster {
+    let mut c = Cluster { name: name.to_string(), ..Default::default() };
+    fill_cluster(&mut c, std::slice::from_ref(backend), connect_timeout);
+    c
+}
+
+/// Name prefix of every cluster and route we generate; anything else is Envoy Gateway's.
+pub const GENERATED_PREFIX: &str = "tailscale/";
+
+/// Cluster name of a TailscaleServices exposed by a gateway.
+pub fn cluster_name(svc: &ObjectKey) -> String {
+    format!("{GENERATED_PREFIX}{}/{}", svc.namespace, svc.name)
+}
+
+/// Expands `{service}` and `{tailnet}` in a path prefix template.
+pub fn expand_prefix(template: &str, service: &str, tailnet: &str) -> String {
+    template.replace("{service}", service).replace("{tailnet}", tailnet)
+}
+
+/// One generated route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratedRoute {
+    /// Envoy route name.
+    pub name: String,
+    /// Path prefix matched.
+    pub prefix: String,
+    /// Cluster routed to.
+    pub cluster: String,
+    /// Host header rewrite (the VIP DNS name), when known.
+    pub host_rewrite: Option<String>,
+    /// Route timeout.
+    pub timeout: Option<Duration>,
+    /// Service and tailnet, for status.
+    pub service: String,
+    /// Tailnet of the service.
+    pub tailnet: String,
+}
+
+impl GeneratedRoute {
+    /// The Envoy route.
+    pub fn to_route(&self) -> Route {
+        Route {
+            name: self.name.clone(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix(self.prefix.clone())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(self.cluster.clone())),
+                prefix_rewrite: "/".into(),
+                host_rewrite_specifier: self
+                    .host_rewrite
+                    .clone()
+                    .map(route_action::HostRewriteSpecifier::HostRewriteLiteral),
+                timeout: self.timeout.map(pb_duration),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+}
+
+/// Which route configurations of Envoy Gateway a TailscaleGateway adds routes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayTarget {
+    /// `<namespace>/<gateway>/`: Envoy Gateway names route configurations after listeners.
+    pub prefix: String,
+    /// The listener (sectionName), when one is named.
+    pub listener: Option<String>,
+}
+
+impl GatewayTarget {
+    /// Whether a route configuration belongs to the targeted Gateway (and listener).
+    pub fn matches(&self, route_config: &str) -> bool {
+        match route_config.strip_prefix(&self.prefix) {
+            Some(rest) => self.listener.as_deref().is_none_or(|l| rest == l),
+            None => false,
+        }
+    }
+}
+
+/// Everything one call of PostTranslateModify adds.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Clusters by name.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Per gateway target, its routes (most specific prefix first).
+    pub routes: Vec<(GatewayTarget, Vec<GeneratedRoute>)>,
+}
+
+/// Adds the plan to Envoy Gateway's lists in place: our clusters replace same-named ones (or are
+/// appended), stale generated clusters go, and in each targeted virtual host our routes replace
+/// earlier generated ones at the front. Unrelated resources are not touched.
+pub fn merge_translation(plan: Plan, clusters: &mut Vec<Cluster>, route_configs: &mut [RouteConfiguration]) {
+    let mut ours = plan.clusters;
+    clusters.retain(|c| !c.name.starts_with(GENERATED_PREFIX) || ours.contains_key(&c.name));
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, c) in clusters.iter().enumerate() {
+        if c.name.starts_with(GENERATED_PREFIX) {
+            index.insert(c.name.clone(), i);
+        }
+    }
+    for (name, cluster) in std::mem::take(&mut ours) {
+        match index.get(&name) {
+            Some(&i) => clusters[i] = cluster,
+            None => clusters.push(cluster),
+        }
+    }
+    for rc in route_configs.iter_mut() {
+        let targeted: Vec<&GeneratedRoute> =
+            plan.routes.iter().filter(|(t, _)| t.matches(&rc.name)).flat_map(|(_, r)| r.iter()).collect();
+        let has_ours = rc.virtual_hosts.iter().any(|vh| vh.routes.iter().any(|r| r.name.starts_with(GENERATED_PREFIX)));
+        if targeted.is_empty() && !has_ours {
+            continue;
+        }
+        let mut generated: Vec<Route> = targeted.iter().map(|r| r.to_route()).collect();
+        let mut seen = HashSet::new();
+        generated.retain(|r| seen.insert(r.name.clone()));
+        for vh in &mut rc.virtual_hosts {
+            vh.routes.retain(|r| !r.name.starts_with(GENERATED_PREFIX));
+            vh.routes.splice(0..0, generated.iter().cloned());
+        }
+    }
+}
+
+/// Sets the Host rewrite of a route to the VIP DNS name when every one of our backends agrees on
+/// one; other actions and routes without our backends are left alone.
+pub fn rewrite_route_host(route: &mut Route, backends: &[Backend]) {
+    let mut names = backends.iter().filter_map(|b| b.vip_dns_name.as_deref());
+    let Some(dns) = names.next() else { return };
+    if names.any(|n| n != dns) {
+        return;
+    }
+    if let Some(route::Action::Route(action)) = &mut route.action {
+        action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(dns.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, healthy: usize, remote: bool) -> Target {
+        Target {
+            endpoints: name.into(),
+            host: format!("{name}.default.svc.cluster.local"),
+            region: Some(if remote { "west" } else { "east" }.into()),
+            remote,
+            devices: 2,
+            healthy,
+        }
+    }
+
+    fn backend(targets: Vec<Target>) -> Backend {
+        Backend {
+            kind: Kind::Services,
+            key: ObjectKey::new("default", "web"),
+            port: 443,
+            targets,
+            vip_dns_name: Some("web.tail8eff9.ts.net".into()),
+            strategy: "maglev".into(),
+            health_check: Some(HealthCheckSettings {
+                path: "/health".into(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(5),
+                unhealthy_threshold: 3,
+                healthy_threshold: 2,
+            }),
+        }
+    }
+
+    fn priorities(c: &Cluster) -> Vec<(String, u32)> {
+        c.load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .map(|l| (l.locality.as_ref().map(|l| l.sub_zone.clone()).unwrap_or_default(), l.priority))
+            .collect()
+    }
+
+    #[test]
+    fn priorities_follow_failover_order_and_stay_contiguous() {
+        let b = backend(vec![target("a-down", 0, false), target("b-remote", 1, true), target("c-up", 2, false)]);
+        let mut c = Cluster { name: "httproute/default/web/rule/0".into(), ..Default::default() };
+        c.eds_cluster_config = Some(Default::default());
+        fill_cluster(&mut c, std::slice::from_ref(&b), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(priorities(&c), vec![("c-up".into(), 0), ("b-remote".into(), 1), ("a-down".into(), 2)]);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
+        );
+        assert!(c.eds_cluster_config.is_none());
+        assert_eq!(c.lb_policy, cluster::LbPolicy::Maglev as i32);
+        assert_eq!(c.connect_timeout, Some(PbDuration { seconds: 5, nanos: 0 }));
+        assert_eq!(c.health_checks.len(), 1);
+
+        // Only unhealthy local ones: they become priority 0.
+        let mut c2 = Cluster::default();
+        fill_cluster(&mut c2, &[backend(vec![target("a-down", 0, false)])], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(priorities(&c2), vec![("a-down".into(), 0)]);
+
+        // Refilling is idempotent.
+        let before = c.clone();
+        fill_cluster(&mut c, &[b], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn no_targets_gives_an_empty_static_cluster_and_keeps_connect_timeout() {
+        let mut c = Cluster { connect_timeout: Some(PbDuration { seconds: 10, nanos: 0 }), ..Default::default() };
+        fill_cluster(&mut c, &[backend(vec![])], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32))
+        );
+        assert_eq!(c.load_assignment.map(|a| a.endpoints.len()), Some(0));
+        assert_eq!(c.connect_timeout, Some(PbDuration { seconds: 10, nanos: 0 }));
+    }
+
+    #[test]
+    fn strategies_map_to_lb_policies() {
+        for (s, p) in [
+            ("round-robin", cluster::LbPolicy::RoundRobin),
+            ("least-request", cluster::LbPolicy::LeastRequest),
+            ("random", cluster::LbPolicy::Random),
+            ("ring-hash", cluster::LbPolicy::RingHash),
+            ("maglev", cluster::LbPolicy::Maglev),
+        ] {
+            assert_eq!(lb_policy(s), p, "{s}");
+        }
+        for s in crate::core::validate::STRATEGIES {
+            assert_ne!(lb_policy(s) == cluster::LbPolicy::RoundRobin, *s != "round-robin", "{s} is mapped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+
+    use super::*;
+
+    fn generated(name: &str, prefix: &str) -> GeneratedRoute {
+        GeneratedRoute {
+            name: name.into(),
+            prefix: prefix.into(),
+            cluster: "tailscale/apps/web".into(),
+            host_rewrite: Some("web.tail1.ts.net".into()),
+            timeout: Some(Duration::from_secs(30)),
+            service: "web".into(),
+            tailnet: "corp".into(),
+        }
+    }
+
+    fn rc(name: &str) -> RouteConfiguration {
+        RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "vh".into(),
+                routes: vec![Route { name: "httproute/x".into(), ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gateway_targets_match_listeners() {
+        let any = GatewayTarget { prefix: "gw/eg/".into(), listener: None };
+        let one = GatewayTarget { prefix: "gw/eg/".into(), listener: Some("https".into()) };
+        assert!(any.matches("gw/eg/http") && any.matches("gw/eg/https"));
+        assert!(one.matches("gw/eg/https") && !one.matches("gw/eg/http"));
+        assert!(!any.matches("gw/eg2/http"));
+        assert_eq!(expand_prefix("/{tailnet}/{service}/", "web", "corp"), "/corp/web/");
+        assert_eq!(cluster_name(&ObjectKey::new("apps", "web")), "tailscale/apps/web");
+    }
+
+    #[test]
+    fn merge_puts_routes_first_dedups_and_replaces_clusters_in_place() {
+        let mut plan = Plan::default();
+        let c = Cluster {
+            name: "tailscale/apps/web".into(),
+            connect_timeout: Some(pb_duration(Duration::from_secs(1))),
+            ..Default::default()
+        };
+        plan.clusters.insert(c.name.clone(), c.clone());
+        let target = GatewayTarget { prefix: "gw/eg/".into(), listener: None };
+        // Two gateways adding the same route name: it appears once.
+        plan.routes.push((target.clone(), vec![generated("tailscale/apps/tsgw/web", "/tailscale/web/")]));
+        plan.routes.push((target, vec![generated("tailscale/apps/tsgw/web", "/tailscale/web/")]));
+        let mut clusters = vec![
+            Cluster { name: "tailscale/apps/web".into(), ..Default::default() },
+            Cluster { name: "httproute/a".into(), ..Default::default() },
+        ];
+        let mut rcs = vec![rc("gw/eg/http")];
+        merge_translation(plan, &mut clusters, &mut rcs);
+        assert_eq!(clusters[0], c, "replaced in place");
+        assert_eq!(clusters[1].name, "httproute/a");
+        let names: Vec<&str> = rcs[0].virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["tailscale/apps/tsgw/web", "httproute/x"]);
+        match &rcs[0].virtual_hosts[0].routes[0].action {
+            Some(route::Action::Route(a)) => {
+                assert_eq!(a.timeout, Some(pb_duration(Duration::from_secs(30))));
+                assert_eq!(
+                    a.host_rewrite_specifier,
+                    Some(route_action::HostRewriteSpecifier::HostRewriteLiteral("web.tail1.ts.net".into()))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn host_rewrite_needs_one_agreed_vip_name_and_a_route_action() {
+        let backend = |dns: Option<&str>| Backend {
+            kind: Kind::Services,
+            key: ObjectKey::new("a", "b"),
+            port: 80,
+            targets: vec![],
+            vip_dns_name: dns.map(str::to_string),
+            strategy: "round-robin".into(),
+            health_check: None,
+        };
+        let route = generated("r", "/").to_route();
+        let mut r = route.clone();
+        rewrite_route_host(&mut r, &[backend(Some("x.ts.net")), backend(Some("y.ts.net"))]);
+        assert_eq!(r, route, "disagreeing backends: unchanged");
+        rewrite_route_host(&mut r, &[backend(None)]);
+        assert_eq!(r, route, "no VIP name: unchanged");
+        rewrite_route_host(&mut r, &[backend(Some("x.ts.net"))]);
+        assert_ne!(r, route);
+        let mut direct =
+            Route { action: Some(route::Action::DirectResponse(Default::default())), ..Default::default() };
+        let before = direct.clone();
+        rewrite_route_host(&mut direct, &[backend(Some("x.ts.net"))]);
+        assert_eq!(direct, before, "only route actions are rewritten");
+    }
+}

@@ -1,0 +1,860 @@
+//! Pure builders of the Kubernetes objects behind a TailscaleEndpoints, following the Tailscale
+//! operator's ProxyGroup patterns (DESIGN.md §2): a ServiceAccount with a Role limited to the
+//! replicas' state Secrets, one StatefulSet, a Service, and per replica a config Secret
+//! `<name>-<i>-config` holding `cap-<capver>.hujson` and a state Secret `<name>-<i>`.
+//!
+//! Also the pure half of the status: reading the state Secrets the proxies write and joining
+//! them with live device data. No I/O here; the controller and `render` call these.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Secret,
+    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use serde::{Deserialize, Serialize};
+
+use super::status::{self, Desired, READY, VIP_SERVICE_READY};
+use crate::api::{
+    DeviceStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SelectedEndpointsStatus, StatefulSetStatus, TailscaleEndpoints,
+    TailscaleEndpointsStatus, TailscaleServices, TailscaleServicesStatus, VipServiceStatus,
+};
+use crate::core::validate::{DEFAULT_CONNECTION_TYPE, DEFAULT_REPLICAS};
+use crate::tailscale::Device;
+
+/// Label on every object we create for a TailscaleEndpoints; value is its name.
+pub const ENDPOINTS_LABEL: &str = "tailscale-gateway.com/endpoints";
+/// Label on per-replica Secrets; value is the replica index.
+pub const REPLICA_LABEL: &str = "tailscale-gateway.com/replica";
+/// Label on per-replica Secrets: `config` or `state`.
+pub const SECRET_TYPE_LABEL: &str = "tailscale-gateway.com/secret-type";
+/// Label carrying the proxies' connection type.
+pub const CONNECTION_TYPE_LABEL: &str = "tailscale-gateway.com/connection-type";
+/// `app.kubernetes.io/name` of the proxy pods.
+pub const APP_NAME: &str = "tailscale-proxy";
+/// Capability version of the tailscaled config file we write. Proxies read the highest
+/// `cap-N.hujson` not above their own capability version.
+pub const CAP_VERSION: u32 = 107;
+/// Where the config Secrets are mounted; each pod reads `<dir>/<pod name>`.
+pub const CONFIG_DIR: &str = "/etc/tsconfig";
+/// Placeholder auth key printed by `render` instead of a real key.
+pub const AUTH_KEY_PLACEHOLDER: &str = "<auth key created by the reconciler>";
+
+/// Name of the proxies' Service: the stable DNS name Envoy clusters point at
+/// (`<name>-svc.<namespace>.svc`).
+pub fn proxy_service_name(endpoints: &str) -> String {
+    format!("{endpoints}-svc")
+}
+
+/// Name of replica `i`'s state Secret (also its pod name).
+pub fn state_secret_name(endpoints: &str, i: i32) -> String {
+    format!("{endpoints}-{i}")
+}
+
+/// Name of replica `i`'s config Secret.
+pub fn config_secret_name(endpoints: &str, i: i32) -> String {
+    format!("{endpoints}-{i}-config")
+}
+
+/// File name of the tailscaled config inside the config Secret.
+pub fn config_file_name() -> String {
+    format!("cap-{CAP_VERSION}.hujson")
+}
+
+/// Desired replicas (spec, or the default).
+pub fn replicas(ep: &TailscaleEndpoints) -> i32 {
+    ep.spec.proxy.as_ref().and_then(|p| p.replicas).unwrap_or(DEFAULT_REPLICAS).max(0)
+}
+
+/// Connection type (spec, or the default).
+pub fn connection_type(ep: &TailscaleEndpoints) -> String {
+    ep.spec
+        .proxy
+        .as_ref()
+        .and_then(|p| p.connection_type.clone())
+        .unwrap_or_else(|| DEFAULT_CONNECTION_TYPE.to_string())
+}
+
+/// Whether proxies of this connection type serve traffic from the tailnet (and so advertise VIP
+/// services). Egress-only proxies never do.
+pub fn serves_ingress(connection_type: &str) -> bool {
+    connection_type != "egress"
+}
+
+/// Labels selecting the proxy pods of one TailscaleEndpoints.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+        (ENDPOINTS_LABEL.to_string(), name.to_string()),
+    ])
+}
+
+/// Labels of every object built for a TailscaleEndpoints.
+pub fn object_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert("app.kubernetes.io/instance".to_string(), name.to_string());
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+    labels
+}
+
+/// A controller owner reference to `owner`, or `None` when it has no UID yet (render mode).
+pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    let meta = owner.meta();
+    Some(OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone()?,
+        uid: meta.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+fn meta(ep: &TailscaleEndpoints, name: String) -> ObjectMeta {
+    let ep_name = ep.metadata.name.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(name),
+        namespace: ep.metadata.namespace.clone(),
+        labels: Some(object_labels(&ep_name)),
+        owner_references: owner_reference(ep).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn ep_name(ep: &TailscaleEndpoints) -> String {
+    ep.metadata.name.clone().unwrap_or_default()
+}
+
+/// The proxies' ServiceAccount (same name as the TailscaleEndpoints).
+pub fn service_account(ep: &TailscaleEndpoints) -> ServiceAccount {
+    ServiceAccount { metadata: meta(ep, ep_name(ep)), ..ServiceAccount::default() }
+}
+
+/// The proxies' Role: read and write their own state Secrets, emit events.
+pub fn role(ep: &TailscaleEndpoints) -> Role {
+    let name = ep_name(ep);
+    let state: Vec<String> = (0..replicas(ep)).map(|i| state_secret_name(&name, i)).collect();
+    let secrets = PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["secrets".into()]),
+        resource_names: Some(state),
+        verbs: vec!["get".into(), "update".into(), "patch".into()],
+        ..PolicyRule::default()
+    };
+    let events = PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["events".into()]),
+        verbs: vec!["create".into(), "patch".into(), "get".into()],
+        ..PolicyRule::default()
+    };
+    Role { metadata: meta(ep, name), rules: Some(vec![secrets, events]) }
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(ep: &TailscaleEndpoints) -> RoleBinding {
+    let name = ep_name(ep);
+    RoleBinding {
+        metadata: meta(ep, name.clone()),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: ep.metadata.namespace.clone(),
+            ..Subject::default()
+        }]),
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { api_version: Some("v1".into()), field_path: field_path.into() }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn protocol(p: &Option<String>) -> String {
+    p.clone().unwrap_or_else(|| "TCP".into())
+}
+
+fn port_name(name: &Option<String>, protocol: &str, port: i32) -> String {
+    name.clone().unwrap_or_else(|| format!("{}-{port}", protocol.to_ascii_lowercase()))
+}
+
+/// The proxies' StatefulSet. Every pod mounts every replica's config Secret under
+/// `/etc/tsconfig/<pod name>` and picks its own through `TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR`.
+pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet {
+    let name = ep_name(ep);
+    let proxy = ep.spec.proxy.clone().unwrap_or_default();
+    let n = replicas(ep);
+    let mut pod_labels = object_labels(&name);
+    pod_labels.insert(CONNECTION_TYPE_LABEL.into(), connection_type(ep));
+    let volumes: Vec<Volume> = (0..n)
+        .map(|i| Volume {
+            name: format!("tailscaledconfig-{i}"),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(config_secret_name(&name, i)),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        })
+        .collect();
+    let mounts: Vec<VolumeMount> = (0..n)
+        .map(|i| VolumeMount {
+            name: format!("tailscaledconfig-{i}"),
+            mount_path: format!("{CONFIG_DIR}/{}", state_secret_name(&name, i)),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        })
+        .collect();
+    let ports: Vec<ContainerPort> = ep
+        .spec
+        .ports
+        .iter()
+        .map(|p| {
+            let proto = protocol(&p.protocol);
+            ContainerPort {
+                name: Some(port_name(&p.name, &proto, p.port)),
+                container_port: p.port,
+                protocol: Some(proto),
+                ..ContainerPort::default()
+            }
+        })
+        .collect();
+    let container = Container {
+        name: "tailscale".into(),
+        image: Some(proxy.image.clone().unwrap_or_else(|| default_image.to_string())),
+        env: Some(vec![
+            env_field("POD_NAME", "metadata.name"),
+            env_field("POD_UID", "metadata.uid"),
+            env_field("POD_IP", "status.podIP"),
+            env("TS_KUBE_SECRET", "$(POD_NAME)"),
+            env("TS_STATE", "kube:$(POD_NAME)"),
+            env("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", &format!("{CONFIG_DIR}/$(POD_NAME)")),
+            env("TS_USERSPACE", "true"),
+        ]),
+        ports: (!ports.is_empty()).then_some(ports),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        resources: proxy.resources.clone(),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: meta(ep, name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(n),
+            service_name: Some(proxy_service_name(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector_labels(&name)), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    node_selector: proxy.node_selector.clone(),
+                    tolerations: proxy.tolerations.clone(),
+                    affinity: proxy.affinity.clone(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The proxies' Service: ClusterIP over the spec's ports, or headless when there are none.
+pub fn service(ep: &TailscaleEndpoints) -> Service {
+    let name = ep_name(ep);
+    let ports: Vec<ServicePort> = ep
+        .spec
+        .ports
+        .iter()
+        .map(|p| {
+            let proto = protocol(&p.protocol);
+            ServicePort {
+                name: Some(port_name(&p.name, &proto, p.port)),
+                port: p.port,
+                target_port: Some(IntOrString::Int(p.port)),
+                protocol: Some(proto),
+                ..ServicePort::default()
+            }
+        })
+        .collect();
+    let headless = ports.is_empty();
+    Service {
+        metadata: meta(ep, proxy_service_name(&name)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: headless.then(|| "None".to_string()),
+            selector: Some(selector_labels(&name)),
+            ports: (!headless).then_some(ports),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// tailscaled's `ipn.ConfigVAlpha`, the fields we set. `Debug` never prints the auth key.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TailscaledConfig {
+    /// Always `alpha0`.
+    pub version: String,
+    /// Whether `tailscale set` may change the config (we say no).
+    pub locked: bool,
+    /// One-off auth key; absent once the device is registered and the key was never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_key: Option<String>,
+    /// Device hostname (the pod name).
+    pub hostname: String,
+    /// Use the tailnet's DNS settings.
+    #[serde(rename = "AcceptDNS")]
+    pub accept_dns: bool,
+    /// Accept subnet routes from other devices.
+    pub accept_routes: bool,
+    /// VIP services this replica serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advertise_services: Vec<String>,
+}
+
+impl std::fmt::Debug for TailscaledConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailscaledConfig")
+            .field("hostname", &self.hostname)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
+            .field("advertise_services", &self.advertise_services)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replica `i`'s tailscaled config.
+pub fn tailscaled_config(endpoints: &str, i: i32, auth_key: Option<String>, advertise: &[String]) -> TailscaledConfig {
+    TailscaledConfig {
+        version: "alpha0".into(),
+        locked: false,
+        auth_key,
+        hostname: state_secret_name(endpoints, i),
+        accept_dns: false,
+        accept_routes: false,
+        advertise_services: advertise.to_vec(),
+    }
+}
+
+fn replica_meta(ep: &TailscaleEndpoints, name: String, i: i32, kind: &str) -> ObjectMeta {
+    let mut m = meta(ep, name);
+    let labels = m.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(REPLICA_LABEL.into(), i.to_string());
+    labels.insert(SECRET_TYPE_LABEL.into(), kind.into());
+    m
+}
+
+/// Replica `i`'s config Secret holding `cap-<capver>.hujson`.
+pub fn config_secret(ep: &TailscaleEndpoints, i: i32, config: &TailscaledConfig) -> Result<Secret, serde_json::Error> {
+    let body = serde_json::to_vec_pretty(config)?;
+    Ok(Secret {
+        metadata: replica_meta(ep, config_secret_name(&ep_name(ep), i), i, "config"),
+        data: Some(BTreeMap::from([(config_file_name(), ByteString(body))])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+/// Replica `i`'s state Secret. Created empty: the proxy fills it (we never send `data`, so our
+/// apply never overwrites what the proxy wrote).
+pub fn state_secret(ep: &TailscaleEndpoints, i: i32) -> Secret {
+    Secret {
+        metadata: replica_meta(ep, state_secret_name(&ep_name(ep), i), i, "state"),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+/// The auth key already in a config Secret, if any.
+pub fn existing_auth_key(secret: &Secret) -> Option<String> {
+    let raw = secret.data.as_ref()?.get(&config_file_name())?;
+    let config: TailscaledConfig = serde_json::from_slice(&raw.0).ok()?;
+    config.auth_key.filter(|k| !k.is_empty())
+}
+
+/// The replica index of one of our per-replica Secrets.
+pub fn replica_index(secret: &Secret) -> Option<i32> {
+    secret.metadata.labels.as_ref()?.get(REPLICA_LABEL)?.parse().ok()
+}
+
+/// Whether a Secret is a config (`true`) or state (`false`) Secret; `None` when neither.
+pub fn is_config_secret(secret: &Secret) -> Option<bool> {
+    match secret.metadata.labels.as_ref()?.get(SECRET_TYPE_LABEL)?.as_str() {
+        "config" => Some(true),
+        "state" => Some(false),
+        _ => None,
+    }
+}
+
+/// What a proxy wrote into its state Secret about its device.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceState {
+    /// Stable node ID (`device_id`).
+    pub node_id: Option<String>,
+    /// MagicDNS FQDN (`device_fqdn`).
+    pub fqdn: Option<String>,
+    /// Tailscale IPs (`device_ips`, a JSON array).
+    pub ips: Vec<String>,
+}
+
+/// Reads `device_id`, `device_fqdn` and `device_ips` from a state Secret.
+pub fn device_state(secret: &Secret) -> DeviceState {
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|s| !s.is_empty())
+    };
+    DeviceState {
+        node_id: get("device_id"),
+        fqdn: get("device_fqdn").map(|f| f.trim_end_matches('.').to_string()),
+        ips: get("device_ips").and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()).unwrap_or_default(),
+    }
+}
+
+/// Joins replica `i`'s state with the tailnet's live device list (by node ID).
+pub fn device_status(endpoints: &str, i: i32, state: &DeviceState, live: &[Device]) -> Option<DeviceStatus> {
+    let node_id = state.node_id.clone()?;
+    let pod = state_secret_name(endpoints, i);
+    let device = live.iter().find(|d| d.node_id == node_id);
+    let fqdn = device
+        .map(|d| d.name.trim_end_matches('.').to_string())
+        .filter(|n| !n.is_empty())
+        .or_else(|| state.fqdn.clone());
+    let addresses = match device {
+        Some(d) if !d.addresses.is_empty() => d.addresses.clone(),
+        _ => state.ips.clone(),
+    };
+    let hostname = device
+        .map(|d| d.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| fqdn.as_deref().and_then(|f| f.split('.').next()).map(str::to_string))
+        .unwrap_or_else(|| pod.clone());
+    let connected = device.is_some_and(|d| d.connected_to_control);
+    Some(DeviceStatus {
+        hostname,
+        tailscale_ip: addresses.first().cloned(),
+        addresses,
+        tailscale_fqdn: fqdn,
+        node_id: Some(node_id),
+        stateful_set_pod: Some(pod),
+        connected,
+        online: connected,
+        last_seen: device.and_then(|d| d.last_seen.clone()),
+        tags: device.map(|d| d.tags.clone()).unwrap_or_default(),
+        os: device.and_then(|d| d.os.clone()),
+        client_version: device.and_then(|d| d.client_version.clone()),
+    })
+}
+
+/// Observed facts about the proxies' StatefulSet used in the status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedStatefulSet {
+    /// Ready pods.
+    pub ready_replicas: i32,
+    /// Creation time.
+    pub created_at: Option<String>,
+}
+
+impl ObservedStatefulSet {
+    /// Reads the facts off a StatefulSet from the API server.
+    pub fn of(sts: &StatefulSet) -> Self {
+        Self {
+            ready_replicas: sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+            created_at: sts.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        }
+    }
+}
+
+/// The whole status of a TailscaleEndpoints. `devices` are the replicas with a registered
+/// device; Ready when their number equals the desired replicas.
+pub fn endpoints_status(
+    ep: &TailscaleEndpoints,
+    devices: Vec<DeviceStatus>,
+    sts: Option<&ObservedStatefulSet>,
+    now: Timestamp,
+) -> TailscaleEndpointsStatus {
+    let name = ep_name(ep);
+    let want = replicas(ep);
+    let have = devices.len() as i32;
+    let previous: &[Condition] = ep.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let ready = status::condition(
+        Desired {
+            type_: READY,
+            ok: have == want,
+            reason: if have == want { "DevicesReady" } else { "WaitingForDevices" },
+            message: format!("{have}/{want} devices registered in the tailnet"),
+        },
+        ep.metadata.generation,
+        now,
+        previous,
+    );
+    TailscaleEndpointsStatus {
+        conditions: vec![ready],
+        device_count: Some(have),
+        devices,
+        stateful_sets: vec![StatefulSetStatus {
+            name: name.clone(),
+            namespace: ep.metadata.namespace.clone().unwrap_or_default(),
+            type_: Some(connection_type(ep)),
+            replicas: want,
+            ready_replicas: sts.map(|s| s.ready_replicas).unwrap_or(0),
+            service: Some(proxy_service_name(&name)),
+            created_at: sts.and_then(|s| s.created_at.clone()),
+        }],
+        observed_generation: ep.metadata.generation,
+    }
+}
+
+/// Where a TailscaleServices' VIP service stands after this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VipOutcome {
+    /// Created or attached; as the API reports it.
+    Ready(crate::tailscale::VipService),
+    /// Owned by someone else; we leave it alone.
+    Foreign(String),
+    /// Cannot be placed yet (reason, message); the last known VIP status is kept.
+    Pending(&'static str, String),
+}
+
+/// The whole status of a TailscaleServices: selection, VIP service and conditions.
+pub fn services_status(
+    svc: &TailscaleServices,
+    selected: Vec<SelectedEndpointsStatus>,
+    outcome: &VipOutcome,
+    magic_dns_suffix: Option<&str>,
+    now: Timestamp,
+) -> TailscaleServicesStatus {
+    let previous = svc.status.clone().unwrap_or_default();
+    let backends: i32 = selected.iter().map(|s| s.machines.len() as i32).sum();
+    let healthy: i32 = selected.iter().map(|s| s.healthy_machines.unwrap_or(0)).sum();
+    let (vip_service, vip_cond) = match outcome {
+        VipOutcome::Ready(v) => (
+            Some(VipServiceStatus {
+                name: Some(v.name.clone()),
+                addresses: v.addrs.clone(),
+                dns_name: super::vip::dns_name(&v.name, magic_dns_suffix),
+                backend_count: backends,
+                healthy_backends: healthy,
+            }),
+            Desired {
+                type_: VIP_SERVICE_READY,
+                ok: true,
+                reason: "VIPServiceReady",
+                message: format!("{} is served by {healthy}/{backends} backends", v.name),
+            },
+        ),
+        VipOutcome::Foreign(msg) => {
+            (None, Desired { type_: VIP_SERVICE_READY, ok: false, reason: "OwnedByAnother", message: msg.clone() })
+        }
+        VipOutcome::Pending(reason, msg) => (
+            previous.vip_service.clone().map(|mut v| {
+                v.backend_count = backends;
+                v.healthy_backends = healthy;
+                v
+            }),
+            Desired { type_: VIP_SERVICE_READY, ok: false, reason, message: msg.clone() },
+        ),
+    };
+    let vip_ok = matches!(outcome, VipOutcome::Ready(_));
+    let ready = match (vip_ok, selected.is_empty(), healthy > 0) {
+        (false, _, _) => {
+            Desired { type_: READY, ok: false, reason: "VIPServiceNotReady", message: vip_cond.message.clone() }
+        }
+        (true, true, _) => Desired {
+            type_: READY,
+            ok: false,
+            reason: "NoEndpointsSelected",
+            message: "the selector matches no TailscaleEndpoints".into(),
+        },
+        (true, false, false) => Desired {
+            type_: READY,
+            ok: false,
+            reason: "NoHealthyBackends",
+            message: format!("0/{backends} backends online"),
+        },
+        (true, false, true) => Desired {
+            type_: READY,
+            ok: true,
+            reason: "Ready",
+            message: format!("{healthy}/{backends} backends online"),
+        },
+    };
+    let generation = svc.metadata.generation;
+    TailscaleServicesStatus {
+        conditions: vec![
+            status::condition(ready, generation, now, &previous.conditions),
+            status::condition(vip_cond, generation, now, &previous.conditions),
+        ],
+        endpoint_count: Some(selected.len() as i32),
+        selected_endpoints: selected,
+        vip_service,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{PortSpec, ProxySpec, TailscaleEndpointsSpec};
+
+    fn ep(replicas: i32) -> TailscaleEndpoints {
+        let mut ep = TailscaleEndpoints::new(
+            "web",
+            TailscaleEndpointsSpec {
+                tailnet: "corp".into(),
+                tags: vec!["tag:k8s-proxy".into()],
+                proxy: Some(ProxySpec { replicas: Some(replicas), ..ProxySpec::default() }),
+                ports: vec![PortSpec { name: None, port: 80, protocol: None }],
+            },
+        );
+        ep.metadata.namespace = Some("prod".into());
+        ep.metadata.uid = Some("uid-1".into());
+        ep.metadata.generation = Some(3);
+        ep
+    }
+
+    fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn stateful_set_follows_proxygroup_patterns() {
+        let sts = to_json(&stateful_set(&ep(2), "tailscale/tailscale:stable"));
+        assert_eq!(sts["apiVersion"], "apps/v1");
+        assert_eq!(sts["metadata"]["name"], "web");
+        assert_eq!(sts["metadata"]["namespace"], "prod");
+        assert_eq!(
+            sts["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints", "name": "web",
+                    "uid": "uid-1", "controller": true, "blockOwnerDeletion": true}])
+        );
+        assert_eq!(sts["spec"]["replicas"], 2);
+        assert_eq!(sts["spec"]["serviceName"], "web-svc");
+        assert_eq!(sts["spec"]["selector"]["matchLabels"][ENDPOINTS_LABEL], "web");
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "web");
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "tailscale/tailscale:stable");
+        let env: BTreeMap<String, serde_json::Value> = c["env"]
+            .as_array()
+            .unwrap_or_else(|| panic!("env"))
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e.clone()))
+            .collect();
+        assert_eq!(env["TS_KUBE_SECRET"]["value"], "$(POD_NAME)");
+        assert_eq!(env["TS_STATE"]["value"], "kube:$(POD_NAME)");
+        assert_eq!(env["TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR"]["value"], "/etc/tsconfig/$(POD_NAME)");
+        assert_eq!(env["TS_USERSPACE"]["value"], "true");
+        assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+        assert_eq!(env["POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
+        assert_eq!(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+        assert_eq!(
+            c["volumeMounts"][1],
+            json!({"name": "tailscaledconfig-1", "mountPath": "/etc/tsconfig/web-1", "readOnly": true})
+        );
+        assert_eq!(pod["volumes"][0]["secret"]["secretName"], "web-0-config");
+        assert_eq!(c["ports"], json!([{"name": "tcp-80", "containerPort": 80, "protocol": "TCP"}]));
+        // The spec's image wins over the default.
+        let mut custom = ep(1);
+        if let Some(p) = custom.spec.proxy.as_mut() {
+            p.image = Some("my/proxy:1".into());
+        }
+        assert_eq!(
+            to_json(&stateful_set(&custom, "x"))["spec"]["template"]["spec"]["containers"][0]["image"],
+            "my/proxy:1"
+        );
+    }
+
+    #[test]
+    fn render_mode_has_no_owner_reference() {
+        let mut e = ep(1);
+        e.metadata.uid = None;
+        assert!(service(&e).metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn service_is_cluster_ip_or_headless() {
+        let svc = to_json(&service(&ep(2)));
+        assert_eq!(svc["metadata"]["name"], "web-svc");
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"], json!([{"name": "tcp-80", "port": 80, "targetPort": 80, "protocol": "TCP"}]));
+        assert_eq!(svc["spec"]["selector"][ENDPOINTS_LABEL], "web");
+        let mut no_ports = ep(2);
+        no_ports.spec.ports.clear();
+        let headless = to_json(&service(&no_ports));
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+        assert!(headless["spec"].get("ports").is_none());
+    }
+
+    #[test]
+    fn rbac_limits_proxies_to_their_state_secrets() {
+        let r = to_json(&role(&ep(2)));
+        assert_eq!(r["rules"][0]["resourceNames"], json!(["web-0", "web-1"]));
+        assert_eq!(r["rules"][0]["verbs"], json!(["get", "update", "patch"]));
+        let rb = to_json(&role_binding(&ep(2)));
+        assert_eq!(rb["subjects"][0], json!({"kind": "ServiceAccount", "name": "web", "namespace": "prod"}));
+        assert_eq!(rb["roleRef"]["name"], "web");
+        assert_eq!(to_json(&service_account(&ep(2)))["metadata"]["name"], "web");
+    }
+
+    #[test]
+    fn config_secret_holds_hujson_and_round_trips_the_key() {
+        let cfg = tailscaled_config("web", 1, Some("tskey-auth-abc".into()), &["svc:web".into()]);
+        assert!(!format!("{cfg:?}").contains("tskey"), "Debug must not print the key");
+        let secret = config_secret(&ep(2), 1, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(secret.metadata.name.as_deref(), Some("web-1-config"));
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels[REPLICA_LABEL], "1");
+        assert_eq!(labels[SECRET_TYPE_LABEL], "config");
+        let raw = &secret.data.as_ref().and_then(|d| d.get("cap-107.hujson")).unwrap_or_else(|| panic!("file")).0;
+        let parsed: serde_json::Value = serde_json::from_slice(raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            parsed,
+            json!({"Version": "alpha0", "Locked": false, "AuthKey": "tskey-auth-abc", "Hostname": "web-1",
+                   "AcceptDNS": false, "AcceptRoutes": false, "AdvertiseServices": ["svc:web"]})
+        );
+        assert_eq!(existing_auth_key(&secret).as_deref(), Some("tskey-auth-abc"));
+        assert_eq!(replica_index(&secret), Some(1));
+        assert_eq!(is_config_secret(&secret), Some(true));
+        let keyless =
+            config_secret(&ep(2), 0, &tailscaled_config("web", 0, None, &[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(existing_auth_key(&keyless), None);
+        let raw = &keyless.data.as_ref().and_then(|d| d.get("cap-107.hujson")).unwrap_or_else(|| panic!("file")).0;
+        let text = String::from_utf8_lossy(raw);
+        assert!(!text.contains("AuthKey") && !text.contains("AdvertiseServices"), "{text}");
+    }
+
+    #[test]
+    fn state_secret_carries_no_data() {
+        let s = state_secret(&ep(2), 0);
+        assert_eq!(s.metadata.name.as_deref(), Some("web-0"));
+        assert!(s.data.is_none());
+        assert_eq!(is_config_secret(&s), Some(false));
+    }
+
+    fn state(id: &str) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([
+                ("device_id".into(), ByteString(id.as_bytes().to_vec())),
+                ("device_fqdn".into(), ByteString(b"web-0.tail8eff9.ts.net.".to_vec())),
+                ("device_ips".into(), ByteString(br#"["100.64.0.1","fd7a::1"]"#.to_vec())),
+            ])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn device_status_joins_state_with_live_data() {
+        let st = device_state(&state("nABC"));
+        assert_eq!(st.fqdn.as_deref(), Some("web-0.tail8eff9.ts.net"));
+        assert_eq!(st.ips, vec!["100.64.0.1", "fd7a::1"]);
+        // Without live data: from the state Secret, offline.
+        let d = device_status("web", 0, &st, &[]).unwrap_or_else(|| panic!("device"));
+        assert_eq!(d.hostname, "web-0");
+        assert_eq!(d.tailscale_ip.as_deref(), Some("100.64.0.1"));
+        assert!(!d.online);
+        // With live data: live wins.
+        let live = Device {
+            id: "1".into(),
+            node_id: "nABC".into(),
+            name: "web-0-1.tail8eff9.ts.net".into(),
+            hostname: "web-0-1".into(),
+            addresses: vec!["100.64.0.9".into()],
+            connected_to_control: true,
+            tags: vec!["tag:k8s-proxy".into()],
+            last_seen: Some("2025-06-25T10:30:00Z".into()),
+            ..Device::default()
+        };
+        let d = device_status("web", 0, &st, &[live]).unwrap_or_else(|| panic!("device"));
+        assert_eq!(d.hostname, "web-0-1");
+        assert_eq!(d.tailscale_ip.as_deref(), Some("100.64.0.9"));
+        assert!(d.online && d.connected);
+        assert_eq!(d.stateful_set_pod.as_deref(), Some("web-0"));
+        assert_eq!(d.tags, vec!["tag:k8s-proxy"]);
+        // Not registered yet: no device.
+        assert_eq!(device_status("web", 1, &DeviceState::default(), &[]), None);
+    }
+
+    #[test]
+    fn ready_when_devices_equal_replicas_and_stable_when_unchanged() {
+        let now: Timestamp = "2025-06-25T10:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let st = device_state(&state("nABC"));
+        let dev = device_status("web", 0, &st, &[]).unwrap_or_else(|| panic!("device"));
+        let mut e = ep(2);
+        let s1 = endpoints_status(&e, vec![dev.clone()], None, now);
+        assert_eq!(s1.conditions[0].status, "False");
+        assert_eq!(s1.conditions[0].reason, "WaitingForDevices");
+        assert_eq!(s1.device_count, Some(1));
+        assert_eq!(s1.observed_generation, Some(3));
+        assert_eq!(s1.stateful_sets[0].service.as_deref(), Some("web-svc"));
+        e.status = Some(s1.clone());
+        let later = now + std::time::Duration::from_secs(60);
+        assert_eq!(endpoints_status(&e, vec![dev.clone()], None, later), s1, "same input, same status");
+        let mut d2 = dev.clone();
+        d2.hostname = "web-1".into();
+        let s2 = endpoints_status(&e, vec![dev, d2], None, later);
+        assert_eq!(s2.conditions[0].status, "True");
+        assert_eq!(s2.conditions[0].last_transition_time.0, later);
+    }
+
+    #[test]
+    fn services_status_reports_vip_and_backends() {
+        let now: Timestamp = "2025-06-25T10:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut svc = TailscaleServices::new("web", Default::default());
+        svc.metadata.generation = Some(4);
+        let selected = vec![SelectedEndpointsStatus {
+            name: "east".into(),
+            machines: vec!["east-0".into(), "east-1".into()],
+            healthy_machines: Some(1),
+        }];
+        let vip = crate::tailscale::VipService {
+            name: "svc:web".into(),
+            addrs: vec!["100.100.100.50".into()],
+            ..Default::default()
+        };
+        let s = services_status(&svc, selected.clone(), &VipOutcome::Ready(vip), Some("tail8eff9.ts.net"), now);
+        let v = s.vip_service.clone().unwrap_or_else(|| panic!("vip"));
+        assert_eq!(v.dns_name.as_deref(), Some("web.tail8eff9.ts.net"));
+        assert_eq!(v.addresses, vec!["100.100.100.50"]);
+        assert_eq!((v.backend_count, v.healthy_backends), (2, 1));
+        assert_eq!(s.endpoint_count, Some(1));
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.conditions[1].type_, "VIPServiceReady");
+        assert_eq!(s.observed_generation, Some(4));
+        // A failure to place the VIP keeps the last known VIP status.
+        svc.status = Some(s.clone());
+        let pending =
+            services_status(&svc, selected.clone(), &VipOutcome::Pending("TailnetNotReady", "x".into()), None, now);
+        assert_eq!(pending.vip_service.as_ref().map(|v| v.addresses.clone()), Some(vec!["100.100.100.50".to_string()]));
+        assert_eq!(pending.conditions[0].reason, "VIPServiceNotReady");
+        let foreign = services_status(&svc, selected, &VipOutcome::Foreign("not ours".into()), None, now);
+        assert_eq!(foreign.vip_service, None);
+        assert_eq!(foreign.conditions[1].reason, "OwnedByAnother");
+        let none = services_status(&svc, vec![], &VipOutcome::Ready(Default::default()), None, now);
+        assert_eq!(none.conditions[0].reason, "NoEndpointsSelected");
+    }
+}

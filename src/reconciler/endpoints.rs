@@ -1,0 +1,277 @@
+//! TailscaleEndpoints controller: proxies (ServiceAccount, Role, RoleBinding, StatefulSet,
+//! Service, per-replica config and state Secrets), auth keys for unregistered replicas, device
+//! status from state Secrets joined with the tailnet's cached device list, scale-down and
+//! deletion removing devices from the tailnet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+use super::builders::{self, DeviceState, ObservedStatefulSet};
+use super::status::{self, Desired, READY};
+use super::{Context, Error, TailnetHandle, apply_status, delete_if_exists, ensure, instrumented};
+use crate::api::{TailscaleEndpoints, TailscaleEndpointsStatus};
+use crate::core::ObjectKey;
+use crate::core::resource::vip_service_name;
+use crate::tailscale::{AuthKeyRequest, Device};
+
+/// Finalizer guarding the removal of the proxies' devices from the tailnet.
+pub const FINALIZER: &str = "gateway.tailscale.com/tailnet-devices";
+const CONTROLLER: &str = "endpoints";
+
+/// Reconciles one TailscaleEndpoints.
+pub async fn reconcile(ep: Arc<TailscaleEndpoints>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectKey::of(&ep.metadata);
+    let ns = ep.namespace().ok_or_else(|| Error::Invalid("TailscaleEndpoints without a namespace".into()))?;
+    let api: Api<TailscaleEndpoints> = Api::namespaced(ctx.client.clone(), &ns);
+    let c: &Context = &ctx;
+    instrumented(c, CONTROLLER, key.to_string(), async {
+        finalizer(&api, FINALIZER, ep, |event| async move {
+            match event {
+                Finalizer::Apply(ep) => apply(&ep, c).await,
+                Finalizer::Cleanup(ep) => cleanup(&ep, c).await,
+            }
+        })
+        .await
+        .map_err(Error::from_finalizer)
+    })
+    .await
+}
+
+/// Requeues a failed object with per-object exponential backoff. The status is left as it was.
+pub fn error_policy(ep: Arc<TailscaleEndpoints>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff(CONTROLLER, ObjectKey::of(&ep.metadata).to_string()))
+}
+
+/// What exists in the cluster for one TailscaleEndpoints.
+struct Observed {
+    service_account: Option<ServiceAccount>,
+    role: Option<Role>,
+    role_binding: Option<RoleBinding>,
+    service: Option<Service>,
+    stateful_set: Option<StatefulSet>,
+    /// Config Secrets by replica.
+    config: BTreeMap<i32, Secret>,
+    /// State Secrets by replica.
+    state: BTreeMap<i32, Secret>,
+}
+
+async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, Error> {
+    let c = ctx.client.clone();
+    let secrets = Api::<Secret>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{}={name}", builders::ENDPOINTS_LABEL)))
+        .await?;
+    let mut config = BTreeMap::new();
+    let mut state = BTreeMap::new();
+    for s in secrets.items {
+        match (builders::replica_index(&s), builders::is_config_secret(&s)) {
+            (Some(i), Some(true)) => {
+                config.insert(i, s);
+            }
+            (Some(i), Some(false)) => {
+                state.insert(i, s);
+            }
+            _ => {}
+        }
+    }
+    Ok(Observed {
+        service_account: Api::<ServiceAccount>::namespaced(c.clone(), ns).get_opt(name).await?,
+        role: Api::<Role>::namespaced(c.clone(), ns).get_opt(name).await?,
+        role_binding: Api::<RoleBinding>::namespaced(c.clone(), ns).get_opt(name).await?,
+        service: Api::<Service>::namespaced(c.clone(), ns).get_opt(&builders::proxy_service_name(name)).await?,
+        stateful_set: Api::<StatefulSet>::namespaced(c, ns).get_opt(name).await?,
+        config,
+        state,
+    })
+}
+
+/// VIP services a ready replica of `key` advertises: those of the TailscaleServices selecting it
+/// whose VIP service exists (their status names it).
+pub fn advertised_services(ctx: &Context, key: &ObjectKey) -> Vec<String> {
+    let idx = ctx.cache.read();
+    let set: BTreeSet<String> = idx
+        .selecting_services(key)
+        .filter_map(|s| idx.services(s))
+        .filter(|svc| svc.status.as_ref().and_then(|s| s.vip_service.as_ref()).and_then(|v| v.name.as_ref()).is_some())
+        .filter_map(|svc| vip_service_name(svc))
+        .collect();
+    set.into_iter().collect()
+}
+
+async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> {
+    let name = ep.name_any();
+    let ns = ep.namespace().unwrap_or_default();
+    let key = ObjectKey::new(&ns, &name);
+    let handle = match ctx.tailnet_api(&ep.spec.tailnet).await {
+        Ok(h) => h,
+        Err(e @ (Error::TailnetNotFound(_) | Error::Credentials { .. })) => {
+            return not_ready(ep, ctx, "TailnetNotReady", e.to_string()).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let observed = observe(ctx, &ns, &name).await?;
+    let c = ctx.client.clone();
+    let mut created = Vec::new();
+    if ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service_account.as_ref(), &builders::service_account(ep))
+        .await?
+        .is_some()
+        && observed.service_account.is_none()
+    {
+        created.push("ServiceAccount");
+    }
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_ref(), &builders::role(ep)).await?;
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_ref(), &builders::role_binding(ep)).await?;
+
+    // Per-replica Secrets before the StatefulSet, so new pods find their config.
+    let replicas = builders::replicas(ep);
+    let serves = builders::serves_ingress(&builders::connection_type(ep));
+    let advertise = if serves { advertised_services(ctx, &key) } else { Vec::new() };
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+    let mut states: Vec<(i32, DeviceState)> = Vec::with_capacity(replicas as usize);
+    for i in 0..replicas {
+        let state = observed.state.get(&i).map(builders::device_state).unwrap_or_default();
+        let registered = state.node_id.is_some();
+        let mut auth_key = observed.config.get(&i).and_then(builders::existing_auth_key);
+        if auth_key.is_none() && !registered {
+            let key = handle.api.create_auth_key(&auth_key_request(ep, ctx, i)).await?;
+            tracing::info!(endpoints = %key_of(ep), replica = i, key_id = %key.id, "created auth key");
+            auth_key = Some(key.key);
+        }
+        let config = builders::tailscaled_config(&name, i, auth_key, if registered { &advertise } else { &[] });
+        ensure(ctx, &secrets, observed.config.get(&i), &builders::config_secret(ep, i, &config)?).await?;
+        ensure(ctx, &secrets, observed.state.get(&i), &builders::state_secret(ep, i)).await?;
+        states.push((i, state));
+    }
+    let sts = builders::stateful_set(ep, &ctx.config.proxy_image);
+    let applied = ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_ref(), &sts).await?;
+    if applied.is_some() && observed.stateful_set.is_none() {
+        created.push("StatefulSet");
+    }
+    let sts_facts = applied.as_ref().or(observed.stateful_set.as_ref()).map(ObservedStatefulSet::of);
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_ref(), &builders::service(ep)).await?;
+    if !created.is_empty() {
+        ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
+    }
+
+    // Scale-down: remove surplus devices from the tailnet, then their Secrets.
+    let surplus: BTreeSet<i32> =
+        observed.config.keys().chain(observed.state.keys()).copied().filter(|i| *i >= replicas).collect();
+    if !surplus.is_empty() {
+        let node_ids: Vec<String> = surplus
+            .iter()
+            .filter_map(|i| observed.state.get(i))
+            .filter_map(|s| builders::device_state(s).node_id)
+            .collect();
+        delete_devices(ctx, &handle, &node_ids).await?;
+        for i in &surplus {
+            delete_if_exists(&secrets, &builders::config_secret_name(&name, *i)).await?;
+            delete_if_exists(&secrets, &builders::state_secret_name(&name, *i)).await?;
+        }
+        ctx.event(ep, false, "ScaledDown", format!("removed {} surplus devices from the tailnet", node_ids.len()))
+            .await;
+    }
+
+    let live = ctx.devices(&handle).await?;
+    let devices = states.iter().filter_map(|(i, st)| builders::device_status(&name, *i, st, &live)).collect();
+    let new_status = builders::endpoints_status(ep, devices, sts_facts.as_ref(), status::now_seconds());
+    apply_status(
+        ctx,
+        &Api::<TailscaleEndpoints>::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default()),
+        ep,
+        ep.status.as_ref(),
+        &new_status,
+    )
+    .await?;
+    Ok(Action::requeue(ctx.config.requeue))
+}
+
+fn key_of(ep: &TailscaleEndpoints) -> ObjectKey {
+    ObjectKey::of(&ep.metadata)
+}
+
+fn auth_key_request(ep: &TailscaleEndpoints, ctx: &Context, i: i32) -> AuthKeyRequest {
+    let tags = if ep.spec.tags.is_empty() {
+        ctx.cache.read().tailnet(&ep.spec.tailnet).map(|t| t.spec.tags.clone()).unwrap_or_default()
+    } else {
+        ep.spec.tags.clone()
+    };
+    let mut description = format!("tailscale-gateway {}-{i}", ep.name_any());
+    description.truncate(50);
+    AuthKeyRequest { tags, reusable: false, ephemeral: false, preauthorized: true, description, expiry: None }
+}
+
+/// Sets `Ready=False` with `reason`, keeping the rest of the last known status.
+async fn not_ready(ep: &TailscaleEndpoints, ctx: &Context, reason: &str, message: String) -> Result<Action, Error> {
+    let mut s: TailscaleEndpointsStatus = ep.status.clone().unwrap_or_default();
+    let ready = status::condition(
+        Desired { type_: READY, ok: false, reason, message },
+        ep.metadata.generation,
+        status::now_seconds(),
+        &s.conditions,
+    );
+    s.conditions.retain(|c| c.type_ != READY);
+    s.conditions.push(ready);
+    apply_status(
+        ctx,
+        &Api::<TailscaleEndpoints>::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default()),
+        ep,
+        ep.status.as_ref(),
+        &s,
+    )
+    .await?;
+    Ok(Action::requeue(std::time::Duration::from_secs(60)))
+}
+
+/// Deletes devices by node ID, looking up their API IDs in the cached list.
+async fn delete_devices(ctx: &Context, handle: &TailnetHandle, node_ids: &[String]) -> Result<(), Error> {
+    if node_ids.is_empty() {
+        return Ok(());
+    }
+    let live = ctx.devices(handle).await?;
+    for node_id in node_ids {
+        let id = live.iter().find(|d: &&Device| &d.node_id == node_id).map(|d| d.id.clone());
+        if let Some(id) = id {
+            handle.api.delete_device(&id).await?;
+            tracing::info!(tailnet = %handle.name, node_id = %node_id, "deleted device");
+        }
+    }
+    ctx.forget_devices(handle, node_ids).await;
+    Ok(())
+}
+
+async fn cleanup(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> {
+    let handle = match ctx.tailnet_api(&ep.spec.tailnet).await {
+        Ok(h) => h,
+        Err(e @ (Error::TailnetNotFound(_) | Error::Credentials { .. })) => {
+            ctx.event(ep, true, "DevicesNotRemoved", format!("cannot remove devices from the tailnet: {e}")).await;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    let ns = ep.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{}={}", builders::ENDPOINTS_LABEL, ep.name_any())))
+        .await?;
+    let node_ids: Vec<String> = secrets
+        .items
+        .iter()
+        .filter(|s| builders::is_config_secret(s) == Some(false))
+        .filter_map(|s| builders::device_state(s).node_id)
+        .collect();
+    match delete_devices(ctx, &handle, &node_ids).await {
+        Ok(()) => {}
+        Err(Error::Tailscale(e)) if !e.is_transient() => {
+            ctx.event(ep, true, "DevicesNotRemoved", format!("cannot remove devices from the tailnet: {e}")).await;
+        }
+        Err(e) => return Err(e),
+    }
+    tracing::info!(endpoints = %key_of(ep), devices = node_ids.len(), "removed devices of deleted endpoints");
+    Ok(Action::await_change())
+}

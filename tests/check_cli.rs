@@ -1,0 +1,59 @@
+//! `tailscale-gateway check` as a CI pipeline runs it.
+
+use std::process::Command;
+
+fn check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+        .arg("check")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("running check: {e}"));
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn valid_examples_pass() {
+    let files = [
+        "examples/tailnets.yaml",
+        "examples/endpoints-east.yaml",
+        "examples/endpoints-west.yaml",
+        "examples/services.yaml",
+        "examples/gateway.yaml",
+    ];
+    let mut args = Vec::new();
+    for f in files {
+        args.extend(["-f", f]);
+    }
+    let (code, out) = check(&args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 rejected"), "{out}");
+}
+
+#[test]
+fn every_invalid_example_is_rejected_with_its_field() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    files.sort();
+    assert!(files.len() >= 8, "one example per rule family");
+    for f in files {
+        let path = f.to_string_lossy().into_owned();
+        let (code, out) = check(&["-f", &path]);
+        assert_eq!(code, 1, "{path} should be rejected:\n{out}");
+        assert!(
+            out.contains("error: ") && out.contains(": Invalid value")
+                || out.contains(": Required value")
+                || out.contains(": Unsupported value")
+                || out.contains(": Duplicate value"),
+            "{path}: {out}"
+        );
+    }
+}
+
+#[test]
+fn missing_path_is_an_error() {
+    let (code, out) = check(&["-f", "does/not/exist.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("No such file"), "{out}");
+}

@@ -1,0 +1,140 @@
+//! Helpers for tests over real sockets: a rustls client that holds one connection, and servers
+//! started in-process on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A TLS client config trusting the PEM CAs given, optionally presenting a client cert.
+pub fn client_config(ca_pems: &[&str], client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    let provider = tailscale_gateway::server::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in ca_pems {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap_or_else(|e| panic!("CA PEM: {e}"))).unwrap_or_else(|e| panic!("adding root: {e}"));
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            builder.with_client_auth_cert(chain, key).unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    Arc::new(cfg)
+}
+
+/// One kept-alive HTTP/1.1 connection over TLS.
+pub struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    /// The server's leaf certificate on this connection.
+    pub server_cert: CertificateDer<'static>,
+}
+
+/// Response status, content type and body.
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Conn {
+    /// Connects and completes the TLS handshake.
+    pub async fn open(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Conn {
+        let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+        let tls = TlsConnector::from(cfg).connect(name, tcp).await.unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+        let server_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .unwrap_or_else(|| panic!("no server cert"));
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(conn);
+        Conn { sender, server_cert }
+    }
+
+    /// Sends a request on this connection.
+    pub async fn request(&mut self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap_or_else(|e| panic!("{e}"));
+        self.sender.ready().await.unwrap_or_else(|e| panic!("connection not ready: {e}"));
+        let resp = self.sender.send_request(req).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let content_type =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body = resp.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes().to_vec();
+        Resp { status, content_type, body }
+    }
+
+    /// POSTs JSON.
+    pub async fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Resp {
+        self.request("POST", path, Some("application/json"), serde_json::to_vec(body).unwrap_or_default()).await
+    }
+
+    /// GETs a path.
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, None, Vec::new()).await
+    }
+}
+
+/// Copies the examples (valid ones only) into `dir`.
+pub fn copy_examples(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            std::fs::copy(&path, dir.join(entry.file_name())).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+/// An AdmissionReview for one object.
+pub fn review(operation: &str, object: serde_json::Value, old: Option<serde_json::Value>) -> serde_json::Value {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let namespace = object.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default").to_string();
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "gateway.tailscale.com", "version": "v1alpha1", "kind": kind},
+            "resource": {"group": "gateway.tailscale.com", "version": "v1alpha1", "resource": format!("{}", kind.to_lowercase())},
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "admin"},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false
+        }
+    })
+}
