@@ -100,10 +100,8 @@ async fn bench_fanout(api: &AggregatedApi, cache: &Cache, certs: &PeerCerts) {
     let path = format!("{GV}/namespaces/hot/tailscaledevices?watch=true&resourceVersion={rv}");
     let mut watchers = Vec::with_capacity(WATCHERS);
     for _ in 0..WATCHERS {
-        let resp = router(api.clone())
-            .oneshot(request(&path, "application/json", certs))
-            .await
-            .unwrap_or_else(|e| match e {});
+        let resp =
+            router(api.clone()).oneshot(request(&path, "application/json", certs)).await.unwrap_or_else(|e| match e {});
         assert!(resp.status().is_success());
         let mut body = resp.into_body();
         watchers.push(tokio::spawn(async move {

@@ -3,10 +3,9 @@
 //! snapshots to bytes.
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::request::{Format, IncludeObject, ListOptions, encode_continue};
-use super::resources::{Column, GROUP_VERSION, Object, PartialObject, View};
+use super::resources::{Cell, Column, GROUP_VERSION, Object, PartialObject, View};
 use crate::cache::Stored;
 use crate::core::ObjectKey;
 
@@ -82,7 +81,7 @@ enum RowObject<'a, T: View> {
 #[derive(Serialize)]
 #[serde(bound = "")]
 struct Row<'a, T: View> {
-    cells: Vec<Value>,
+    cells: Vec<Cell<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     object: Option<RowObject<'a, T>>,
 }
@@ -124,9 +123,21 @@ fn table<'a, T: View>(
 }
 
 fn to_bytes<S: Serialize>(value: &S) -> Vec<u8> {
-    // Serializing our own structs into memory cannot fail (no maps with non-string keys).
-    serde_json::to_vec(value).unwrap_or_default()
+    to_bytes_sized(value, 512)
 }
+
+/// Serializes into a buffer pre-sized for `hint` bytes (large lists avoid repeated regrowth).
+fn to_bytes_sized<S: Serialize>(value: &S, hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hint);
+    // Serializing our own structs into memory cannot fail (no maps with non-string keys).
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Rough bytes per listed object, to pre-size list buffers.
+const BYTES_PER_ITEM: usize = 600;
 
 /// A list response: plain list, Table or `PartialObjectMetadataList`.
 pub fn list_body<T: View>(
@@ -137,20 +148,27 @@ pub fn list_body<T: View>(
     now: jiff::Timestamp,
 ) -> Vec<u8> {
     let meta = ListMeta::of(Some(page), revision);
+    let hint = 256 + page.items.len() * BYTES_PER_ITEM;
     match format {
-        Format::Json => to_bytes(&List {
-            api_version: GROUP_VERSION,
-            kind: T::LIST_KIND,
-            metadata: meta,
-            items: page.items.iter().map(|s| Object::new(&*s.object, s.revision)).collect(),
-        }),
-        Format::Table(v) => to_bytes(&table(&page.items, meta, v, include, true, now)),
-        Format::Metadata(_) => to_bytes(&List {
-            api_version: "meta.k8s.io/v1",
-            kind: "PartialObjectMetadataList",
-            metadata: meta,
-            items: page.items.iter().map(|s| PartialObject::new(&*s.object, s.revision)).collect(),
-        }),
+        Format::Json => to_bytes_sized(
+            &List {
+                api_version: GROUP_VERSION,
+                kind: T::LIST_KIND,
+                metadata: meta,
+                items: page.items.iter().map(|s| Object::new(&*s.object, s.revision)).collect(),
+            },
+            hint,
+        ),
+        Format::Table(v) => to_bytes_sized(&table(&page.items, meta, v, include, true, now), hint),
+        Format::Metadata(_) => to_bytes_sized(
+            &List {
+                api_version: "meta.k8s.io/v1",
+                kind: "PartialObjectMetadataList",
+                metadata: meta,
+                items: page.items.iter().map(|s| PartialObject::new(&*s.object, s.revision)).collect(),
+            },
+            hint,
+        ),
     }
 }
 
@@ -218,6 +236,8 @@ pub fn error_line(code: http::StatusCode, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use serde_json::Value;
 
     use super::*;
     use crate::core::selector::Selector;

@@ -38,6 +38,30 @@ pub struct Column {
     pub priority: u8,
 }
 
+/// One Table cell, borrowing from the view where it can (tables of 10k rows stay cheap).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Cell<'a> {
+    /// Text borrowed from the object.
+    Str(&'a str),
+    /// Computed text (ages, joined lists).
+    Text(String),
+    /// A boolean column.
+    Bool(bool),
+    /// An integer column.
+    Int(usize),
+}
+
+impl PartialEq<&str> for Cell<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            Cell::Str(s) => s == other,
+            Cell::Text(s) => s == other,
+            _ => false,
+        }
+    }
+}
+
 const fn col(name: &'static str, type_: &'static str, description: &'static str, priority: u8) -> Column {
     Column { name, type_, format: "", description, priority }
 }
@@ -87,7 +111,7 @@ pub trait View: Send + Sync + Sized + 'static {
     /// The value of one of [`View::FIELDS`].
     fn field(&self, path: &str) -> Option<String>;
     /// Table cells after the name, one per column, `now` for ages.
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Value>;
+    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>>;
     /// `spec` and `status`.
     fn body(&self) -> Self::Body<'_>;
     /// OpenAPI properties of `spec` and `status`.
@@ -231,8 +255,16 @@ pub fn age(timestamp: Option<&str>, now: jiff::Timestamp) -> String {
     }
 }
 
-fn joined(items: &[String]) -> String {
-    if items.is_empty() { "<none>".into() } else { items.join(",") }
+fn joined(items: &[String]) -> Cell<'_> {
+    match items {
+        [] => Cell::Str("<none>"),
+        [one] => Cell::Str(one),
+        many => Cell::Text(many.join(",")),
+    }
+}
+
+fn or_none(v: &Option<String>) -> Cell<'_> {
+    Cell::Str(v.as_deref().unwrap_or("<none>"))
 }
 
 /// The address shown in the IP column: the first IPv4 address, else the first address.
@@ -349,19 +381,18 @@ impl View for Device {
         })
     }
 
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Value> {
-        let or_none = |v: &Option<String>| Value::String(v.clone().unwrap_or_else(|| "<none>".into()));
+    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>> {
         vec![
-            Value::String(self.name.clone()),
-            Value::String(self.endpoints.clone()),
-            Value::String(self.tailnet.clone()),
-            Value::String(primary_ip(&self.addresses).unwrap_or("<none>").to_string()),
-            Value::Bool(self.online),
-            Value::String(age(self.last_seen.as_deref(), now)),
-            Value::String(age(self.created.as_deref(), now)),
+            Cell::Str(&self.name),
+            Cell::Str(&self.endpoints),
+            Cell::Str(&self.tailnet),
+            Cell::Str(primary_ip(&self.addresses).unwrap_or("<none>")),
+            Cell::Bool(self.online),
+            Cell::Text(age(self.last_seen.as_deref(), now)),
+            Cell::Text(age(self.created.as_deref(), now)),
             or_none(&self.fqdn),
             or_none(&self.node_id),
-            Value::String(joined(&self.tags)),
+            joined(&self.tags),
             or_none(&self.pod),
         ]
     }
@@ -517,19 +548,21 @@ impl View for Selection {
         }
     }
 
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Value> {
+    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>> {
         let vip = if !self.vip_addresses.is_empty() {
             self.vip_addresses.join(",")
         } else {
             self.vip_service.clone().map_or_else(|| "<none>".into(), |n| format!("{n} (pending)"))
         };
+        let endpoints =
+            if self.endpoints.is_empty() { "<none>".into() } else { endpoint_names(&self.endpoints).join(",") };
         vec![
-            Value::String(self.name.clone()),
-            Value::String(joined(&endpoint_names(&self.endpoints))),
-            json!(self.machine_count()),
-            json!(self.healthy_count()),
-            Value::String(vip),
-            Value::String(age(self.created.as_deref(), now)),
+            Cell::Str(&self.name),
+            Cell::Text(endpoints),
+            Cell::Int(self.machine_count()),
+            Cell::Int(self.healthy_count()),
+            Cell::Text(vip),
+            Cell::Text(age(self.created.as_deref(), now)),
         ]
     }
 
@@ -651,10 +684,11 @@ mod tests {
     #[test]
     fn device_cells_line_up_with_columns() {
         let now: jiff::Timestamp = "2025-06-25T10:35:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
-        let cells = device().cells(now);
+        let dev = device();
+        let cells = dev.cells(now);
         assert_eq!(cells.len(), Device::COLUMNS.len());
         assert_eq!(cells[3], "100.64.0.1");
-        assert_eq!(cells[4], true);
+        assert_eq!(cells[4], Cell::Bool(true));
         assert_eq!(cells[5], "5m");
         assert_eq!(cells[6], "35m");
         assert_eq!(cells[9], "tag:a,tag:b");
@@ -685,8 +719,8 @@ mod tests {
         let cells = sel.cells(jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(cells.len(), Selection::COLUMNS.len());
         assert_eq!(cells[1], "east,west");
-        assert_eq!(cells[2], 3);
-        assert_eq!(cells[3], 2);
+        assert_eq!(cells[2], Cell::Int(3));
+        assert_eq!(cells[3], Cell::Int(2));
         assert_eq!(cells[4], "svc:web (pending)");
         assert_eq!(cells[5], "<unknown>");
         let v = serde_json::to_value(Object::new(&sel, 7)).unwrap_or_default();
