@@ -266,7 +266,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     // Feed the cache; decide how the aggregated API authenticates.
     let aggregated_auth;
     if let Some(dir) = &args.local {
-        aggregated_auth = Auth::local(local_ca.as_deref().unwrap_or_default()).map_err(anyhow::Error::msg)?;
+        // Client certificates come from the state directory's CA, even when serving files are given.
+        let ca_pem = match local_ca.take() {
+            Some(pem) => pem,
+            None => crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?.ca.cert_pem,
+        };
+        aggregated_auth = Auth::local(&ca_pem).map_err(anyhow::Error::msg)?;
         let summary = crate::local::load_dir(&cache, dir);
         tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
         tasks.spawn(crate::local::watch_dir(cache.clone(), dir.clone(), args.local_poll_interval, stop.clone()));
