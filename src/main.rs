@@ -33,6 +33,51 @@ enum Command {
     },
     /// Print our CustomResourceDefinitions as YAML (the content of crds/).
     Crds,
+    /// Print, without a cluster, the Kubernetes objects the reconciler would create for the given
+    /// resources (StatefulSets, Services, Secrets with placeholder auth keys, ...), for review in CI.
+    Render {
+        /// Files or folders (walked recursively for *.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        /// Namespace for objects that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Default Tailscale proxy image.
+        #[arg(long, default_value = "tailscale/tailscale:stable")]
+        proxy_image: String,
+    },
+}
+
+/// `render`: load and validate like `check`, then print what the reconciler would create.
+fn render(paths: &[PathBuf], namespace: &str, proxy_image: &str) -> ExitCode {
+    let loaded = tailscale_gateway::manifest::load(paths, namespace);
+    for p in &loaded.problems {
+        eprintln!("{p}");
+    }
+    if loaded.has_errors() {
+        eprintln!("error: fix the rejected documents above first (see `tailscale-gateway check`)");
+        return ExitCode::from(1);
+    }
+    let resources: Vec<_> = loaded.resources.into_iter().map(|(_, r)| r).collect();
+    let opts = tailscale_gateway::render::RenderOptions {
+        namespace: namespace.to_string(),
+        proxy_image: proxy_image.to_string(),
+    };
+    let mut out = String::new();
+    for obj in tailscale_gateway::render::render(&resources, &opts) {
+        match serde_saphyr::to_string(&obj) {
+            Ok(yaml) => {
+                out.push_str("---\n");
+                out.push_str(&yaml);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: &str) {
@@ -60,6 +105,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Render { paths, namespace, proxy_image } => render(&paths, &namespace, &proxy_image),
         Command::Check { paths, namespace } => match check::run(&paths, &namespace, &mut std::io::stdout()) {
             Ok(0) => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),

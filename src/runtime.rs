@@ -76,6 +76,24 @@ pub struct ServeArgs {
     /// Kubernetes cluster DNS domain used in proxy Service names.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Namespace the server runs in (leader Lease, default namespace of OAuth Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tailscale-gateway")]
+    pub namespace: String,
+    /// This replica's identity in the leader Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Name of the Lease that elects the one replica that reconciles.
+    #[arg(long, default_value = "tailscale-gateway-reconciler")]
+    pub lease_name: String,
+    /// Default Tailscale proxy image for TailscaleEndpoints that name none.
+    #[arg(long, env = "TSGW_PROXY_IMAGE", default_value = "tailscale/tailscale:stable")]
+    pub proxy_image: String,
+    /// ID of this installation in VIP services shared by several clusters.
+    #[arg(long, env = "TSGW_CLUSTER_ID", default_value = "default")]
+    pub cluster_id: String,
+    /// Serve webhooks, the aggregated API and the extension only; never reconcile.
+    #[arg(long)]
+    pub no_reconciler: bool,
 }
 
 impl ServeArgs {
@@ -97,6 +115,12 @@ impl ServeArgs {
             xds_max_message_size: crate::xds::DEFAULT_MAX_MESSAGE_SIZE,
             xds_local_region: None,
             cluster_domain: "cluster.local".into(),
+            namespace: "default".into(),
+            pod_name: None,
+            lease_name: "tailscale-gateway-reconciler".into(),
+            proxy_image: "tailscale/tailscale:stable".into(),
+            cluster_id: "default".into(),
+            no_reconciler: true,
         }
     }
 }
@@ -301,11 +325,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             stop.clone(),
         ));
         tasks.spawn(reflect(
-            kube::Api::<crate::api::TailscaleGateway>::all(client),
+            kube::Api::<crate::api::TailscaleGateway>::all(client.clone()),
             Kind::Gateway,
             cache.clone(),
             stop.clone(),
         ));
+        if !args.no_reconciler {
+            spawn_reconciler(&mut tasks, &args, client, cache.clone(), &mut registry, stop.clone());
+        }
     }
 
     let xds_options = crate::xds::XdsOptions {
@@ -353,6 +380,35 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
     tracing::info!(%https_addr, %xds_addr, local, "serving");
     Ok(Running { https_addr, xds_addr, kubeconfig, cache, stop, tasks })
+}
+
+/// Starts leader election and the reconciler, which runs only while this replica leads.
+fn spawn_reconciler(
+    tasks: &mut JoinSet<()>,
+    args: &ServeArgs,
+    client: kube::Client,
+    cache: Cache,
+    registry: &mut Registry,
+    stop: CancellationToken,
+) {
+    use crate::reconciler::{Config, Context, HttpsApiFactory, ReconcilerMetrics};
+    let identity = args.pod_name.clone().unwrap_or_else(|| format!("tailscale-gateway-{}", std::process::id()));
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let elector = crate::lease::LeaderElector::new(
+        client.clone(),
+        crate::lease::LeaseConfig::new(args.namespace.clone(), args.lease_name.clone(), identity.clone()),
+    );
+    let lease_stop = stop.clone();
+    tasks.spawn(async move { elector.run(leader_tx, async move { lease_stop.cancelled().await }).await });
+    let config = Config {
+        namespace: args.namespace.clone(),
+        proxy_image: args.proxy_image.clone(),
+        cluster_id: args.cluster_id.clone(),
+        ..Config::default()
+    };
+    let metrics = Arc::new(ReconcilerMetrics::new(registry));
+    let ctx = Arc::new(Context::new(client, cache, Arc::new(HttpsApiFactory), metrics, config, Some(identity)));
+    tasks.spawn(async move { crate::reconciler::run(ctx, leader_rx, async move { stop.cancelled().await }).await });
 }
 
 fn display_addr(addr: SocketAddr) -> String {

@@ -509,3 +509,27 @@ fn log_result<K: Resource, E: std::fmt::Display>(
         Err(e) => tracing::debug!(controller, error = %e, "controller error"),
     }
 }
+
+/// Builds real HTTPS clients ([`crate::tailscale::client::Client`]) from a TailscaleTailnet's
+/// `apiURL` and tailnet name and the credentials read from its OAuth Secret.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpsApiFactory;
+
+impl ApiFactory for HttpsApiFactory {
+    fn build(
+        &self,
+        tailnet: &TailscaleTailnet,
+        credentials: OAuthCredentials,
+    ) -> Result<Arc<dyn TailscaleApi>, ApiError> {
+        let mut cfg = crate::tailscale::client::ClientConfig::new(
+            tailnet.spec.tailnet.clone().unwrap_or_else(|| "-".into()),
+            credentials.client_id,
+            credentials.client_secret,
+        );
+        if let Some(url) = &tailnet.spec.api_url {
+            cfg.base_url = url.trim_end_matches('/').to_string();
+        }
+        let client = crate::tailscale::client::Client::new(cfg).map_err(|e| ApiError::Transport(e.to_string()))?;
+        Ok(Arc::new(client))
+    }
+}
