@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod aggregated;
 pub mod api;
 pub mod cache;
 pub mod check;

@@ -1,5 +1,5 @@
 //! Where the process is wired: arguments, the shared cache and what feeds it, the HTTPS server
-//! (webhooks, health, metrics), and shutdown. A reader sees every task and port here.
+//! (webhooks, aggregated API, health, metrics), and shutdown. A reader sees every task and port here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Admission, mutate_handler, validate_handler};
+use crate::aggregated::AggregatedApi;
+use crate::aggregated::auth::{Auth, Delegated, follow_authentication_config};
 use crate::cache::Cache;
 use crate::core::{Kind, Resource};
 use crate::metrics::AdmissionMetrics;
@@ -253,6 +255,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     // Serving certificate: files (reloaded on change), local-mode PKI, or self-generated.
     let mut kubeconfig = None;
+    let mut local_ca = None;
     let store = match (&args.tls_cert_file, &args.tls_key_file, &args.local) {
         (Some(cert), Some(key), _) => {
             let (c, k) = tls::load_files(cert, key)?;
@@ -271,6 +274,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             let pki = crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?;
             let server = format!("https://{}", display_addr(https_addr));
             kubeconfig = Some(crate::local::write_kubeconfig(&args.state_dir, &server, &pki)?);
+            local_ca = Some(pki.ca.cert_pem.clone());
             CertStore::new(tls::certified_key(pki.serving.cert_pem.as_bytes(), pki.serving.key_pem.as_bytes())?)
         }
         _ => {
@@ -283,8 +287,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     };
 
-    // Feed the cache.
+    // Feed the cache; decide how the aggregated API authenticates.
+    let aggregated_auth;
     if let Some(dir) = &args.local {
+        // Client certificates come from the state directory's CA, even when serving files are given.
+        let ca_pem = match local_ca.take() {
+            Some(pem) => pem,
+            None => crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?.ca.cert_pem,
+        };
+        aggregated_auth = Auth::local(&ca_pem).map_err(anyhow::Error::msg)?;
         let summary = crate::local::load_dir(&cache, dir);
         tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
         tasks.spawn(crate::local::watch_dir(cache.clone(), dir.clone(), args.local_poll_interval, stop.clone()));
@@ -292,6 +303,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?;
+        let delegated = Arc::new(Delegated::new(client.clone()));
+        tasks.spawn(follow_authentication_config(delegated.clone(), stop.clone()));
+        aggregated_auth = Auth::Delegated(delegated);
         tasks.spawn(reflect(
             kube::Api::<crate::api::TailscaleTailnet>::all(client.clone()),
             Kind::Tailnet,
@@ -360,7 +374,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     });
 
-    let app = router(cache.clone(), admission_metrics, Arc::new(registry));
+    let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone());
+    let app = router(cache.clone(), admission_metrics, Arc::new(registry)).merge(crate::aggregated::router(aggregated));
     let tls_config = tls::server_config(store)?;
     tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
     tracing::info!(%https_addr, %xds_addr, local, "serving");

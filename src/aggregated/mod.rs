@@ -1,0 +1,274 @@
+//! The aggregated API face: group `tailnet.gateway.tailscale.com/v1alpha1`, read-only
+//! `tailscaledevices` and `selectedendpoints`, served from the shared cache on the HTTPS server.
+//! In a cluster kube-apiserver proxies to it through an APIService; in local mode kubectl talks
+//! to it directly, so it also answers the discovery and OpenAPI requests kubectl makes.
+//!
+//! This module only parses, checks access, and responds; what the objects, tables, selectors and
+//! documents look like is in the pure submodules.
+
+pub mod auth;
+pub mod discovery;
+pub mod render;
+pub mod request;
+pub mod resources;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::{HeaderValue, Method, StatusCode, header};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use self::auth::{Attributes, Auth, AuthError, ResourceRequest};
+use self::request::{Format, ListOptions, ResourceKind, Target, negotiate, verb};
+use self::resources::{GROUP, View};
+use crate::cache::Cache;
+use crate::core::ObjectKey;
+use crate::core::views::{Device, Selection};
+use crate::server::PeerCerts;
+use crate::server::status::status_response;
+
+/// How often watchers that allow bookmarks get one.
+pub const DEFAULT_BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AggregatedApi {
+    cache: Cache,
+    auth: Auth,
+    docs: Arc<Docs>,
+    bookmark_every: Duration,
+    stop: CancellationToken,
+}
+
+/// Pre-serialized discovery and OpenAPI documents (they never change while running).
+struct Docs {
+    api: Vec<u8>,
+    group_list: Vec<u8>,
+    group: Vec<u8>,
+    resources: Vec<u8>,
+    openapi_v2: Vec<u8>,
+    openapi_v3_root: Vec<u8>,
+    openapi_v3: Vec<u8>,
+    openapi_v3_hash: String,
+}
+
+impl Docs {
+    fn build() -> Self {
+        let bytes = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
+        let openapi_v3 = bytes(discovery::openapi_v3_group_version());
+        let openapi_v3_hash = discovery::content_hash(&openapi_v3);
+        Docs {
+            api: bytes(discovery::api_versions()),
+            group_list: bytes(discovery::api_group_list()),
+            group: bytes(discovery::api_group()),
+            resources: bytes(discovery::api_resource_list()),
+            openapi_v2: bytes(discovery::openapi_v2()),
+            openapi_v3_root: bytes(discovery::openapi_v3_root(&openapi_v3_hash)),
+            openapi_v3,
+            openapi_v3_hash,
+        }
+    }
+}
+
+impl AggregatedApi {
+    /// Serves `cache` with `auth`; watches end when `stop` is cancelled.
+    pub fn new(cache: Cache, auth: Auth, stop: CancellationToken) -> Self {
+        Self { cache, auth, docs: Arc::new(Docs::build()), bookmark_every: DEFAULT_BOOKMARK_EVERY, stop }
+    }
+
+    /// Overrides the bookmark interval (tests).
+    pub fn with_bookmark_interval(mut self, every: Duration) -> Self {
+        self.bookmark_every = every;
+        self
+    }
+}
+
+/// The aggregated API routes, to merge into the HTTPS router.
+pub fn router(api: AggregatedApi) -> Router {
+    Router::new()
+        .route("/api", any(dispatch))
+        .route("/api/{*rest}", any(dispatch))
+        .route("/apis", any(dispatch))
+        .route("/apis/{*rest}", any(dispatch))
+        .route("/openapi/v2", any(dispatch))
+        .route("/openapi/v3", any(dispatch))
+        .route("/openapi/v3/{*rest}", any(dispatch))
+        .with_state(api)
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut resp = Body::from(body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn not_found() -> Response {
+    status_response(StatusCode::NOT_FOUND, "the server could not find the requested resource")
+}
+
+fn method_not_allowed() -> Response {
+    let mut resp = status_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the server does not allow this method on the requested resource: tailnet.gateway.tailscale.com is read-only",
+    );
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
+}
+
+fn attributes(target: &Target, verb: String, path: &str) -> Attributes {
+    let resource = match target {
+        Target::Collection { resource, namespace } => Some(ResourceRequest {
+            namespace: namespace.clone().unwrap_or_default(),
+            resource: resource.clone(),
+            name: String::new(),
+            subresource: String::new(),
+        }),
+        Target::Object { resource, namespace, name, subresource } => Some(ResourceRequest {
+            namespace: namespace.clone(),
+            resource: resource.clone(),
+            name: name.clone(),
+            subresource: subresource.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Attributes { verb, resource, path: path.to_string() }
+}
+
+async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let target = Target::parse(&path);
+    let query: Vec<(String, String)> =
+        Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+    let watch = query.iter().any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1" | "True"));
+    let attrs = attributes(&target, verb(&parts.method, &target, watch), &path);
+    let certs = parts.extensions.get::<PeerCerts>().cloned().unwrap_or_default();
+    let user = match api.auth.check(&certs, &parts.headers, &attrs).await {
+        Ok(user) => user,
+        Err(e) => {
+            let code = match &e {
+                AuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+                AuthError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::info!(path, verb = %attrs.verb, status = code.as_u16(), error = %e, "aggregated API request refused");
+            return status_response(code, e.to_string());
+        }
+    };
+    tracing::debug!(path, verb = %attrs.verb, user = %user.username, "aggregated API request");
+    let read = matches!(parts.method, Method::GET | Method::HEAD);
+    let docs = &api.docs;
+    let doc = |bytes: &Vec<u8>| if read { json_response(bytes.clone()) } else { method_not_allowed() };
+    match &target {
+        Target::LegacyApi => doc(&docs.api),
+        Target::GroupList => doc(&docs.group_list),
+        Target::Group => doc(&docs.group),
+        Target::GroupVersion => doc(&docs.resources),
+        Target::OpenApiV2 => doc(&docs.openapi_v2),
+        Target::OpenApiV3 => doc(&docs.openapi_v3_root),
+        Target::OpenApiV3GroupVersion => {
+            let mut resp = doc(&docs.openapi_v3);
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", docs.openapi_v3_hash)) {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+            resp
+        }
+        Target::NotFound => not_found(),
+        Target::Collection { resource, namespace } => {
+            let Some(kind) = Target::kind_of(resource) else { return not_found() };
+            if !read {
+                return method_not_allowed();
+            }
+            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            match kind {
+                ResourceKind::Devices => collection::<Device>(&api, namespace.clone(), &query, accept),
+                ResourceKind::Selections => collection::<Selection>(&api, namespace.clone(), &query, accept),
+            }
+        }
+        Target::Object { resource, namespace, name, subresource } => {
+            let Some(kind) = Target::kind_of(resource) else { return not_found() };
+            if subresource.is_some() || namespace.is_empty() {
+                return not_found();
+            }
+            if !read {
+                return method_not_allowed();
+            }
+            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let key = ObjectKey::new(namespace.clone(), name.clone());
+            match kind {
+                ResourceKind::Devices => object::<Device>(&api, &key, &query, accept),
+                ResourceKind::Selections => object::<Selection>(&api, &key, &query, accept),
+            }
+        }
+    }
+}
+
+/// Reads list options and the representation; the error is the status to answer with.
+fn options<T: View>(
+    query: &[(String, String)],
+    accept: Option<&str>,
+) -> Result<(ListOptions, Format), (StatusCode, String)> {
+    let opts = ListOptions::from_query(query).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    opts.fields.check::<T>().map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    let format = negotiate(accept).map_err(|e| (StatusCode::NOT_ACCEPTABLE, e.to_string()))?;
+    Ok((opts, format))
+}
+
+fn collection<T: View>(
+    api: &AggregatedApi,
+    namespace: Option<String>,
+    query: &[(String, String)],
+    accept: Option<&str>,
+) -> Response {
+    let (opts, format) = match options::<T>(query, accept) {
+        Ok(o) => o,
+        Err((code, message)) => return status_response(code, message),
+    };
+    if opts.watch {
+        let spec =
+            watch::WatchSpec { namespace, opts, format, bookmark_every: api.bookmark_every, stop: api.stop.clone() };
+        return match watch::start::<T>(&api.cache, spec) {
+            Ok(rx) => {
+                let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+                resp
+            }
+            Err(e) => status_response(e.status(), e.to_string()),
+        };
+    }
+    let (snapshot, revision) = {
+        let index = api.cache.read();
+        (T::list(&index, namespace.as_deref()), index.revision())
+    };
+    let page = render::select_page(snapshot, &opts);
+    json_response(render::list_body(&page, revision, format, opts.include, jiff::Timestamp::now()))
+}
+
+fn object<T: View>(api: &AggregatedApi, key: &ObjectKey, query: &[(String, String)], accept: Option<&str>) -> Response {
+    let (opts, format) = match options::<T>(query, accept) {
+        Ok(o) => o,
+        Err((code, message)) => return status_response(code, message),
+    };
+    let found = T::get(&api.cache.read(), key);
+    match found {
+        Some(s) => json_response(render::object_body(&s, format, opts.include, jiff::Timestamp::now())),
+        None => {
+            let mut body = crate::server::status::status_body(
+                StatusCode::NOT_FOUND,
+                &format!("{}.{GROUP} \"{}\" not found", T::PLURAL, key.name),
+            );
+            body["details"] = serde_json::json!({"name": key.name, "group": GROUP, "kind": T::PLURAL});
+            let mut resp = (StatusCode::NOT_FOUND, body.to_string()).into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The aggregated API at the HTTP level: delegated authentication (front-proxy trust), a
+//! SubjectAccessReview denial (kube's API calls answered by a tower-test mock), local mTLS, and
+//! watch resumption and `410 Gone`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+use serde_json::{Value, json};
+use tailscale_gateway::aggregated::auth::{Auth, AuthnConfig, Delegated};
+use tailscale_gateway::aggregated::{AggregatedApi, router};
+use tailscale_gateway::cache::Cache;
+use tailscale_gateway::core::Resource;
+use tailscale_gateway::pki::Ca;
+use tailscale_gateway::server::PeerCerts;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const GV: &str = "/apis/tailnet.gateway.tailscale.com/v1alpha1";
+
+type MockHandle = tower_test::mock::Handle<Request<kube::client::Body>, Response<kube::client::Body>>;
+
+fn chain(pem: &str) -> PeerCerts {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("parsing test certificate: {e}"));
+    PeerCerts(certs.into())
+}
+
+fn ca(name: &str) -> Ca {
+    Ca::generate(name).unwrap_or_else(|e| panic!("generating {name}: {e}"))
+}
+
+fn endpoints(name: &str, online: bool) -> Resource {
+    Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+        "metadata": {"name": name, "namespace": "default", "labels": {"tier": "web"}},
+        "spec": {"tailnet": "corp"},
+        "status": {"devices": [{"hostname": format!("{name}-0"), "nodeID": format!("n-{name}"), "online": online,
+            "tailscaleIP": "100.64.0.1"}]}}))
+    .unwrap_or_else(|e| panic!("building endpoints: {e}"))
+}
+
+struct Delegation {
+    front_proxy: Ca,
+    client_ca: Ca,
+    api: AggregatedApi,
+    mock: MockHandle,
+}
+
+fn delegation(cache: Cache) -> Delegation {
+    let front_proxy = ca("front-proxy-ca");
+    let client_ca = ca("client-ca");
+    let (service, mock) = tower_test::mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
+    let client = kube::Client::new(service, "default");
+    let delegated = Arc::new(Delegated::new(client));
+    let data = BTreeMap::from([
+        ("requestheader-client-ca-file".to_string(), front_proxy.pair().cert_pem.clone()),
+        ("requestheader-allowed-names".to_string(), "[\"front-proxy-client\"]".to_string()),
+        ("requestheader-username-headers".to_string(), "[\"X-Remote-User\"]".to_string()),
+        ("requestheader-group-headers".to_string(), "[\"X-Remote-Group\"]".to_string()),
+        ("requestheader-extra-headers-prefix".to_string(), "[\"X-Remote-Extra-\"]".to_string()),
+        ("client-ca-file".to_string(), client_ca.pair().cert_pem.clone()),
+    ]);
+    delegated.set_config(AuthnConfig::from_data(&data).unwrap_or_else(|e| panic!("auth config: {e}")));
+    let api = AggregatedApi::new(cache, Auth::Delegated(delegated), CancellationToken::new());
+    Delegation { front_proxy, client_ca, api, mock }
+}
+
+fn request(path: &str, certs: PeerCerts, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::get(path);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let mut req = builder.body(Body::empty()).unwrap_or_else(|e| panic!("building request: {e}"));
+    req.extensions_mut().insert(certs);
+    req
+}
+
+async fn send(api: &AggregatedApi, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = router(api.clone()).oneshot(req).await.unwrap_or_else(|e| match e {});
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn remote_user_header_from_untrusted_certificate_is_rejected() {
+    let d = delegation(Cache::default());
+    let stranger = ca("stranger-ca").issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let headers = [("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
+    let (status, body) = send(&d.api, request(GV, chain(&stranger.cert_pem), &headers)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+
+    // A front-proxy-CA certificate whose CN is not allowed may not speak for others either.
+    let wrong_cn = d.front_proxy.issue_client("not-the-aggregator", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let (status, _) = send(&d.api, request(GV, chain(&wrong_cn.cert_pem), &headers)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // No credentials at all.
+    let (status, _) = send(&d.api, request(GV, PeerCerts::default(), &[])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn trusted_front_proxy_passes_the_aggregator_probe() {
+    let d = delegation(Cache::default());
+    let proxy = d.front_proxy.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    // The availability check: system:kube-aggregator in system:masters, no SubjectAccessReview.
+    let headers = [("X-Remote-User", "system:kube-aggregator"), ("X-Remote-Group", "system:masters")];
+    let (status, body) = send(&d.api, request(GV, chain(&proxy.cert_pem), &headers)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["kind"], "APIResourceList");
+    assert_eq!(body["resources"][0]["shortNames"][0], "tsdev");
+    drop(d.mock);
+}
+
+async fn answer_sar(mut mock: MockHandle, allowed: bool) -> Value {
+    let (req, respond) = mock.next_request().await.unwrap_or_else(|| panic!("no request reached the API server"));
+    assert_eq!(req.uri().path(), "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+    let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let mut sar: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("SAR body: {e}"));
+    sar["status"] = json!({"allowed": allowed, "reason": if allowed { "" } else { "no RBAC policy matched" }});
+    let body = kube::client::Body::from(serde_json::to_vec(&sar).unwrap_or_default());
+    respond.send_response(Response::builder().status(201).body(body).unwrap_or_else(|e| panic!("{e}")));
+    sar
+}
+
+#[tokio::test]
+async fn subject_access_review_denial_is_a_403_status_and_is_cached() {
+    let cache = Cache::default();
+    cache.apply(endpoints("web", true));
+    let d = delegation(cache);
+    let proxy = d.front_proxy.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let headers = [("X-Remote-User", "bob"), ("X-Remote-Group", "dev"), ("X-Remote-Extra-Scopes", "read")];
+    let path = format!("{GV}/namespaces/default/tailscaledevices");
+    let server = tokio::spawn(answer_sar(d.mock, false));
+    let (status, body) = send(&d.api, request(&path, chain(&proxy.cert_pem), &headers)).await;
+    let sar = server.await.unwrap_or_else(|e| panic!("mock task: {e}"));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["reason"], "Forbidden");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("User \"bob\" cannot list resource \"tailscaledevices\""), "{message}");
+    assert!(message.contains("no RBAC policy matched"), "{message}");
+    assert_eq!(sar["spec"]["user"], "bob");
+    assert_eq!(sar["spec"]["groups"], json!(["dev"]));
+    assert_eq!(sar["spec"]["extra"]["scopes"], json!(["read"]));
+    assert_eq!(sar["spec"]["resourceAttributes"]["verb"], "list");
+    assert_eq!(sar["spec"]["resourceAttributes"]["namespace"], "default");
+    assert_eq!(sar["spec"]["resourceAttributes"]["group"], "tailnet.gateway.tailscale.com");
+
+    // The denial is cached: the same request is answered without asking again (the mock
+    // handle is gone, so a second SubjectAccessReview would fail with a 500).
+    let (status, _) = send(&d.api, request(&path, chain(&proxy.cert_pem), &headers)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn client_ca_certificate_is_authorized_as_its_own_user_not_the_headers() {
+    let cache = Cache::default();
+    cache.apply(endpoints("web", true));
+    let d = delegation(cache);
+    let alice = d.client_ca.issue_client("alice", &["readers"]).unwrap_or_else(|e| panic!("{e}"));
+    let headers = [("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
+    let server = tokio::spawn(answer_sar(d.mock, true));
+    let path = format!("{GV}/namespaces/default/tailscaledevices/web-0");
+    let (status, body) = send(&d.api, request(&path, chain(&alice.cert_pem), &headers)).await;
+    let sar = server.await.unwrap_or_else(|e| panic!("mock task: {e}"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["kind"], "TailscaleDevice");
+    assert_eq!(sar["spec"]["user"], "alice");
+    assert_eq!(sar["spec"]["resourceAttributes"]["verb"], "get");
+    assert_eq!(sar["spec"]["resourceAttributes"]["name"], "web-0");
+}
+
+fn local_api(cache: Cache) -> (AggregatedApi, PeerCerts) {
+    let ca = ca("local-ca");
+    let auth = Auth::local(&ca.pair().cert_pem).unwrap_or_else(|e| panic!("local auth: {e}"));
+    let admin = ca.issue_client("admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
+    let api =
+        AggregatedApi::new(cache, auth, CancellationToken::new()).with_bookmark_interval(Duration::from_millis(100));
+    (api, chain(&admin.cert_pem))
+}
+
+#[tokio::test]
+async fn local_mode_needs_a_certificate_from_the_local_ca() {
+    let (api, admin) = local_api(Cache::default());
+    let (status, _) = send(&api, request(GV, PeerCerts::default(), &[])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let other = ca("other").issue_client("admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
+    let (status, _) = send(&api, request(GV, chain(&other.cert_pem), &[])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = send(&api, request(GV, admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["groupVersion"], "tailnet.gateway.tailscale.com/v1alpha1");
+    let (status, body) =
+        send(&api, request(&format!("{GV}/namespaces/default/tailscaledevices/nope"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["reason"], "NotFound");
+    let mut delete = request(&format!("{GV}/namespaces/default/tailscaledevices/x"), admin, &[]);
+    *delete.method_mut() = http::Method::DELETE;
+    let (status, body) = send(&api, delete).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["reason"], "MethodNotAllowed");
+}
+
+async fn next_event(body: &mut Body, buffer: &mut Vec<u8>) -> Value {
+    loop {
+        if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=pos).collect();
+            return serde_json::from_slice(&line).unwrap_or_else(|e| panic!("event line: {e}"));
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no watch event within 5s"))
+            .unwrap_or_else(|| panic!("watch stream ended"))
+            .unwrap_or_else(|e| panic!("watch stream failed: {e}"));
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_remembered_version_and_gets_410_when_too_old() {
+    let cache = Cache::new(4);
+    cache.apply(endpoints("a", true));
+    let resume_from = cache.read().revision();
+    cache.apply(endpoints("b", true));
+    let (api, admin) = local_api(cache.clone());
+
+    // Resume: the change after `resume_from` is replayed, then live changes are pushed.
+    let path = format!(
+        "{GV}/namespaces/default/tailscaledevices?watch=true&resourceVersion={resume_from}&allowWatchBookmarks=true"
+    );
+    let resp = router(api.clone()).oneshot(request(&path, admin.clone(), &[])).await.unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let replayed = next_event(&mut body, &mut buf).await;
+    assert_eq!(replayed["type"], "ADDED");
+    assert_eq!(replayed["object"]["metadata"]["name"], "b-0");
+    cache.apply(endpoints("a", false));
+    let mut modified = next_event(&mut body, &mut buf).await;
+    while modified["type"] == "BOOKMARK" {
+        modified = next_event(&mut body, &mut buf).await;
+    }
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"]["status"]["online"], false);
+    let rv: u64 = modified["object"]["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(rv > resume_from, "resourceVersion {rv} must grow past {resume_from}");
+    // Bookmarks were asked for and come on the (test-short) interval.
+    let bookmark = next_event(&mut body, &mut buf).await;
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(bookmark["object"]["kind"], "TailscaleDevice");
+
+    // Push the oldest change out of the 4-entry log: resuming from it is 410 Gone.
+    for i in 0..6 {
+        cache.apply(endpoints("a", i % 2 == 0));
+    }
+    let path = format!("{GV}/tailscaledevices?watch=1&resourceVersion={resume_from}");
+    let (status, status_body) = send(&api, request(&path, admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::GONE, "{status_body}");
+    assert_eq!(status_body["kind"], "Status");
+    assert_eq!(status_body["code"], 410);
+    assert_eq!(status_body["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn watch_with_field_selector_sends_deleted_when_an_object_leaves_it() {
+    let cache = Cache::default();
+    cache.apply(endpoints("a", true));
+    let (api, admin) = local_api(cache.clone());
+    let path = format!("{GV}/tailscaledevices?watch=true&fieldSelector=status.online%3Dtrue");
+    let resp = router(api).oneshot(request(&path, admin, &[])).await.unwrap_or_else(|e| match e {});
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    assert_eq!(next_event(&mut body, &mut buf).await["type"], "ADDED");
+    cache.apply(endpoints("a", false));
+    let left = next_event(&mut body, &mut buf).await;
+    assert_eq!(left["type"], "DELETED");
+    assert_eq!(left["object"]["metadata"]["name"], "a-0");
+    cache.apply(endpoints("a", true));
+    assert_eq!(next_event(&mut body, &mut buf).await["type"], "ADDED");
+}

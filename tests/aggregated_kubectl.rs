@@ -1,0 +1,207 @@
+//! Real kubectl against local mode: the server runs in-process on a copy of `examples/`, kubectl
+//! uses the generated kubeconfig (mutual TLS with the admin certificate). Runs the installed
+//! kubectl and, where present, the oldest and newest of the Google Cloud SDK's versioned
+//! binaries; skipped with a message when no kubectl is installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tailscale_gateway::runtime::{self, ServeArgs};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const SDK: &str = "/usr/lib/google-cloud-sdk/bin";
+
+fn kubectls() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(k) = std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+    {
+        found.push(k);
+    }
+    for v in ["1.27", "1.33"] {
+        let p = Path::new(SDK).join(format!("kubectl.{v}"));
+        if p.is_file() {
+            found.push(p);
+        }
+    }
+    found
+}
+
+struct Kubectl<'a> {
+    bin: &'a Path,
+    kubeconfig: &'a Path,
+    cache_dir: PathBuf,
+}
+
+impl Kubectl<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin);
+        cmd.arg("--kubeconfig").arg(self.kubeconfig).arg("--cache-dir").arg(&self.cache_dir).args(args);
+        cmd.env("HOME", &self.cache_dir).kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{} {args:?} failed: {stderr}\n{stdout}", self.bin.display());
+        stdout
+    }
+
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().await.unwrap_or_else(|e| panic!("running kubectl: {e}"));
+        assert!(!out.status.success(), "kubectl {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Major.minor of the client, e.g. 27 for 1.27.
+    async fn minor(&self) -> u32 {
+        let out = self.run(&["version", "--client", "-o", "json"]).await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["clientVersion"]["minor"].as_str().and_then(|m| m.trim_end_matches('+').parse().ok()).unwrap_or(0)
+    }
+}
+
+fn copy_examples(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&from).unwrap_or_else(|e| panic!("reading examples: {e}")).flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&p, to.join(entry.file_name())).unwrap_or_else(|e| panic!("copying {}: {e}", p.display()));
+        }
+    }
+}
+
+fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.contains(needle)).collect()
+}
+
+async fn exercise(k: &Kubectl<'_>, dir: &Path) {
+    let minor = k.minor().await;
+    eprintln!("kubectl {} (1.{minor})", k.bin.display());
+
+    let out = k.run(&["get", "tailscaledevices"]).await;
+    let header = out.lines().next().unwrap_or_default();
+    for col in ["NAME", "ENDPOINTS", "TAILNET", "IP", "ONLINE", "LAST SEEN", "AGE"] {
+        assert!(header.contains(col), "missing column {col}: {header}");
+    }
+    assert!(!header.contains("FQDN"));
+    assert_eq!(out.lines().count(), 6, "5 devices in default:\n{out}");
+    assert!(lines_with(&out, "web-proxy-west-1")[0].contains("false"));
+
+    let all = k.run(&["get", "tsdev", "-A"]).await;
+    assert!(all.lines().next().unwrap_or_default().starts_with("NAMESPACE"));
+    assert!(lines_with(&all, "web-proxy-staging-0")[0].starts_with("staging"));
+
+    let wide = k.run(&["get", "tsdev", "-o", "wide"]).await;
+    for col in ["FQDN", "NODE ID", "TAGS", "POD"] {
+        assert!(wide.lines().next().unwrap_or_default().contains(col), "wide lacks {col}");
+    }
+    assert!(wide.contains("web-proxy-east-0.tail8eff9.ts.net"));
+
+    let yaml = k.run(&["get", "tailscaledevice", "web-proxy-east-0", "-o", "yaml"]).await;
+    for needle in [
+        "apiVersion: tailnet.gateway.tailscale.com/v1alpha1",
+        "kind: TailscaleDevice",
+        "resourceVersion:",
+        "nodeID: n123456789abcdef",
+    ] {
+        assert!(yaml.contains(needle), "yaml lacks {needle}:\n{yaml}");
+    }
+
+    let one = k.run(&["get", "tailscaledevice", "web-proxy-east-0"]).await;
+    assert_eq!(one.lines().count(), 2);
+
+    let west = k.run(&["get", "tsdev", "-l", "region=west"]).await;
+    assert_eq!(west.lines().count(), 3, "{west}");
+    let offline = k.run(&["get", "tsdev", "-A", "--field-selector", "status.online=false"]).await;
+    assert_eq!(offline.lines().count(), 2, "{offline}");
+    assert!(offline.contains("web-proxy-west-1"));
+    let staging = k.run(&["get", "tsdev", "-A", "--field-selector", "spec.tailnet=staging-tailnet"]).await;
+    assert_eq!(staging.lines().count(), 2, "{staging}");
+    let err = k.fails(&["get", "tsdev", "--field-selector", "spec.bogus=1"]).await;
+    assert!(err.contains("field label not supported"), "{err}");
+    let err = k.fails(&["get", "tsdev", "nope"]).await;
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+
+    let sel = k.run(&["get", "selectedendpoints"]).await;
+    for col in ["NAME", "ENDPOINTS", "MACHINES", "HEALTHY", "VIP", "AGE"] {
+        assert!(sel.lines().next().unwrap_or_default().contains(col), "selectedendpoints lacks {col}");
+    }
+    assert!(lines_with(&sel, "web-service")[0].contains("100.100.100.50"));
+
+    let names = k.run(&["get", "tailscale", "-A", "-o", "name"]).await;
+    assert!(names.contains("tailscaledevice.tailnet.gateway.tailscale.com/web-proxy-east-0"), "{names}");
+
+    // kubectl before 1.29 explains from OpenAPI v2 protobuf, which is not served.
+    if minor >= 29 {
+        let explain = k.run(&["explain", "tailscaledevices"]).await;
+        assert!(explain.contains("KIND:") && explain.contains("TailscaleDevice"), "{explain}");
+        let field = k.run(&["explain", "tailscaledevices.status.online"]).await;
+        assert!(field.contains("boolean"), "{field}");
+    }
+
+    // get -w sees a change made to a file in the local directory.
+    let mut child = k
+        .command(&["get", "tsdev", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning kubectl -w: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = 0;
+    while seen < 6 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        let line = line.unwrap_or_else(|_| panic!("kubectl -w printed no initial list")).ok().flatten();
+        assert!(line.is_some(), "kubectl -w ended early");
+        seen += 1;
+    }
+    let file = dir.join("endpoints-west.yaml");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    let flipped = text.replace("connected: false, online: false", "connected: true, online: true");
+    assert_ne!(flipped, text, "test fixture changed: cannot flip web-proxy-west-1");
+    std::fs::write(&file, flipped).unwrap_or_else(|e| panic!("{e}"));
+    let event = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("web-proxy-west-1") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("kubectl -w saw no event within 20s of the file change"));
+    assert!(event.contains("true"), "web-proxy-west-1 should now be online: {event}");
+    let _ = child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_against_local_mode() {
+    let bins = kubectls();
+    if bins.is_empty() {
+        println!("SKIPPED kubectl_against_local_mode: no kubectl on PATH or in {SDK}");
+        return;
+    }
+    // A fresh server and copy of the examples per kubectl, since each run edits a file.
+    for bin in &bins {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tmp.path().join("manifests");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        copy_examples(&dir);
+        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let running = runtime::start(ServeArgs::local(&dir, tmp.path().join("state"), addr))
+            .await
+            .unwrap_or_else(|e| panic!("starting local mode: {e:#}"));
+        let kubeconfig = running.kubeconfig.clone().unwrap_or_else(|| panic!("local mode wrote no kubeconfig"));
+        let k = Kubectl { bin, kubeconfig: &kubeconfig, cache_dir: tmp.path().join("cache") };
+        exercise(&k, &dir).await;
+        running.shutdown().await;
+    }
+}
