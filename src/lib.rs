@@ -18,6 +18,7 @@ pub mod rbac;
 pub mod reconciler;
 pub mod render;
 pub mod runtime;
+pub mod selfcert;
 pub mod server;
 pub mod tailscale;
 pub mod xds;
