@@ -290,7 +290,8 @@ impl std::fmt::Display for Attributes {
 }
 
 /// The RBAC attributes of an HTTP request to kube-apiserver, as its request-info resolver derives
-/// them. A server-side apply may create the object, so it needs `create` as well as `patch`.
+/// them. A server-side apply may create the object, so it needs `create` as well as `patch`
+/// (except on a subresource).
 /// Returns nothing for non-resource paths.
 pub fn request_attributes(method: &str, path: &str, query: &str, content_type: &str) -> Vec<Attributes> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -326,7 +327,8 @@ pub fn request_attributes(method: &str, path: &str, query: &str, content_type: &
         ("GET", false) => &["list"],
         ("POST", _) => &["create"],
         ("PUT", _) => &["update"],
-        ("PATCH", _) if content_type.starts_with("application/apply-patch") => &["patch", "create"],
+        // Apply creates a missing object; a subresource of a missing object is just not found.
+        ("PATCH", _) if content_type.starts_with("application/apply-patch") && sub.is_none() => &["patch", "create"],
         ("PATCH", _) => &["patch"],
         ("DELETE", true) => &["delete"],
         ("DELETE", false) => &["deletecollection"],
@@ -398,6 +400,9 @@ mod tests {
         let apply = request_attributes("PATCH", "/api/v1/namespaces/p/services/s", "", "application/apply-patch+yaml");
         let verbs: Vec<&str> = apply.iter().map(|a| a.verb.as_str()).collect();
         assert_eq!(verbs, ["patch", "create"]);
+        let status =
+            request_attributes("PATCH", "/api/v1/namespaces/p/services/s/status", "", "application/apply-patch+yaml");
+        assert_eq!(status.len(), 1, "status apply never creates");
         assert!(request_attributes("GET", "/healthz", "", "").is_empty());
     }
 
