@@ -12,6 +12,7 @@ use http::{StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::cache::Cache;
 use crate::core::field::summarize;
@@ -86,12 +87,12 @@ pub struct AdmissionRequest {
     /// CREATE, UPDATE, DELETE or CONNECT.
     #[serde(default)]
     pub operation: String,
-    /// The object as it would be stored.
+    /// The object as it would be stored (kept as raw JSON and parsed once, into the type we need).
     #[serde(default)]
-    pub object: Option<Value>,
+    pub object: Option<Box<RawValue>>,
     /// The stored object (UPDATE).
     #[serde(default)]
-    pub old_object: Option<Value>,
+    pub old_object: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,8 +142,8 @@ fn our_kind(req: &AdmissionRequest) -> Option<Kind> {
 }
 
 /// Parses the request's object, putting it in the request's namespace as kube-apiserver does.
-fn parse_object(value: Option<&Value>, req: &AdmissionRequest) -> Option<Result<Resource, ParseError>> {
-    let mut res = value.cloned().map(Resource::from_value)?;
+fn parse_object(raw: Option<&RawValue>, req: &AdmissionRequest) -> Option<Result<Resource, ParseError>> {
+    let mut res = raw.filter(|r| r.get() != "null").map(|r| Resource::from_json(r.get()))?;
     if let Ok(r) = &mut res {
         r.default_namespace(req.namespace.as_deref().unwrap_or_default());
     }
@@ -155,7 +156,7 @@ pub fn validate(req: &AdmissionRequest, view: &dyn ClusterView) -> Decision {
     if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || req.sub_resource.is_some() {
         return Decision::allow();
     }
-    let Some(parsed) = parse_object(req.object.as_ref(), req) else {
+    let Some(parsed) = parse_object(req.object.as_deref(), req) else {
         return Decision::deny(format!("{kind}: the AdmissionReview request carries no object"));
     };
     let res = match parsed {
@@ -167,7 +168,7 @@ pub fn validate(req: &AdmissionRequest, view: &dyn ClusterView) -> Decision {
     if res.meta().deletion_timestamp.is_some() {
         return Decision::allow();
     }
-    let old = parse_object(req.old_object.as_ref(), req).and_then(Result::ok);
+    let old = parse_object(req.old_object.as_deref(), req).and_then(Result::ok);
     let verdict = review(&res, old.as_ref(), view);
     let name = res.meta().name.clone().or_else(|| res.meta().generate_name.clone()).unwrap_or_default();
     Decision {
@@ -184,8 +185,9 @@ pub fn mutate(req: &AdmissionRequest) -> Decision {
     if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || req.sub_resource.is_some() {
         return Decision::allow();
     }
-    let Some(object) = req.object.as_ref().filter(|o| o.is_object()) else { return Decision::allow() };
-    let ops = defaults::patch(kind, object);
+    let object: Option<Value> = req.object.as_deref().and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let Some(object) = object.filter(Value::is_object) else { return Decision::allow() };
+    let ops = defaults::patch(kind, &object);
     Decision { allowed: true, patch: (!ops.is_empty()).then_some(ops), ..Decision::default() }
 }
 
@@ -284,20 +286,20 @@ fn parse_review(body: &[u8]) -> Result<AdmissionRequest, String> {
 /// Handles one review over HTTP.
 pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Response {
     let started = Instant::now();
-    let count = |kind: String, verdict: &'static str| {
+    let count = |kind: &'static str, verdict: &'static str| {
         state.metrics.requests.get_or_create(&AdmissionLabels { webhook: webhook.label(), kind, verdict }).inc();
     };
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => {
-            count("-".into(), "error");
+            count("-", "error");
             return resp;
         }
     };
     let request = match parse_review(&body) {
         Ok(r) => r,
         Err(message) => {
-            count("-".into(), "error");
+            count("-", "error");
             return status_response(StatusCode::BAD_REQUEST, message);
         }
     };
@@ -305,7 +307,7 @@ pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Respon
         Webhook::Validate => validate(&request, &*state.cache.read()),
         Webhook::Mutate => mutate(&request),
     };
-    let kind = our_kind(&request).map_or_else(|| "other".to_string(), |k| k.name().to_string());
+    let kind = our_kind(&request).map_or("other", Kind::name);
     if !decision.allowed {
         tracing::info!(
             webhook = webhook.label(),
@@ -322,7 +324,7 @@ pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Respon
     state
         .metrics
         .duration
-        .get_or_create(&WebhookLabels { webhook: webhook.label(), kind: kind.clone() })
+        .get_or_create(&WebhookLabels { webhook: webhook.label(), kind })
         .observe(started.elapsed().as_secs_f64());
     count(kind, decision.verdict());
     response
@@ -346,11 +348,12 @@ mod tests {
     use crate::core::validate::NoCluster;
 
     fn request(op: &str, object: Value) -> AdmissionRequest {
-        serde_json::from_value(json!({
+        let text = json!({
             "uid": "u1", "kind": {"group": "gateway.tailscale.com", "version": "v1alpha1", "kind": object["kind"]},
             "namespace": "default", "operation": op, "object": object
-        }))
-        .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .to_string();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

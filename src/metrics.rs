@@ -13,7 +13,7 @@ pub struct AdmissionLabels {
     /// `validate` or `mutate`.
     pub webhook: &'static str,
     /// Object kind (`TailscaleServices`, ...; `other` for kinds we do not own, `-` for bad requests).
-    pub kind: String,
+    pub kind: &'static str,
     /// `allowed`, `denied`, `patched` or `error`.
     pub verdict: &'static str,
 }
@@ -24,7 +24,7 @@ pub struct WebhookLabels {
     /// `validate` or `mutate`.
     pub webhook: &'static str,
     /// Object kind.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// Histogram buckets from 50 µs to ~1.6 s.

@@ -118,24 +118,62 @@ pub enum ParseError {
 impl Resource {
     /// Parses a JSON object of one of our kinds. Deserialization errors name the field.
     pub fn from_value(value: Value) -> Result<Self, ParseError> {
-        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = Self::our_kind(api_version, kind_name)?;
+        Self::deserialize_as(kind, value)
+    }
+
+    /// Parses one of our objects straight from JSON text, without an intermediate `Value` (the
+    /// admission hot path).
+    pub fn from_json(json: &str) -> Result<Self, ParseError> {
+        #[derive(serde::Deserialize)]
+        struct TypeMeta<'a> {
+            #[serde(rename = "apiVersion", borrow, default)]
+            api_version: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let meta: TypeMeta<'_> = serde_json::from_str(json).map_err(|e| {
+            ParseError::Invalid(FieldError {
+                path: FieldPath::new("(root)"),
+                kind: super::field::ErrorType::Invalid,
+                value: None,
+                detail: e.to_string(),
+            })
+        })?;
+        let kind = Self::our_kind(&meta.api_version, &meta.kind)?;
+        Self::deserialize_as(kind, &mut serde_json::Deserializer::from_str(json))
+    }
+
+    /// Which of our kinds `apiVersion`/`kind` name, or why none.
+    fn our_kind(api_version: &str, kind_name: &str) -> Result<Kind, ParseError> {
         if api_version != API_VERSION {
             if api_version.starts_with(&format!("{}/", crate::api::GROUP)) {
                 return Err(ParseError::Invalid(FieldError::not_supported(
                     &FieldPath::new("apiVersion"),
-                    &api_version,
+                    api_version,
                     &[API_VERSION],
                 )));
             }
-            return Err(ParseError::NotOurs { api_version, kind: kind_name });
+            return Err(ParseError::NotOurs { api_version: api_version.to_string(), kind: kind_name.to_string() });
         }
-        let Some(kind) = Kind::from_name(&kind_name) else {
+        Kind::from_name(kind_name).ok_or_else(|| {
             let supported: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-            return Err(ParseError::Invalid(FieldError::not_supported(&FieldPath::new("kind"), kind_name, &supported)));
-        };
-        fn de<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParseError> {
-            serde_path_to_error::deserialize(value).map_err(|e| {
+            ParseError::Invalid(FieldError::not_supported(&FieldPath::new("kind"), kind_name, &supported))
+        })
+    }
+
+    /// Deserializes `kind` from any deserializer, naming the failing field.
+    fn deserialize_as<'de, D: serde::Deserializer<'de>>(kind: Kind, de: D) -> Result<Self, ParseError>
+    where
+        D::Error: std::fmt::Display,
+    {
+        fn typed<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de>>(de: D) -> Result<T, ParseError>
+        where
+            D::Error: std::fmt::Display,
+        {
+            serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = e.path().to_string();
                 let path = if path == "." { String::from("(root)") } else { path };
                 ParseError::Invalid(FieldError {
@@ -147,10 +185,10 @@ impl Resource {
             })
         }
         Ok(match kind {
-            Kind::Tailnet => Resource::Tailnet(de(value)?),
-            Kind::Endpoints => Resource::Endpoints(de(value)?),
-            Kind::Services => Resource::Services(de(value)?),
-            Kind::Gateway => Resource::Gateway(de(value)?),
+            Kind::Tailnet => Resource::Tailnet(typed(de)?),
+            Kind::Endpoints => Resource::Endpoints(typed(de)?),
+            Kind::Services => Resource::Services(typed(de)?),
+            Kind::Gateway => Resource::Gateway(typed(de)?),
         })
     }
 
@@ -260,6 +298,12 @@ mod tests {
             Err(ParseError::Invalid(e)) => assert_eq!(e.path.as_str(), "spec.proxy.replicas", "{e}"),
             other => panic!("{other:?}"),
         }
+        let text = r#"{"apiVersion":"gateway.tailscale.com/v1alpha1","kind":"TailscaleEndpoints","metadata":{"name":"e"},"spec":{"tailnet":"t","ports":[{"port":"x"}]}}"#;
+        match Resource::from_json(text) {
+            Err(ParseError::Invalid(e)) => assert_eq!(e.path.as_str(), "spec.ports[0].port", "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(Resource::from_json(r#"{"apiVersion":"v1","kind":"Pod"}"#), Err(ParseError::NotOurs { .. })));
         let wrong_kind = Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleThing"}));
         assert!(matches!(wrong_kind, Err(ParseError::Invalid(e)) if e.path.as_str() == "kind"));
     }
