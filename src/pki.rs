@@ -19,7 +19,7 @@ pub enum PkiError {
 }
 
 /// A certificate and its private key, both PEM.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CertPair {
     /// Certificate PEM.
     pub cert_pem: String,
@@ -39,15 +39,40 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// When a certificate is valid. Explicit so that rotation can be planned (and tested) for any
+/// point in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Start (a few minutes before issuance, for clock skew).
+    pub not_before: OffsetDateTime,
+    /// End.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// `days` from `now`, starting five minutes early.
+    pub fn days_from(now: OffsetDateTime, days: i64) -> Self {
+        Self { not_before: now - Duration::minutes(5), not_after: now + Duration::days(days) }
+    }
+}
+
 fn validity(params: &mut CertificateParams, days: i64) {
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(days);
+    set_validity(params, Validity::days_from(OffsetDateTime::now_utc(), days));
+}
+
+fn set_validity(params: &mut CertificateParams, v: Validity) {
+    params.not_before = v.not_before;
+    params.not_after = v.not_after;
 }
 
 impl Ca {
     /// A new self-signed CA, valid for ten years.
     pub fn generate(common_name: &str) -> Result<Self, PkiError> {
+        Self::generate_valid(common_name, Validity::days_from(OffsetDateTime::now_utc(), 3650))
+    }
+
+    /// A new self-signed CA valid for `validity`.
+    pub fn generate_valid(common_name: &str, validity: Validity) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -56,7 +81,7 @@ impl Ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 3650);
+        set_validity(&mut params, validity);
         let cert = params.self_signed(&key)?;
         let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
         Ok(Self { pair, issuer: Issuer::new(params, key) })
@@ -76,6 +101,11 @@ impl Ca {
 
     /// A serving certificate for `names` (DNS names or IP addresses), valid for a year.
     pub fn issue_server(&self, names: &[String]) -> Result<CertPair, PkiError> {
+        self.issue_server_valid(names, Validity::days_from(OffsetDateTime::now_utc(), 365))
+    }
+
+    /// A serving certificate for `names` valid for `validity`.
+    pub fn issue_server_valid(&self, names: &[String], validity: Validity) -> Result<CertPair, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.subject_alt_names = names
@@ -91,7 +121,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, 365);
+        set_validity(&mut params, validity);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }

@@ -94,6 +94,22 @@ pub struct ServeArgs {
     /// Serve webhooks, the aggregated API and the extension only; never reconcile.
     #[arg(long)]
     pub no_reconciler: bool,
+    /// In a cluster without --tls-cert-file: keep a CA and serving certificate in the Secret
+    /// --cert-secret (shared by all replicas) and the caBundle of our registrations current.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TSGW_SELF_MANAGED_CERTS")]
+    pub self_managed_certs: bool,
+    /// Secret (in --namespace) holding the self-managed certificates.
+    #[arg(long, default_value = crate::install::CERT_SECRET_NAME)]
+    pub cert_secret: String,
+    /// Service in front of the HTTPS port: the self-managed certificate is issued for its DNS names.
+    #[arg(long, default_value = crate::install::SERVICE_NAME)]
+    pub service_name: String,
+    /// Validating and mutating webhook configurations whose caBundle we keep ("" for none).
+    #[arg(long, default_value = crate::install::WEBHOOK_CONFIG_NAME)]
+    pub webhook_config_name: String,
+    /// APIService whose caBundle we keep ("" for none).
+    #[arg(long, default_value = crate::install::APISERVICE_NAME)]
+    pub apiservice_name: String,
 }
 
 impl ServeArgs {
@@ -121,6 +137,11 @@ impl ServeArgs {
             proxy_image: "tailscale/tailscale:stable".into(),
             cluster_id: "default".into(),
             no_reconciler: true,
+            self_managed_certs: false,
+            cert_secret: crate::install::CERT_SECRET_NAME.into(),
+            service_name: crate::install::SERVICE_NAME.into(),
+            webhook_config_name: crate::install::WEBHOOK_CONFIG_NAME.into(),
+            apiservice_name: crate::install::APISERVICE_NAME.into(),
         }
     }
 }
@@ -253,7 +274,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .with_context(|| format!("binding Envoy Gateway extension listener on {xds_listen}"))?;
     let xds_addr = xds_listener.local_addr()?;
 
-    // Serving certificate: files (reloaded on change), local-mode PKI, or self-generated.
+    let kube_client = match &args.local {
+        Some(_) => None,
+        None => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?,
+        ),
+    };
+
+    // Serving certificate: files (reloaded on change), local-mode PKI, self-managed in a
+    // Secret, or self-generated.
     let mut kubeconfig = None;
     let mut local_ca = None;
     let store = match (&args.tls_cert_file, &args.tls_key_file, &args.local) {
@@ -276,6 +307,33 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             kubeconfig = Some(crate::local::write_kubeconfig(&args.state_dir, &server, &pki)?);
             local_ca = Some(pki.ca.cert_pem.clone());
             CertStore::new(tls::certified_key(pki.serving.cert_pem.as_bytes(), pki.serving.key_pem.as_bytes())?)
+        }
+        (_, _, None) if args.self_managed_certs && kube_client.is_some() => {
+            let client = kube_client.clone().context("no Kubernetes client")?;
+            let mut names =
+                crate::install::service_dns_names(&args.service_name, &args.namespace, &args.cluster_domain);
+            names.extend(args.tls_sans.iter().cloned());
+            let manager = crate::selfcert::SelfCert::new(
+                client,
+                crate::selfcert::Config {
+                    namespace: args.namespace.clone(),
+                    secret_name: args.cert_secret.clone(),
+                    names,
+                    webhook_config_name: args.webhook_config_name.clone(),
+                    apiservice_name: args.apiservice_name.clone(),
+                    interval: Duration::from_secs(60),
+                    policy: crate::selfcert::Policy::default(),
+                },
+            );
+            let material = manager.ensure(crate::selfcert::unix_now()).await.with_context(|| {
+                format!("self-managed certificates in secret {}/{}", args.namespace, args.cert_secret)
+            })?;
+            let store = CertStore::new(tls::certified_key(
+                material.serving.cert_pem.as_bytes(),
+                material.serving.key_pem.as_bytes(),
+            )?);
+            tasks.spawn(manager.run(store.clone(), material, stop.clone()));
+            store
         }
         _ => {
             let ca = crate::pki::Ca::generate("tailscale-gateway self-signed CA")?;
@@ -300,9 +358,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
         tasks.spawn(crate::local::watch_dir(cache.clone(), dir.clone(), args.local_poll_interval, stop.clone()));
     } else {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?;
+        let client = kube_client.context("no Kubernetes client")?;
         let delegated = Arc::new(Delegated::new(client.clone()));
         tasks.spawn(follow_authentication_config(delegated.clone(), stop.clone()));
         aggregated_auth = Auth::Delegated(delegated);
