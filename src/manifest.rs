@@ -77,7 +77,9 @@ impl Loaded {
     }
 }
 
-/// Manifest files under `paths` (folders are walked recursively), sorted, deduplicated.
+/// Manifest files under `paths` (folders are walked recursively), deduplicated, in a stable
+/// order: shallower files first, then by path. Where two documents conflict (a VIP name claimed
+/// twice), the top-level manifests of a folder win over those in its subfolders.
 pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     fn walk(p: &Path, out: &mut BTreeSet<PathBuf>, explicit: bool) -> std::io::Result<()> {
         let meta = std::fs::metadata(p)?;
@@ -99,7 +101,9 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     for p in paths {
         walk(p, &mut out, true)?;
     }
-    Ok(out.into_iter().collect())
+    let mut files: Vec<PathBuf> = out.into_iter().collect();
+    files.sort_by_key(|p| p.components().count());
+    Ok(files)
 }
 
 /// Splits a YAML stream into documents at `---` lines; empty documents are dropped but still
