@@ -1,4 +1,5 @@
-//! Compiles the Envoy Gateway extension API (`src/xds/proto/extension/*.proto`) with `protox`, so no system
+//! Compiles the Envoy Gateway extension API (`src/xds/proto/extension/*.proto`) and our subset of
+//! gnostic's OpenAPI v2 messages (`src/aggregated/proto/openapiv2.proto`) with `protox`, so no system
 //! `protoc` is needed. Envoy's own messages are not generated here: they map to the `envoy-types`
 //! crate, whose published sources also carry the `.proto` files we import.
 
@@ -20,6 +21,11 @@ const ENVOY_INCLUDE_ROOTS: &[&str] = &[
     "proto/opentelemetry-proto",
     "proto/client_model",
 ];
+
+/// The OpenAPI v2 protobuf messages served on `/openapi/v2` (plain messages, no imports).
+const OPENAPI_PROTO: &str = "openapiv2.proto";
+/// Include root of [`OPENAPI_PROTO`].
+const OPENAPI_PROTO_ROOT: &str = "src/aggregated/proto";
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -70,5 +76,12 @@ fn main() -> Result<(), BoxError> {
         .extern_path(".udpa", "::envoy_types::pb::udpa")
         .extern_path(".validate", "::envoy_types::pb::validate")
         .compile_fds(fds)?;
+
+    println!("cargo:rerun-if-changed={OPENAPI_PROTO_ROOT}/{OPENAPI_PROTO}");
+    let fds = protox::Compiler::new([OPENAPI_PROTO_ROOT])?
+        .include_source_info(true)
+        .open_files([OPENAPI_PROTO])?
+        .file_descriptor_set();
+    tonic_prost_build::configure().build_server(false).build_client(false).compile_fds(fds)?;
     Ok(())
 }

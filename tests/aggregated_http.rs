@@ -288,3 +288,26 @@ async fn watch_with_field_selector_sends_deleted_when_an_object_leaves_it() {
     cache.apply(endpoints("a", true));
     assert_eq!(next_event(&mut body, &mut buf).await["type"], "ADDED");
 }
+
+#[tokio::test]
+async fn openapi_v2_is_json_by_default_and_protobuf_when_asked() {
+    use prost::Message;
+    use tailscale_gateway::aggregated::openapi_proto::{PROTOBUF, PROTOBUF_DEPRECATED, pb};
+
+    let (api, admin) = local_api(Cache::default());
+    let (status, body) = send(&api, request("/openapi/v2", admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["swagger"], "2.0");
+
+    // kubectl 1.27/1.28 ask with the `@` spelling; the answer names the parseable one.
+    let req = request("/openapi/v2", admin, &[("accept", PROTOBUF_DEPRECATED)]);
+    let resp = router(api.clone()).oneshot(req).await.unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some(PROTOBUF));
+    assert_eq!(resp.headers().get("vary").and_then(|v| v.to_str().ok()), Some("Accept"));
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let doc = pb::Document::decode(bytes).unwrap_or_else(|e| panic!("decoding the protobuf document: {e}"));
+    assert_eq!(doc.swagger, "2.0");
+    let names: Vec<_> = doc.definitions.iter().flat_map(|d| &d.additional_properties).map(|n| &n.name).collect();
+    assert!(names.iter().any(|n| n.ends_with(".TailscaleDevice")), "{names:?}");
+}

@@ -139,12 +139,41 @@ async fn exercise(k: &Kubectl<'_>, dir: &Path) {
     let names = k.run(&["get", "tailscale", "-A", "-o", "name"]).await;
     assert!(names.contains("tailscaledevice.tailnet.gateway.tailscale.com/web-proxy-east-0"), "{names}");
 
-    // kubectl before 1.29 explains from OpenAPI v2 protobuf, which is not served.
-    if minor >= 29 {
-        let explain = k.run(&["explain", "tailscaledevices"]).await;
-        assert!(explain.contains("KIND:") && explain.contains("TailscaleDevice"), "{explain}");
-        let field = k.run(&["explain", "tailscaledevices.status.online"]).await;
-        assert!(field.contains("boolean"), "{field}");
+    // Every version explains: 1.29 and newer from OpenAPI v3 (JSON), 1.27 and 1.28 from OpenAPI
+    // v2 as gnostic protobuf.
+    let explain = k.run(&["explain", "tailscaledevices"]).await;
+    for needle in [
+        "KIND:",
+        "TailscaleDevice",
+        "VERSION:",
+        "v1alpha1",
+        "TailscaleDevice is a read-only view of one Tailscale device",
+        "metadata",
+        "Standard object's metadata.",
+        "spec",
+        "What the device is and which objects it belongs to.",
+        "status",
+        "What the tailnet reports about the device now.",
+    ] {
+        assert!(explain.contains(needle), "explain tailscaledevices lacks {needle:?}:\n{explain}");
+    }
+    let status = k.run(&["explain", "tailscaledevices.status"]).await;
+    for needle in [
+        "FIELD: status <Object>",
+        "online",
+        "Whether the device is online in the tailnet.",
+        "addresses",
+        "<[]string>",
+        "Tailscale IPv4 and IPv6 addresses.",
+        "lastSeen",
+    ] {
+        assert!(status.contains(needle), "explain tailscaledevices.status lacks {needle:?}:\n{status}");
+    }
+    let field = k.run(&["explain", "tsdev.status.online"]).await;
+    assert!(field.contains("online <boolean>"), "{field}");
+    let sel = k.run(&["explain", "selectedendpoints"]).await;
+    for needle in ["SelectedEndpoints", "status", "What the TailscaleServices of the same name selects now."] {
+        assert!(sel.contains(needle), "explain selectedendpoints lacks {needle:?}:\n{sel}");
     }
 
     // get -w sees a change made to a file in the local directory.

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod discovery;
+pub mod openapi_proto;
 pub mod render;
 pub mod request;
 pub mod resources;
@@ -54,6 +55,7 @@ struct Docs {
     group: Vec<u8>,
     resources: Vec<u8>,
     openapi_v2: Vec<u8>,
+    openapi_v2_protobuf: Vec<u8>,
     openapi_v3_root: Vec<u8>,
     openapi_v3: Vec<u8>,
     openapi_v3_hash: String,
@@ -70,6 +72,7 @@ impl Docs {
             group: bytes(discovery::api_group()),
             resources: bytes(discovery::api_resource_list()),
             openapi_v2: bytes(discovery::openapi_v2()),
+            openapi_v2_protobuf: openapi_proto::encode(&discovery::openapi_v2()),
             openapi_v3_root: bytes(discovery::openapi_v3_root(&openapi_v3_hash)),
             openapi_v3,
             openapi_v3_hash,
@@ -171,7 +174,18 @@ async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
         Target::GroupList => doc(&docs.group_list),
         Target::Group => doc(&docs.group),
         Target::GroupVersion => doc(&docs.resources),
-        Target::OpenApiV2 => doc(&docs.openapi_v2),
+        Target::OpenApiV2 => {
+            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let mut resp = if read && openapi_proto::wants_protobuf(accept) {
+                let mut resp = Body::from(docs.openapi_v2_protobuf.clone()).into_response();
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(openapi_proto::PROTOBUF));
+                resp
+            } else {
+                doc(&docs.openapi_v2)
+            };
+            resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+            resp
+        }
         Target::OpenApiV3 => doc(&docs.openapi_v3_root),
         Target::OpenApiV3GroupVersion => {
             let mut resp = doc(&docs.openapi_v3);
