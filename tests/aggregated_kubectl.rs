@@ -20,7 +20,8 @@ fn kubectls() -> Vec<PathBuf> {
     {
         found.push(k);
     }
-    for v in ["1.27", "1.33"] {
+    // Every supported minor version that is installed beside the default one.
+    for v in ["1.27", "1.28", "1.29", "1.30", "1.31", "1.33"] {
         let p = Path::new(SDK).join(format!("kubectl.{v}"));
         if p.is_file() {
             found.push(p);
