@@ -190,7 +190,8 @@ impl<'a> Meta<'a> {
     }
 }
 
-/// A full object: `apiVersion`, `kind`, `metadata`, then the kind's body.
+/// A full object: `apiVersion`, `kind`, `metadata`, then the kind's body. Responses are written
+/// from memoized pieces ([`super::render`]), byte for byte as this serializes.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase", bound = "")]
 pub struct Object<'a, T: View> {
