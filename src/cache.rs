@@ -7,8 +7,9 @@
 //! watchers resume from. Every change bumps one revision, published on a `tokio::sync::watch`
 //! channel so readers are pushed updates instead of polling.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
@@ -59,6 +60,9 @@ pub struct Event {
     pub kind: EventType,
     /// The object after the change (before it, for deletions).
     pub object: ViewObject,
+    /// Memo of the object at this revision, shared with its [`Stored`] entry (watchers render
+    /// each change once between them).
+    pub memo: Memo,
 }
 
 impl Event {
@@ -81,6 +85,27 @@ pub struct Gone {
     pub oldest: u64,
 }
 
+/// Something a reader derives from one object at one revision (the aggregated API keeps its
+/// serialized forms here), computed on first use, shared by every copy of the entry, and dropped
+/// with it. The cache never looks inside.
+#[derive(Clone, Default)]
+pub struct Memo(Arc<OnceLock<Arc<dyn Any + Send + Sync>>>);
+
+impl Memo {
+    /// The memoized value, initialized by `init` on first use. A memo holds one type; asking
+    /// for another one computes it afresh each time.
+    pub fn get_or_init<R: Any + Send + Sync>(&self, init: impl Fn() -> R) -> Arc<R> {
+        let value = self.0.get_or_init(|| Arc::new(init()));
+        Arc::clone(value).downcast::<R>().unwrap_or_else(|_| Arc::new(init()))
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Memo(set)" } else { "Memo(empty)" })
+    }
+}
+
 /// A stored object with the revision it last changed at.
 #[derive(Debug)]
 pub struct Stored<T> {
@@ -88,11 +113,20 @@ pub struct Stored<T> {
     pub object: Arc<T>,
     /// Cache revision of its last change.
     pub revision: u64,
+    /// What readers derived from `object` at `revision`.
+    pub memo: Memo,
+}
+
+impl<T> Stored<T> {
+    /// `object` at `revision`, with an empty memo.
+    pub fn new(object: Arc<T>, revision: u64) -> Self {
+        Self { object, revision, memo: Memo::default() }
+    }
 }
 
 impl<T> Clone for Stored<T> {
     fn clone(&self) -> Self {
-        Self { object: self.object.clone(), revision: self.revision }
+        Self { object: self.object.clone(), revision: self.revision, memo: self.memo.clone() }
     }
 }
 
@@ -250,15 +284,17 @@ impl Index {
         self.revision
     }
 
-    fn record(&mut self, kind: EventType, object: ViewObject) -> u64 {
+    /// Logs a change; returns its revision and the memo the object's entry shares with it.
+    fn record(&mut self, kind: EventType, object: ViewObject) -> (u64, Memo) {
         let revision = self.bump();
-        self.log.push_back(Event { revision, kind, object });
+        let memo = Memo::default();
+        self.log.push_back(Event { revision, kind, object, memo: memo.clone() });
         while self.log.len() > self.log_capacity {
             if let Some(old) = self.log.pop_front() {
                 self.log_floor = old.revision;
             }
         }
-        revision
+        (revision, memo)
     }
 
     fn refresh_devices(&mut self, ep_key: &ObjectKey) {
@@ -279,8 +315,8 @@ impl Index {
                 None => EventType::Added,
             };
             let object = Arc::new(dev);
-            let revision = self.record(kind, ViewObject::Device(object.clone()));
-            self.devices.insert(key.clone(), Stored { object, revision });
+            let (revision, memo) = self.record(kind, ViewObject::Device(object.clone()));
+            self.devices.insert(key.clone(), Stored { object, revision, memo });
             new_keys.push(key);
         }
         for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
@@ -315,8 +351,8 @@ impl Index {
             None => EventType::Added,
         };
         let object = Arc::new(view);
-        let revision = self.record(kind, ViewObject::Selection(object.clone()));
-        self.selections.insert(svc_key.clone(), Stored { object, revision });
+        let (revision, memo) = self.record(kind, ViewObject::Selection(object.clone()));
+        self.selections.insert(svc_key.clone(), Stored { object, revision, memo });
     }
 
     /// Recomputes whether `svc` selects `ep`; returns whether membership changed.
@@ -594,6 +630,39 @@ mod tests {
 
     use super::*;
     use crate::api::API_VERSION;
+
+    #[test]
+    fn memos_are_computed_once_and_shared_by_copies() {
+        let memo = Memo::default();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let init = || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            7u32
+        };
+        assert_eq!(*memo.get_or_init(init), 7);
+        assert_eq!(*memo.clone().get_or_init(init), 7);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Another type is computed afresh, never mistaken for the stored one.
+        assert_eq!(*memo.get_or_init(|| "other"), "other");
+        assert_eq!(*memo.get_or_init(init), 7);
+    }
+
+    #[test]
+    fn entries_share_their_memo_with_their_event_until_they_change() {
+        let cache = Cache::default();
+        cache.apply(endpoints("ns", "ep", json!({}), &["a"]));
+        let key = ObjectKey::new("ns", "a");
+        let (stored, event) = {
+            let idx = cache.read();
+            (idx.device(&key), idx.events_since(0).ok().and_then(|e| e.last().cloned()))
+        };
+        let (Some(stored), Some(event)) = (stored, event) else { panic!("device and its event") };
+        assert_eq!(*stored.memo.get_or_init(|| 1u8), 1);
+        assert_eq!(*event.memo.get_or_init(|| 2u8), 1, "the event sees the entry's memo");
+        cache.apply(endpoints("ns", "ep", json!({"x": "y"}), &["a"]));
+        let changed = cache.read().device(&key).map(|s| *s.memo.get_or_init(|| 3u8));
+        assert_eq!(changed, Some(3), "a changed object gets a fresh memo");
+    }
 
     fn endpoints(ns: &str, name: &str, labels: serde_json::Value, hosts: &[&str]) -> Resource {
         let devices: Vec<_> =

@@ -39,17 +39,41 @@ pub struct Column {
 }
 
 /// One Table cell, borrowing from the view where it can (tables of 10k rows stay cheap).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Cell<'a> {
     /// Text borrowed from the object.
     Str(&'a str),
-    /// Computed text (ages, joined lists).
+    /// Computed text (joined lists).
     Text(String),
     /// A boolean column.
     Bool(bool),
     /// An integer column.
     Int(usize),
+    /// The time since an RFC 3339 timestamp (`<unknown>` without a valid one). It depends on when
+    /// the table is rendered, so it serializes only after [`Cell::at`].
+    Age(Option<&'a str>),
+}
+
+impl<'a> Cell<'a> {
+    /// The cell as rendered at `now`: ages become text, everything else is unchanged.
+    pub fn at(self, now: jiff::Timestamp) -> Cell<'a> {
+        match self {
+            Cell::Age(t) => Cell::Text(age(t, now)),
+            c => c,
+        }
+    }
+}
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cell::Str(s) => serializer.serialize_str(s),
+            Cell::Text(s) => serializer.serialize_str(s),
+            Cell::Bool(b) => serializer.serialize_bool(*b),
+            Cell::Int(n) => n.serialize(serializer),
+            Cell::Age(_) => Err(serde::ser::Error::custom("an age cell serializes only once rendered at a time")),
+        }
+    }
 }
 
 impl PartialEq<&str> for Cell<'_> {
@@ -110,8 +134,8 @@ pub trait View: Send + Sync + Sized + 'static {
     fn created(&self) -> Option<&str>;
     /// The value of one of [`View::FIELDS`].
     fn field(&self, path: &str) -> Option<String>;
-    /// Table cells after the name, one per column, `now` for ages.
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>>;
+    /// Table cells, one per column; cells that depend on the time are [`Cell::Age`].
+    fn cells(&self) -> Vec<Cell<'_>>;
     /// `spec` and `status`.
     fn body(&self) -> Self::Body<'_>;
     /// OpenAPI properties of `spec` and `status`.
@@ -166,7 +190,8 @@ impl<'a> Meta<'a> {
     }
 }
 
-/// A full object: `apiVersion`, `kind`, `metadata`, then the kind's body.
+/// A full object: `apiVersion`, `kind`, `metadata`, then the kind's body. Responses are written
+/// from memoized pieces ([`super::render`]), byte for byte as this serializes.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase", bound = "")]
 pub struct Object<'a, T: View> {
@@ -249,7 +274,12 @@ pub fn human_duration(d: jiff::SignedDuration) -> String {
 
 /// The age of an RFC 3339 timestamp at `now`, or `<unknown>`.
 pub fn age(timestamp: Option<&str>, now: jiff::Timestamp) -> String {
-    match timestamp.and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+    age_since(timestamp.and_then(|t| t.parse::<jiff::Timestamp>().ok()), now)
+}
+
+/// The age of a parsed timestamp at `now`, or `<unknown>`.
+pub fn age_since(since: Option<jiff::Timestamp>, now: jiff::Timestamp) -> String {
+    match since {
         Some(t) => human_duration(now.duration_since(t)),
         None => "<unknown>".into(),
     }
@@ -381,15 +411,15 @@ impl View for Device {
         })
     }
 
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>> {
+    fn cells(&self) -> Vec<Cell<'_>> {
         vec![
             Cell::Str(&self.name),
             Cell::Str(&self.endpoints),
             Cell::Str(&self.tailnet),
             Cell::Str(primary_ip(&self.addresses).unwrap_or("<none>")),
             Cell::Bool(self.online),
-            Cell::Text(age(self.last_seen.as_deref(), now)),
-            Cell::Text(age(self.created.as_deref(), now)),
+            Cell::Age(self.last_seen.as_deref()),
+            Cell::Age(self.created.as_deref()),
             or_none(&self.fqdn),
             or_none(&self.node_id),
             joined(&self.tags),
@@ -548,7 +578,7 @@ impl View for Selection {
         }
     }
 
-    fn cells(&self, now: jiff::Timestamp) -> Vec<Cell<'_>> {
+    fn cells(&self) -> Vec<Cell<'_>> {
         let vip = if !self.vip_addresses.is_empty() {
             self.vip_addresses.join(",")
         } else {
@@ -562,7 +592,7 @@ impl View for Selection {
             Cell::Int(self.machine_count()),
             Cell::Int(self.healthy_count()),
             Cell::Text(vip),
-            Cell::Text(age(self.created.as_deref(), now)),
+            Cell::Age(self.created.as_deref()),
         ]
     }
 
@@ -685,7 +715,7 @@ mod tests {
     fn device_cells_line_up_with_columns() {
         let now: jiff::Timestamp = "2025-06-25T10:35:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
         let dev = device();
-        let cells = dev.cells(now);
+        let cells: Vec<Cell<'_>> = dev.cells().into_iter().map(|c| c.at(now)).collect();
         assert_eq!(cells.len(), Device::COLUMNS.len());
         assert_eq!(cells[3], "100.64.0.1");
         assert_eq!(cells[4], Cell::Bool(true));
@@ -716,7 +746,7 @@ mod tests {
             ],
             ..Selection::default()
         };
-        let cells = sel.cells(jiff::Timestamp::UNIX_EPOCH);
+        let cells: Vec<Cell<'_>> = sel.cells().into_iter().map(|c| c.at(jiff::Timestamp::UNIX_EPOCH)).collect();
         assert_eq!(cells.len(), Selection::COLUMNS.len());
         assert_eq!(cells[1], "east,west");
         assert_eq!(cells[2], Cell::Int(3));

@@ -249,7 +249,7 @@ async fn send_events<T: View>(
     for e in events {
         let Some(obj) = T::of_event(&e.object) else { continue };
         let Some(type_) = filter.decide(e.kind, &**obj) else { continue };
-        let stored = Stored { object: obj.clone(), revision: e.revision };
+        let stored = Stored { object: obj.clone(), revision: e.revision, memo: e.memo.clone() };
         if tx.send(Ok(Bytes::from(event_line(type_, &stored, format, include, *first, now)))).await.is_err() {
             return false;
         }
