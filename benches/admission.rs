@@ -1,7 +1,8 @@
 //! Admission throughput and latency over TLS with keep-alive, side by side with a bare
 //! hyper+rustls responder that returns a canned AdmissionReview (the ceiling).
 //!
-//! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS, default 3).
+//! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS per contender and
+//! concurrency, default 5, split into BENCH_ROUNDS interleaved slices, default 5).
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -56,6 +57,24 @@ struct Stats {
     p99: Duration,
 }
 
+/// The median of each figure over rounds.
+fn median(mut runs: Vec<Stats>) -> Stats {
+    let mid = runs.len() / 2;
+    let pick = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(mid).copied().unwrap_or_default()
+    };
+    let mut rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
+    let mut p50: Vec<f64> = runs.iter().map(|r| r.p50.as_secs_f64()).collect();
+    let mut p99: Vec<f64> = runs.iter().map(|r| r.p99.as_secs_f64()).collect();
+    runs.clear();
+    Stats {
+        rps: pick(&mut rps),
+        p50: Duration::from_secs_f64(pick(&mut p50)),
+        p99: Duration::from_secs_f64(pick(&mut p99)),
+    }
+}
+
 async fn load(
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
@@ -94,7 +113,7 @@ async fn load(
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -131,16 +150,25 @@ fn main() {
                      "vipService": {"name": "svc:bench-svc", "ports": ["tcp:80", "tcp:443"], "tags": ["tag:web"]},
                      "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}}});
         let body = Arc::new(serde_json::to_vec(&util::review("CREATE", object, None)).unwrap_or_default());
-        println!("admission over TLS, keep-alive, {seconds}s per run, body {} bytes", body.len());
+        println!("admission over TLS, keep-alive, {seconds}s per contender in interleaved slices, medians, body {} bytes", body.len());
         println!("{:>4} | {:>22} | {:>22} | {:>22} | {:>6}", "conc", "bare hyper+rustls", "our server, canned", "tailscale-gateway", "ratio");
         println!(
             "{:>4} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}",
             "", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", ""
         );
-        for conc in [1, 16, 64] {
-            let c = load(ceiling, cfg.clone(), conc, seconds, body.clone()).await;
-            let f = load(canned, cfg.clone(), conc, seconds, body.clone()).await;
-            let o = load(ours.https_addr, cfg.clone(), conc, seconds, body.clone()).await;
+        // BENCH_HANDLER_ONLY=1 skips the socket runs (for profiling the handler).
+        let socket_runs: &[usize] = if std::env::var_os("BENCH_HANDLER_ONLY").is_some() { &[] } else { &[1, 16, 64] };
+        // Contenders take turns in short slices, several rounds: a slow second of the machine hits
+        // all three alike, and the median of the rounds is reported.
+        let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+        for &conc in socket_runs {
+            let mut runs: [Vec<Stats>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            for _ in 0..rounds {
+                for (i, addr) in [ceiling, canned, ours.https_addr].into_iter().enumerate() {
+                    runs[i].push(load(addr, cfg.clone(), conc, seconds / rounds as f64, body.clone()).await);
+                }
+            }
+            let [c, f, o] = runs.map(median);
             println!(
                 "{conc:>4} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>6.2}",
                 c.rps,
@@ -160,7 +188,7 @@ fn main() {
             cache: ours.cache.clone(),
             metrics: tailscale_gateway::metrics::AdmissionMetrics::register(&mut prometheus_client::registry::Registry::default()),
         };
-        let n = 20_000;
+        let n: usize = std::env::var("BENCH_HANDLER_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
         let t = Instant::now();
         for _ in 0..n {
             let req = axum::http::Request::builder()

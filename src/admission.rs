@@ -19,7 +19,7 @@ use crate::core::field::summarize;
 use crate::core::resource::ParseError;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, Resource, defaults};
-use crate::metrics::{AdmissionLabels, AdmissionMetrics, WebhookLabels};
+use crate::metrics::{AdmissionLabels, AdmissionMetrics};
 use crate::server::status::status_response;
 
 /// Largest AdmissionReview body we read (kube-apiserver's own limit is 3 MiB per object).
@@ -143,7 +143,13 @@ fn our_kind(req: &AdmissionRequest) -> Option<Kind> {
 
 /// Parses the request's object, putting it in the request's namespace as kube-apiserver does.
 fn parse_object(raw: Option<&RawValue>, req: &AdmissionRequest) -> Option<Result<Resource, ParseError>> {
-    let mut res = raw.filter(|r| r.get() != "null").map(|r| Resource::from_json(r.get()))?;
+    let raw = raw.filter(|r| r.get() != "null")?.get();
+    // kube-apiserver sends the object in the version the request names; with one version served,
+    // the request's kind decides the type and the object's own apiVersion/kind need no pre-pass.
+    let mut res = match our_kind(req) {
+        Some(kind) if req.kind.version == crate::api::VERSION => Resource::from_json_as(kind, raw),
+        _ => Resource::from_json(raw),
+    };
     if let Ok(r) = &mut res {
         r.default_namespace(req.namespace.as_deref().unwrap_or_default());
     }
@@ -321,12 +327,9 @@ pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Respon
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => status_response(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),
     };
-    state
-        .metrics
-        .duration
-        .get_or_create(&WebhookLabels { webhook: webhook.label(), kind })
-        .observe(started.elapsed().as_secs_f64());
-    count(kind, decision.verdict());
+    let labels = AdmissionLabels { webhook: webhook.label(), kind, verdict: decision.verdict() };
+    state.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    state.metrics.requests.get_or_create(&labels).inc();
     response
 }
 

@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels of admission request counters.
+/// Labels of admission request counters and latency histograms.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     /// `validate` or `mutate`.
@@ -16,15 +16,6 @@ pub struct AdmissionLabels {
     pub kind: &'static str,
     /// `allowed`, `denied`, `patched` or `error`.
     pub verdict: &'static str,
-}
-
-/// Labels of admission latency histograms.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabels {
-    /// `validate` or `mutate`.
-    pub webhook: &'static str,
-    /// Object kind.
-    pub kind: &'static str,
 }
 
 /// Histogram buckets from 50 µs to ~1.6 s.
@@ -41,8 +32,8 @@ fn new_histogram() -> Histogram {
 pub struct AdmissionMetrics {
     /// Requests by webhook, kind and verdict.
     pub requests: Family<AdmissionLabels, Counter>,
-    /// Latency by webhook and kind.
-    pub duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+    /// Latency by webhook, kind and verdict.
+    pub duration: Family<AdmissionLabels, Histogram, fn() -> Histogram>,
 }
 
 impl AdmissionMetrics {

@@ -121,7 +121,7 @@ impl Resource {
         let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default();
         let kind = Self::our_kind(api_version, kind_name)?;
-        Self::deserialize_as(kind, &value.to_string())
+        Self::from_json_as(kind, &value.to_string())
     }
 
     /// Parses one of our objects straight from JSON text, without an intermediate `Value` (the
@@ -143,7 +143,7 @@ impl Resource {
             })
         })?;
         let kind = Self::our_kind(&meta.api_version, &meta.kind)?;
-        Self::deserialize_as(kind, json)
+        Self::from_json_as(kind, json)
     }
 
     /// Which of our kinds `apiVersion`/`kind` name, or why none.
@@ -164,9 +164,11 @@ impl Resource {
         })
     }
 
-    /// Deserializes `kind` from JSON text. The common case takes serde_json's fast path; only a
-    /// document that fails is parsed again with path tracking, to name the failing field.
-    fn deserialize_as(kind: Kind, json: &str) -> Result<Self, ParseError> {
+    /// Deserializes JSON text known to be of `kind` (an AdmissionReview names the kind of its
+    /// object), skipping the `apiVersion`/`kind` pre-pass of [`Resource::from_json`]. The common
+    /// case takes serde_json's fast path; only a document that fails is parsed again with path
+    /// tracking, to name the failing field.
+    pub fn from_json_as(kind: Kind, json: &str) -> Result<Self, ParseError> {
         fn typed<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, ParseError> {
             serde_json::from_str(json).or_else(|_| {
                 serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)).map_err(|e| {
