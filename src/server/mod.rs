@@ -84,7 +84,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
                 req.extensions_mut().insert(RemoteAddr(peer));
                 app.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            // No upgrades: nothing we serve switches protocols (watches are chunked responses).
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(error) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection closed with error");
             }
