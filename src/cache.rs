@@ -766,9 +766,14 @@ mod tests {
         assert!(!cache.synced());
         cache.apply(endpoints("default", "old", json!({}), &[]));
         cache.reset(Kind::Endpoints, vec![endpoints("default", "new", json!({}), &[])]);
-        for k in [Kind::Tailnet, Kind::Services, Kind::Gateway] {
+        for k in [Kind::Tailnet, Kind::Services] {
             cache.reset(k, Vec::new());
         }
+        // Becoming synced notifies subscribers even when no object changed (readiness waits on it).
+        let mut rx = cache.subscribe();
+        rx.borrow_and_update();
+        cache.mark_synced(Kind::Gateway);
+        assert!(rx.has_changed().unwrap_or(false));
         assert!(cache.synced());
         let idx = cache.read();
         assert!(idx.endpoints(&ObjectKey::new("default", "old")).is_none());

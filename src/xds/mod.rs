@@ -144,11 +144,10 @@ pub async fn serve_on(
                 tracing::info!("xds: cache synced, extension service serving");
                 return;
             }
-            // Marking a kind synced does not always bump the revision, so also look again
-            // every half second.
-            tokio::select! {
-                changed = synced.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // The cache bumps its revision when a kind becomes synced, so a change notification
+            // is all there is to wait for.
+            if synced.changed().await.is_err() {
+                return;
             }
         }
     });
