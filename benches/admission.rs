@@ -2,7 +2,9 @@
 //! hyper+rustls responder that returns a canned AdmissionReview (the ceiling).
 //!
 //! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS per contender and
-//! concurrency, default 5, split into BENCH_ROUNDS interleaved slices, default 5).
+//! concurrency, default 10, split into BENCH_ROUNDS interleaved slices, default 20; BENCH_ONLY=
+//! bare|canned|ours runs one contender, for profiling; BENCH_CONC=1,16,64 picks concurrencies;
+//! BENCH_HANDLER_ONLY=1 skips the socket runs).
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -112,8 +114,44 @@ async fn load(
     Stats { rps: all.len() as f64 / seconds, p50: pick(0.50), p99: pick(0.99) }
 }
 
+/// Times the handler's stages one by one (each in a loop of its own, so caches are warm).
+fn stages(body: &[u8], cache: &tailscale_gateway::cache::Cache, n: usize) {
+    use tailscale_gateway::admission::{Decision, parse_review, respond};
+    use tailscale_gateway::core::{Kind, Resource, validate::review};
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        println!("  {label:<44} {:>6.2} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    };
+    let Ok(req) = parse_review(body, false) else { panic!("bench body does not parse") };
+    let object = match req.object {
+        tailscale_gateway::admission::Payload::Raw(o) => o.get(),
+        _ => panic!("bench body has no object"),
+    };
+    let Ok(res) = Resource::from_json_as(Kind::Services, object) else { panic!("bench object does not parse") };
+    time("parse AdmissionReview, object kept raw", &mut || {
+        std::hint::black_box(parse_review(std::hint::black_box(body), false).map(|r| r.uid.len()).unwrap_or_default());
+    });
+    time("parse raw object into TailscaleServices", &mut || {
+        std::hint::black_box(Resource::from_json_as(Kind::Services, std::hint::black_box(object)).is_ok());
+    });
+    time("parse AdmissionReview and object in one pass", &mut || {
+        std::hint::black_box(parse_review(std::hint::black_box(body), true).map(|r| r.uid.len()).unwrap_or_default());
+    });
+    time("rules + cache lookups", &mut || {
+        std::hint::black_box(review(std::hint::black_box(&res), None, &*cache.read()).allowed());
+    });
+    time("encode response", &mut || {
+        std::hint::black_box(
+            respond(&req.uid, &Decision { allowed: true, ..Decision::default() }).map(|b| b.len()).unwrap_or_default(),
+        );
+    });
+}
+
 fn main() {
-    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -135,7 +173,18 @@ fn main() {
         let canned_app = axum::Router::new().route(
             "/validate",
             axum::routing::post(|req: axum::extract::Request| async move {
-                let _ = tailscale_gateway::admission::read_json_body(req).await;
+                let body = tailscale_gateway::admission::read_json_body(req).await.unwrap_or_default();
+                match std::env::var("EXP").as_deref() {
+                    Ok("parse") => {
+                        let r = tailscale_gateway::admission::parse_review(&body, true).unwrap_or_else(|e| panic!("{e}"));
+                        std::hint::black_box(r.uid.len());
+                    }
+                    Ok("spin") => {
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(3) {}
+                    }
+                    _ => {}
+                }
                 ([(axum::http::header::CONTENT_TYPE, "application/json")], CANNED)
             }),
         );
@@ -150,24 +199,43 @@ fn main() {
                      "vipService": {"name": "svc:bench-svc", "ports": ["tcp:80", "tcp:443"], "tags": ["tag:web"]},
                      "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}}});
         let body = Arc::new(serde_json::to_vec(&util::review("CREATE", object, None)).unwrap_or_default());
-        println!("admission over TLS, keep-alive, {seconds}s per contender in interleaved slices, medians, body {} bytes", body.len());
+        let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+        println!("admission over TLS, keep-alive, {seconds}s per contender in {rounds} interleaved slices; req/s, p50, p99: medians of the slices; ratio: median of the slices' ours/bare; body {} bytes", body.len());
         println!("{:>4} | {:>22} | {:>22} | {:>22} | {:>6}", "conc", "bare hyper+rustls", "our server, canned", "tailscale-gateway", "ratio");
         println!(
             "{:>4} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}",
             "", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", ""
         );
         // BENCH_HANDLER_ONLY=1 skips the socket runs (for profiling the handler).
-        let socket_runs: &[usize] = if std::env::var_os("BENCH_HANDLER_ONLY").is_some() { &[] } else { &[1, 16, 64] };
+        // BENCH_CONC=16 (comma-separated) picks the concurrencies.
+        let socket_runs: Vec<usize> = if std::env::var_os("BENCH_HANDLER_ONLY").is_some() {
+            Vec::new()
+        } else {
+            std::env::var("BENCH_CONC")
+                .ok()
+                .map(|c| c.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1, 16, 64])
+        };
         // Contenders take turns in short slices, several rounds: a slow second of the machine hits
         // all three alike, and the median of the rounds is reported.
-        let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-        for &conc in socket_runs {
+        // BENCH_ONLY=bare|canned|ours runs one contender (for profiling it alone).
+        let only = std::env::var("BENCH_ONLY").ok().and_then(|o| ["bare", "canned", "ours"].iter().position(|c| *c == o));
+        for &conc in &socket_runs {
             let mut runs: [Vec<Stats>; 3] = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..rounds {
                 for (i, addr) in [ceiling, canned, ours.https_addr].into_iter().enumerate() {
+                    if only.is_some_and(|o| o != i) {
+                        runs[i].push(Stats { rps: f64::NAN, p50: Duration::ZERO, p99: Duration::ZERO });
+                        continue;
+                    }
                     runs[i].push(load(addr, cfg.clone(), conc, seconds / rounds as f64, body.clone()).await);
                 }
             }
+            // Ratio: each round's ours/bare from adjacent slices, then the median of those, so a
+            // slow stretch of the machine cancels out instead of landing on one contender.
+            let mut paired: Vec<f64> = runs[2].iter().zip(&runs[0]).map(|(o, c)| o.rps / c.rps).collect();
+            paired.sort_by(|a, b| a.total_cmp(b));
+            let ratio = paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN);
             let [c, f, o] = runs.map(median);
             println!(
                 "{conc:>4} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>6.2}",
@@ -180,8 +248,23 @@ fn main() {
                 o.rps,
                 o.p50.as_micros(),
                 o.p99.as_micros(),
-                o.rps / c.rps
+                ratio
             );
+        }
+        // The server's own view of those requests: mean time inside the webhook handler.
+        if !socket_runs.is_empty() {
+            let mut conn = util::Conn::open(ours.https_addr, cfg.clone()).await;
+            let text = String::from_utf8_lossy(&conn.get("/metrics").await.body).into_owned();
+            let total = |suffix: &str| -> f64 {
+                text.lines()
+                    .filter(|l| l.starts_with(&format!("tailscale_gateway_admission_request_duration_seconds_{suffix}{{")))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            let (sum, count) = (total("sum"), total("count"));
+            if count > 0.0 {
+                println!("mean time inside the validate handler under load: {:.1} us ({count} reviews)", sum / count * 1e6);
+            }
         }
         // Server-side cost of our handler alone (no TLS, no HTTP), to show where time goes.
         let state = tailscale_gateway::admission::Admission {
@@ -201,6 +284,7 @@ fn main() {
             assert_eq!(resp.status(), 200);
         }
         println!("validate handler alone (parse, rules, cache lookup, encode): {:.1} us/review", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        stages(&body, &ours.cache, n);
         canned_stop.cancel();
         ours.shutdown().await;
     });

@@ -3,6 +3,7 @@
 //! ([`crate::core::validate::review`], [`crate::core::defaults::patch`]) and cross-object checks
 //! read the shared cache.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -10,16 +11,18 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::{StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::cache::Cache;
 use crate::core::field::summarize;
+use crate::core::resource::KindSeed;
 use crate::core::resource::ParseError;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, Resource, defaults};
-use crate::metrics::{AdmissionLabels, AdmissionMetrics};
+use crate::metrics::AdmissionMetrics;
 use crate::server::status::status_response;
 
 /// Largest AdmissionReview body we read (kube-apiserver's own limit is 3 MiB per object).
@@ -39,9 +42,14 @@ pub enum Webhook {
 
 impl Webhook {
     fn label(self) -> &'static str {
+        crate::metrics::admission_labels::WEBHOOKS[self.index()]
+    }
+
+    /// Position in `metrics::admission_labels::WEBHOOKS`.
+    fn index(self) -> usize {
         match self {
-            Webhook::Validate => "validate",
-            Webhook::Mutate => "mutate",
+            Webhook::Validate => 0,
+            Webhook::Mutate => 1,
         }
     }
 }
@@ -57,52 +65,238 @@ pub struct Admission {
 
 /// `group/version/kind` of the reviewed object.
 #[derive(Debug, Default, Deserialize)]
-pub struct GroupVersionKind {
+pub struct GroupVersionKind<'a> {
     /// API group.
-    #[serde(default)]
-    pub group: String,
+    #[serde(default, borrow)]
+    pub group: Cow<'a, str>,
     /// Version.
-    #[serde(default)]
-    pub version: String,
+    #[serde(default, borrow)]
+    pub version: Cow<'a, str>,
     /// Kind.
-    #[serde(default)]
-    pub kind: String,
+    #[serde(default, borrow)]
+    pub kind: Cow<'a, str>,
 }
 
-/// The part of `AdmissionRequest` we use.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest {
+/// The request's object (or old object).
+#[derive(Debug, Default)]
+pub enum Payload<'a> {
+    /// Not sent, or `null`.
+    #[default]
+    Absent,
+    /// The JSON text, not parsed yet (a kind we do not own, the mutating webhook, which patches
+    /// the JSON as sent, or an object that failed to parse in the review's pass).
+    Raw(&'a RawValue),
+    /// Parsed into our type in the same pass as the review.
+    Parsed(Box<Resource>),
+}
+
+/// The part of `AdmissionRequest` we use, borrowed from the request body: strings without
+/// escapes and the objects' JSON text are not copied.
+#[derive(Debug)]
+pub struct AdmissionRequest<'a> {
     /// Echoed in the response.
-    pub uid: String,
+    pub uid: Cow<'a, str>,
     /// Kind of the object.
-    #[serde(default)]
-    pub kind: GroupVersionKind,
+    pub kind: GroupVersionKind<'a>,
     /// Subresource (`status`, ...), if any.
-    #[serde(default)]
-    pub sub_resource: Option<String>,
+    pub sub_resource: Option<Cow<'a, str>>,
     /// Namespace of the request.
-    #[serde(default)]
-    pub namespace: Option<String>,
+    pub namespace: Option<Cow<'a, str>>,
     /// CREATE, UPDATE, DELETE or CONNECT.
-    #[serde(default)]
-    pub operation: String,
-    /// The object as it would be stored (kept as raw JSON and parsed once, into the type we need).
-    #[serde(default)]
-    pub object: Option<Box<RawValue>>,
-    /// The stored object (UPDATE).
-    #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
+    pub operation: Cow<'a, str>,
+    /// The object as it would be stored.
+    pub object: Payload<'a>,
+    /// The stored object (UPDATE, DELETE).
+    pub old_object: Payload<'a>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AdmissionReview {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    request: Option<AdmissionRequest>,
+impl AdmissionRequest<'_> {
+    /// Our kind, if the request is about one of our objects in the version we serve: the type
+    /// its objects are parsed into.
+    fn typed_kind(&self) -> Option<Kind> {
+        our_kind(self).filter(|_| self.kind.version == crate::api::VERSION)
+    }
+}
+
+/// A string borrowed from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Deserializes an `AdmissionRequest`. With `typed`, an object of our kind is parsed straight
+/// into its type while the review is read (kube-apiserver sends `kind` before `object`); an
+/// object met before its kind, or any object without `typed`, is kept as raw JSON.
+#[derive(Clone, Copy)]
+struct RequestSeed {
+    typed: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = AdmissionRequest<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = AdmissionRequest<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an AdmissionRequest object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "camelCase")]
+        enum Field {
+            Uid,
+            Kind,
+            SubResource,
+            Namespace,
+            Operation,
+            Object,
+            OldObject,
+            #[serde(other)]
+            Other,
+        }
+        let mut uid: Option<Cow<'de, str>> = None;
+        let mut req = AdmissionRequest {
+            uid: Cow::Borrowed(""),
+            kind: GroupVersionKind::default(),
+            sub_resource: None,
+            namespace: None,
+            operation: Cow::Borrowed(""),
+            object: Payload::Absent,
+            old_object: Payload::Absent,
+        };
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Uid => uid = Some(map.next_value::<Text<'de>>()?.0),
+                Field::Kind => req.kind = map.next_value()?,
+                Field::SubResource => req.sub_resource = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                Field::Namespace => req.namespace = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                Field::Operation => {
+                    req.operation = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0).unwrap_or_default()
+                }
+                Field::Object | Field::OldObject => {
+                    let payload = match req.typed_kind().filter(|_| self.typed) {
+                        Some(kind) => map.next_value_seed(PayloadSeed(kind))?,
+                        None => map.next_value::<Option<&'de RawValue>>()?.map_or(Payload::Absent, Payload::Raw),
+                    };
+                    if matches!(field, Field::Object) {
+                        req.object = payload;
+                    } else {
+                        req.old_object = payload;
+                    }
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        req.uid = uid.ok_or_else(|| de::Error::missing_field("uid"))?;
+        Ok(req)
+    }
+}
+
+/// An object of a known kind, or `null`.
+struct PayloadSeed(Kind);
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed {
+    type Value = Payload<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed {
+    type Value = Payload<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a {} object or null", self.0)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Payload::Absent)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Payload::Absent)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        KindSeed(self.0).deserialize(d).map(|r| Payload::Parsed(Box::new(r)))
+    }
+}
+
+/// Deserializes an `AdmissionReview`; see [`RequestSeed`].
+struct ReviewSeed {
+    typed: bool,
+}
+
+/// What [`ReviewSeed`] reads.
+struct AdmissionReview<'a> {
+    api_version: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    request: Option<AdmissionRequest<'a>>,
+}
+
+impl<'de> Visitor<'de> for ReviewSeed {
+    type Value = AdmissionReview<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an AdmissionReview object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "camelCase")]
+        enum Field {
+            ApiVersion,
+            Kind,
+            Request,
+            #[serde(other)]
+            Other,
+        }
+        /// `request`, which may be `null`.
+        struct OptionalRequest(RequestSeed);
+        impl<'de> DeserializeSeed<'de> for OptionalRequest {
+            type Value = Option<AdmissionRequest<'de>>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_option(self)
+            }
+        }
+        impl<'de> Visitor<'de> for OptionalRequest {
+            type Value = Option<AdmissionRequest<'de>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an AdmissionRequest object or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                self.0.deserialize(d).map(Some)
+            }
+        }
+        let mut review = AdmissionReview { api_version: Cow::Borrowed(""), kind: Cow::Borrowed(""), request: None };
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::ApiVersion => review.api_version = map.next_value::<Text<'de>>()?.0,
+                Field::Kind => review.kind = map.next_value::<Text<'de>>()?.0,
+                Field::Request => {
+                    review.request = map.next_value_seed(OptionalRequest(RequestSeed { typed: self.typed }))?
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(review)
+    }
 }
 
 /// The answer to one review, before serialization.
@@ -127,42 +321,48 @@ impl Decision {
         Self { allowed: false, message: Some(message), ..Self::default() }
     }
 
-    fn verdict(&self) -> &'static str {
+    /// Position of the verdict (`allowed`, `denied`, `patched`) in `metrics::admission_labels`.
+    fn verdict_index(&self) -> usize {
         match (self.allowed, &self.patch) {
-            (false, _) => "denied",
-            (true, Some(_)) => "patched",
-            (true, None) => "allowed",
+            (true, None) => 0,
+            (false, _) => 1,
+            (true, Some(_)) => 2,
         }
     }
 }
 
 /// Our kind, if the request is about one of our objects.
-fn our_kind(req: &AdmissionRequest) -> Option<Kind> {
+fn our_kind(req: &AdmissionRequest<'_>) -> Option<Kind> {
     (req.kind.group == crate::api::GROUP).then(|| Kind::from_name(&req.kind.kind)).flatten()
 }
 
-/// Parses the request's object, putting it in the request's namespace as kube-apiserver does.
-fn parse_object(raw: Option<&RawValue>, req: &AdmissionRequest) -> Option<Result<Resource, ParseError>> {
-    let raw = raw.filter(|r| r.get() != "null")?.get();
+/// The request's object as our type: parsed in the review's pass already, or parsed now from
+/// its raw JSON (naming the failing field), put in the request's namespace as kube-apiserver does.
+fn resolve<'r>(payload: &'r Payload<'_>, req: &AdmissionRequest<'_>) -> Option<Result<Cow<'r, Resource>, ParseError>> {
+    let raw = match payload {
+        Payload::Absent => return None,
+        Payload::Parsed(res) => return Some(Ok(Cow::Borrowed(&**res))),
+        Payload::Raw(raw) => raw.get(),
+    };
     // kube-apiserver sends the object in the version the request names; with one version served,
     // the request's kind decides the type and the object's own apiVersion/kind need no pre-pass.
-    let mut res = match our_kind(req) {
-        Some(kind) if req.kind.version == crate::api::VERSION => Resource::from_json_as(kind, raw),
-        _ => Resource::from_json(raw),
+    let mut res = match req.typed_kind() {
+        Some(kind) => Resource::from_json_as(kind, raw),
+        None => Resource::from_json(raw),
     };
     if let Ok(r) = &mut res {
         r.default_namespace(req.namespace.as_deref().unwrap_or_default());
     }
-    Some(res)
+    Some(res.map(Cow::Owned))
 }
 
 /// Decides a validating review. Pure apart from reading `view`.
-pub fn validate(req: &AdmissionRequest, view: &dyn ClusterView) -> Decision {
+pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision {
     let Some(kind) = our_kind(req) else { return Decision::allow() };
-    if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || req.sub_resource.is_some() {
+    if !matches!(&*req.operation, "CREATE" | "UPDATE") || req.sub_resource.is_some() {
         return Decision::allow();
     }
-    let Some(parsed) = parse_object(req.object.as_deref(), req) else {
+    let Some(parsed) = resolve(&req.object, req) else {
         return Decision::deny(format!("{kind}: the AdmissionReview request carries no object"));
     };
     let res = match parsed {
@@ -174,8 +374,8 @@ pub fn validate(req: &AdmissionRequest, view: &dyn ClusterView) -> Decision {
     if res.meta().deletion_timestamp.is_some() {
         return Decision::allow();
     }
-    let old = parse_object(req.old_object.as_deref(), req).and_then(Result::ok);
-    let verdict = review(&res, old.as_ref(), view);
+    let old = resolve(&req.old_object, req).and_then(Result::ok);
+    let verdict = review(&res, old.as_deref(), view);
     let name = res.meta().name.clone().or_else(|| res.meta().generate_name.clone()).unwrap_or_default();
     Decision {
         allowed: verdict.allowed(),
@@ -186,12 +386,16 @@ pub fn validate(req: &AdmissionRequest, view: &dyn ClusterView) -> Decision {
 }
 
 /// Decides a mutating review: defaults as a JSON Patch, none when already defaulted.
-pub fn mutate(req: &AdmissionRequest) -> Decision {
+pub fn mutate(req: &AdmissionRequest<'_>) -> Decision {
     let Some(kind) = our_kind(req) else { return Decision::allow() };
-    if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || req.sub_resource.is_some() {
+    if !matches!(&*req.operation, "CREATE" | "UPDATE") || req.sub_resource.is_some() {
         return Decision::allow();
     }
-    let object: Option<Value> = req.object.as_deref().and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let object: Option<Value> = match &req.object {
+        Payload::Absent => None,
+        Payload::Raw(raw) => serde_json::from_str(raw.get()).ok(),
+        Payload::Parsed(res) => res.to_json_value().ok(),
+    };
     let Some(object) = object.filter(Value::is_object) else { return Decision::allow() };
     let ops = defaults::patch(kind, &object);
     Decision { allowed: true, patch: (!ops.is_empty()).then_some(ops), ..Decision::default() }
@@ -228,7 +432,8 @@ struct ReviewOut<'a> {
     response: AdmissionResponse<'a>,
 }
 
-fn respond(uid: &str, d: &Decision) -> Result<Vec<u8>, serde_json::Error> {
+/// Encodes the AdmissionReview answering `uid` with `d`.
+pub fn respond(uid: &str, d: &Decision) -> Result<Vec<u8>, serde_json::Error> {
     let patch = match &d.patch {
         Some(ops) => Some(base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(ops)?)),
         None => None,
@@ -245,11 +450,25 @@ fn respond(uid: &str, d: &Decision) -> Result<Vec<u8>, serde_json::Error> {
             warnings: &d.warnings,
         },
     };
-    serde_json::to_vec(&out)
+    let mut bytes = Vec::with_capacity(160 + uid.len() + out.response.patch.as_ref().map_or(0, String::len));
+    serde_json::to_writer(&mut bytes, &out)?;
+    Ok(bytes)
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes, answering 413/415/400/408 with a `Status`.
-pub async fn read_json_body(req: Request) -> Result<bytes::Bytes, Response> {
+pub async fn read_json_body<B>(req: http::Request<B>) -> Result<bytes::Bytes, Response>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    read_json_body_within(req, BODY_TIMEOUT).await
+}
+
+async fn read_json_body_within<B>(req: http::Request<B>, body_timeout: Duration) -> Result<bytes::Bytes, Response>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mime = content_type.split(';').next().unwrap_or_default().trim();
@@ -269,43 +488,96 @@ pub async fn read_json_body(req: Request) -> Result<bytes::Bytes, Response> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let mut read = std::pin::pin!(read_all(Limited::new(body, MAX_BODY)));
+    // A review's body has usually arrived with its headers: only a body still on its way gets
+    // a timer.
+    let read = match futures::poll!(read.as_mut()) {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(body_timeout, read).await,
+    };
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(e)) => Err(status_response(StatusCode::BAD_REQUEST, format!("reading request body: {e}"))),
         Err(_) => Err(status_response(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
     }
 }
 
-fn parse_review(body: &[u8]) -> Result<AdmissionRequest, String> {
-    let review: AdmissionReview =
-        serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
+/// Reads a body's data frames; a body that comes in one frame is returned as is, not copied.
+async fn read_all<B: hyper::body::Body<Data = bytes::Bytes>>(body: B) -> Result<bytes::Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<bytes::Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue }; // trailers
+        match &first {
+            None => first = Some(data),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if rest.is_empty() { first.unwrap_or_default() } else { rest.into() })
+}
+
+/// Parses an AdmissionReview body, borrowing from it; the error is the message of a 400. With
+/// `typed`, an object of our kind is parsed into its type in the same pass (what validation
+/// wants); without, objects stay raw JSON (what mutation patches).
+pub fn parse_review(body: &[u8], typed: bool) -> Result<AdmissionRequest<'_>, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
+    let parse = |typed: bool| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let review = de.deserialize_map(ReviewSeed { typed })?;
+        de.end().map(|()| review)
+    };
+    // An object that does not fit its type fails the one-pass parse; the review is then read
+    // again with the object kept raw, so validation can name the bad field.
+    let review = match parse(typed) {
+        Err(_) if typed => parse(false),
+        other => other,
+    }
+    .map_err(|e| format!("malformed AdmissionReview: {e}"))?;
     if review.api_version != REVIEW_API_VERSION || review.kind != "AdmissionReview" {
         return Err(format!(
             "unsupported review {:?}/{:?}: want apiVersion \"{REVIEW_API_VERSION}\" and kind \"AdmissionReview\"",
             review.api_version, review.kind
         ));
     }
-    review.request.ok_or_else(|| "AdmissionReview has no request".to_string())
+    let mut request = review.request.ok_or_else(|| "AdmissionReview has no request".to_string())?;
+    let AdmissionRequest { namespace, object, old_object, .. } = &mut request;
+    for payload in [object, old_object] {
+        if let Payload::Parsed(res) = payload {
+            res.default_namespace(namespace.as_deref().unwrap_or_default());
+        }
+    }
+    Ok(request)
 }
 
 /// Handles one review over HTTP.
-pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Response {
+pub async fn handle<B>(state: &Admission, webhook: Webhook, req: http::Request<B>) -> Response
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
-    let count = |kind: &'static str, verdict: &'static str| {
-        state.metrics.requests.get_or_create(&AdmissionLabels { webhook: webhook.label(), kind, verdict }).inc();
-    };
+    // Positions in `metrics::admission_labels`.
+    const NO_KIND: usize = 5;
+    const OTHER_KIND: usize = 4;
+    const ERROR: usize = 3;
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => {
-            count("-", "error");
+            state.metrics.observe(webhook.index(), NO_KIND, ERROR, None);
             return resp;
         }
     };
-    let request = match parse_review(&body) {
+    let request = match parse_review(&body, webhook == Webhook::Validate) {
         Ok(r) => r,
         Err(message) => {
-            count("-", "error");
+            state.metrics.observe(webhook.index(), NO_KIND, ERROR, None);
             return status_response(StatusCode::BAD_REQUEST, message);
         }
     };
@@ -313,12 +585,13 @@ pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Respon
         Webhook::Validate => validate(&request, &*state.cache.read()),
         Webhook::Mutate => mutate(&request),
     };
-    let kind = our_kind(&request).map_or("other", Kind::name);
+    let our = our_kind(&request);
+    let kind = our.map_or("other", Kind::name);
     if !decision.allowed {
         tracing::info!(
             webhook = webhook.label(),
             kind,
-            uid = request.uid,
+            uid = &*request.uid,
             message = decision.message.as_deref().unwrap_or_default(),
             "denied"
         );
@@ -327,9 +600,8 @@ pub async fn handle(state: &Admission, webhook: Webhook, req: Request) -> Respon
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => status_response(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),
     };
-    let labels = AdmissionLabels { webhook: webhook.label(), kind, verdict: decision.verdict() };
-    state.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    state.metrics.requests.get_or_create(&labels).inc();
+    let kind_index = our.map_or(OTHER_KIND, |k| k as usize);
+    state.metrics.observe(webhook.index(), kind_index, decision.verdict_index(), Some(started.elapsed().as_secs_f64()));
     response
 }
 
@@ -350,20 +622,25 @@ mod tests {
     use super::*;
     use crate::core::validate::NoCluster;
 
-    fn request(op: &str, object: Value) -> AdmissionRequest {
-        let text = json!({
-            "uid": "u1", "kind": {"group": "gateway.tailscale.com", "version": "v1alpha1", "kind": object["kind"]},
+    fn review_text(op: &str, group: &str, object: Value) -> &'static [u8] {
+        let text = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u1", "kind": {"group": group, "version": "v1alpha1", "kind": object["kind"]},
             "namespace": "default", "operation": op, "object": object
-        })
+        }})
         .to_string();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
+        Box::leak(text.into_boxed_str()).as_bytes()
+    }
+
+    /// A request as the validating webhook reads it (objects of our kinds parsed in one pass).
+    fn request(op: &str, object: Value) -> AdmissionRequest<'static> {
+        parse_review(review_text(op, "gateway.tailscale.com", object), true).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn foreign_kinds_and_deletes_are_allowed() {
-        let mut r =
-            request("CREATE", json!({"kind": "TailscaleServices", "apiVersion": "gateway.tailscale.com/v1alpha1"}));
-        r.kind.group = "apps".into();
+        let object = json!({"kind": "TailscaleServices", "apiVersion": "gateway.tailscale.com/v1alpha1"});
+        let r = parse_review(review_text("CREATE", "apps", object), true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(r.object, Payload::Raw(_)), "{:?}", r.object);
         assert_eq!(validate(&r, &NoCluster), Decision::allow());
         let d = request("DELETE", json!({"kind": "TailscaleServices"}));
         assert_eq!(validate(&d, &NoCluster), Decision::allow());
@@ -386,6 +663,88 @@ mod tests {
             ),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn objects_are_parsed_in_the_reviews_pass_and_defaulted_into_its_namespace() {
+        let object = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+            "metadata": {"name": "e"}, "spec": {"tailnet": "t"}});
+        let r = request("CREATE", object.clone());
+        match &r.object {
+            Payload::Parsed(res) => assert_eq!(res.meta().namespace.as_deref(), Some("default")),
+            other => panic!("{other:?}"),
+        }
+        // Without `typed` (the mutating webhook), the object stays the JSON that was sent.
+        let raw = parse_review(review_text("CREATE", "gateway.tailscale.com", object), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(raw.object, Payload::Raw(o) if o.get().contains("\"tailnet\":\"t\"")), "{:?}", raw.object);
+    }
+
+    #[test]
+    fn an_object_that_does_not_fit_its_type_is_denied_naming_the_field() {
+        let object = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+            "metadata": {"name": "e"}, "spec": {"tailnet": "t", "proxy": {"replicas": "two"}}});
+        let r = request("CREATE", object);
+        assert!(matches!(r.object, Payload::Raw(_)), "{:?}", r.object);
+        let d = validate(&r, &NoCluster);
+        assert!(!d.allowed);
+        let msg = d.message.unwrap_or_default();
+        assert!(msg.contains("spec.proxy.replicas"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_reviews_are_errors() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"{", "malformed AdmissionReview"),
+            (b"\xff", "malformed AdmissionReview"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{}}}"#,
+                "missing field `uid`",
+            ),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#, "has no request"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#,
+                "unsupported review",
+            ),
+        ];
+        for (body, want) in cases {
+            match parse_review(body, true) {
+                Err(e) => assert!(e.contains(want), "{e} does not contain {want}"),
+                Ok(r) => panic!("{r:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_whatever_their_framing() {
+        use http_body_util::StreamBody;
+        let frames = |parts: &[&'static str]| {
+            let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> =
+                parts.iter().map(|p| Ok(hyper::body::Frame::data(bytes::Bytes::from_static(p.as_bytes())))).collect();
+            StreamBody::new(futures::stream::iter(frames))
+        };
+        for parts in [&[][..], &["{}"], &["", "{", "", "}"], &["{\"a\":", "1", "}"]] {
+            let got = read_all(frames(parts)).await.unwrap_or_default();
+            assert_eq!(got, parts.concat().as_bytes(), "{parts:?}");
+        }
+        let one = bytes::Bytes::from_static(b"{\"one\":1}");
+        let got = read_all(http_body_util::Full::new(one.clone())).await.unwrap_or_default();
+        assert_eq!(got.as_ptr(), one.as_ptr(), "a one-frame body is not copied");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_times_out() {
+        let stalled = http_body_util::StreamBody::new(futures::stream::pending::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let req = http::Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(stalled)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match read_json_body_within(req, Duration::from_millis(50)).await {
+            Err(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT),
+            Ok(body) => panic!("{body:?}"),
+        }
     }
 
     #[test]

@@ -27,6 +27,21 @@ fn new_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+/// Label values of the admission metrics, each with its position in a dense numbering so a
+/// label set maps to a slot without hashing.
+pub mod admission_labels {
+    /// `webhook` values.
+    pub const WEBHOOKS: [&str; 2] = ["validate", "mutate"];
+    /// `kind` values: our kinds in [`crate::core::Kind::ALL`] order, then `other` and `-`.
+    pub const KINDS: [&str; 6] =
+        ["TailscaleTailnet", "TailscaleEndpoints", "TailscaleServices", "TailscaleGateway", "other", "-"];
+    /// `verdict` values.
+    pub const VERDICTS: [&str; 4] = ["allowed", "denied", "patched", "error"];
+}
+
+const ADMISSION_SERIES: usize =
+    admission_labels::WEBHOOKS.len() * admission_labels::KINDS.len() * admission_labels::VERDICTS.len();
+
 /// Admission webhook metrics.
 #[derive(Clone)]
 pub struct AdmissionMetrics {
@@ -34,6 +49,9 @@ pub struct AdmissionMetrics {
     pub requests: Family<AdmissionLabels, Counter>,
     /// Latency by webhook, kind and verdict.
     pub duration: Family<AdmissionLabels, Histogram, fn() -> Histogram>,
+    /// Handles of the label sets seen so far, so the hot path neither hashes labels nor takes
+    /// the families' locks (the handles share their values with the families).
+    resolved: std::sync::Arc<[std::sync::OnceLock<(Counter, Histogram)>; ADMISSION_SERIES]>,
 }
 
 impl AdmissionMetrics {
@@ -42,11 +60,31 @@ impl AdmissionMetrics {
         let m = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(new_histogram as fn() -> Histogram),
+            resolved: std::sync::Arc::new(std::array::from_fn(|_| std::sync::OnceLock::new())),
         };
         let sub = registry.sub_registry_with_prefix("admission");
         sub.register("requests", "Admission reviews answered, by webhook, kind and verdict", m.requests.clone());
         sub.register("request_duration_seconds", "Time to answer an admission review", m.duration.clone());
         m
+    }
+}
+
+impl AdmissionMetrics {
+    /// Counts one review, and its latency when given. Indexes are positions in
+    /// [`admission_labels`]; out-of-range ones are clamped to the last value.
+    pub fn observe(&self, webhook: usize, kind: usize, verdict: usize, seconds: Option<f64>) {
+        use admission_labels::{KINDS, VERDICTS, WEBHOOKS};
+        let (w, k, v) = (webhook.min(WEBHOOKS.len() - 1), kind.min(KINDS.len() - 1), verdict.min(VERDICTS.len() - 1));
+        let slot = (w * KINDS.len() + k) * VERDICTS.len() + v;
+        let Some(cell) = self.resolved.get(slot) else { return };
+        let (requests, duration) = cell.get_or_init(|| {
+            let labels = AdmissionLabels { webhook: WEBHOOKS[w], kind: KINDS[k], verdict: VERDICTS[v] };
+            (self.requests.get_or_create(&labels).clone(), self.duration.get_or_create(&labels).clone())
+        });
+        requests.inc();
+        if let Some(seconds) = seconds {
+            duration.observe(seconds);
+        }
     }
 }
 

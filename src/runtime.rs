@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, mutate_handler, validate_handler};
+use crate::admission::{Admission, Webhook, mutate_handler, validate_handler};
 use crate::aggregated::AggregatedApi;
 use crate::aggregated::auth::{Auth, Delegated, follow_authentication_config};
 use crate::cache::Cache;
@@ -206,8 +206,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The HTTPS routes: webhooks, health and metrics.
-pub fn router(cache: Cache, admission_metrics: AdmissionMetrics, registry: Arc<Registry>) -> Router {
-    let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
+pub fn router(admission: Admission, registry: Arc<Registry>) -> Router {
+    let cache = admission.cache.clone();
     let webhooks = Router::new()
         .route("/validate", post(validate_handler))
         .route("/mutate", post(mutate_handler))
@@ -219,6 +219,45 @@ pub fn router(cache: Cache, admission_metrics: AdmissionMetrics, registry: Arc<R
         .route("/metrics", get(metrics))
         .with_state(AppState { cache, registry });
     webhooks.merge(ops)
+}
+
+/// The HTTPS service: admission reviews go straight to their handler (the hot path: no
+/// routing table, extractors or state clones), everything else through the axum router, which
+/// also answers other methods on the webhook paths.
+#[derive(Clone)]
+pub struct HttpsApp(Arc<(Admission, Router)>);
+
+impl HttpsApp {
+    /// Webhooks on `admission`, the rest on `router`.
+    pub fn new(admission: Admission, router: Router) -> Self {
+        Self(Arc::new((admission, router)))
+    }
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for HttpsApp {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let webhook = match (req.method() == http::Method::POST).then(|| req.uri().path()) {
+            Some("/validate") => Some(Webhook::Validate),
+            Some("/mutate") => Some(Webhook::Mutate),
+            _ => None,
+        };
+        let app = self.0.clone();
+        Box::pin(async move {
+            let (admission, router) = &*app;
+            match webhook {
+                Some(webhook) => Ok(crate::admission::handle(admission, webhook, req).await),
+                None => tower::ServiceExt::oneshot(router.clone(), req).await,
+            }
+        })
+    }
 }
 
 /// Feeds one kind into the cache from a kube-runtime watcher (relists reset the kind).
@@ -431,7 +470,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
 
     let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone());
-    let app = router(cache.clone(), admission_metrics, Arc::new(registry)).merge(crate::aggregated::router(aggregated));
+    let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
+    let routes = router(admission.clone(), Arc::new(registry)).merge(crate::aggregated::router(aggregated));
+    let app = HttpsApp::new(admission, routes);
     let tls_config = tls::server_config(store)?;
     tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
     tracing::info!(%https_addr, %xds_addr, local, "serving");

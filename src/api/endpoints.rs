@@ -35,7 +35,7 @@ pub struct TailscaleEndpointsSpec {
     pub tags: Vec<String>,
     /// How the proxies run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxySpec>,
+    pub proxy: Option<Box<ProxySpec>>,
     /// Ports the proxies serve.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && q.protocol == p.protocol))").message("ports must be unique"))]

@@ -42,7 +42,7 @@ pub struct TailscaleServicesSpec {
     pub load_balancing: Option<LoadBalancing>,
     /// Provision a TailscaleEndpoints from this template when none matches the selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_template: Option<EndpointTemplate>,
+    pub endpoint_template: Option<Box<EndpointTemplate>>,
 }
 
 /// A Tailscale VIP service.
@@ -111,7 +111,7 @@ pub struct EndpointTemplate {
     pub tags: Vec<String>,
     /// Proxy settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxySpec>,
+    pub proxy: Option<Box<ProxySpec>>,
     /// Ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,

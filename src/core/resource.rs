@@ -169,26 +169,38 @@ impl Resource {
     /// case takes serde_json's fast path; only a document that fails is parsed again with path
     /// tracking, to name the failing field.
     pub fn from_json_as(kind: Kind, json: &str) -> Result<Self, ParseError> {
-        fn typed<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, ParseError> {
-            serde_json::from_str(json).or_else(|_| {
-                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)).map_err(|e| {
-                    let path = e.path().to_string();
-                    let path = if path == "." { String::from("(root)") } else { path };
-                    ParseError::Invalid(FieldError {
-                        path,
-                        kind: super::field::ErrorType::Invalid,
-                        value: None,
-                        detail: e.into_inner().to_string(),
-                    })
+        use serde::de::DeserializeSeed;
+        let fast = || {
+            let mut de = serde_json::Deserializer::from_str(json);
+            let res = KindSeed(kind).deserialize(&mut de)?;
+            de.end().map(|()| res)
+        };
+        fast().or_else(|_| {
+            let mut track = serde_path_to_error::Track::new();
+            let mut de = serde_json::Deserializer::from_str(json);
+            let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+            let result = KindSeed(kind).deserialize(tracked).and_then(|res| de.end().map(|()| res));
+            result.map_err(|e| {
+                let path = track.path().to_string();
+                let path = if path == "." { String::from("(root)") } else { path };
+                ParseError::Invalid(FieldError {
+                    path,
+                    kind: super::field::ErrorType::Invalid,
+                    value: None,
+                    detail: e.to_string(),
                 })
             })
-        }
-        Ok(match kind {
-            Kind::Tailnet => Resource::Tailnet(typed(json)?),
-            Kind::Endpoints => Resource::Endpoints(typed(json)?),
-            Kind::Services => Resource::Services(typed(json)?),
-            Kind::Gateway => Resource::Gateway(typed(json)?),
         })
+    }
+
+    /// The object as a JSON value.
+    pub fn to_json_value(&self) -> serde_json::Result<Value> {
+        match self {
+            Resource::Tailnet(o) => serde_json::to_value(o),
+            Resource::Endpoints(o) => serde_json::to_value(o),
+            Resource::Services(o) => serde_json::to_value(o),
+            Resource::Gateway(o) => serde_json::to_value(o),
+        }
     }
 
     /// The object's kind.
@@ -236,6 +248,25 @@ impl Resource {
         } else if meta.namespace.as_deref().unwrap_or_default().is_empty() {
             meta.namespace = Some(namespace.to_string());
         }
+    }
+}
+
+/// Deserializes one of our objects of a known kind from any deserializer, so a document that
+/// embeds one (an AdmissionReview) is parsed in one pass.
+#[derive(Clone, Copy, Debug)]
+pub struct KindSeed(pub Kind);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KindSeed {
+    type Value = Resource;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Resource, D::Error> {
+        use serde::Deserialize;
+        Ok(match self.0 {
+            Kind::Tailnet => Resource::Tailnet(TailscaleTailnet::deserialize(d)?),
+            Kind::Endpoints => Resource::Endpoints(TailscaleEndpoints::deserialize(d)?),
+            Kind::Services => Resource::Services(TailscaleServices::deserialize(d)?),
+            Kind::Gateway => Resource::Gateway(TailscaleGateway::deserialize(d)?),
+        })
     }
 }
 

@@ -627,7 +627,7 @@ mod tests {
             TailscaleEndpointsSpec {
                 tailnet: "corp".into(),
                 tags: vec!["tag:k8s-proxy".into()],
-                proxy: Some(ProxySpec { replicas: Some(replicas), ..ProxySpec::default() }),
+                proxy: Some(Box::new(ProxySpec { replicas: Some(replicas), ..ProxySpec::default() })),
                 ports: vec![PortSpec { name: None, port: 80, protocol: None }],
             },
         );

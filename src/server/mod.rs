@@ -5,11 +5,10 @@
 pub mod status;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -19,7 +18,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// The client certificate chain of the connection a request arrived on (empty when the client
 /// sent none). Inserted into every request's extensions.
@@ -39,7 +38,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serves `app` over TLS on `listener` until `stop` is cancelled, then drains connections.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, stop: CancellationToken) {
+/// Requests on connections that presented a client certificate carry it as [`PeerCerts`].
+pub async fn serve<S>(listener: TcpListener, tls: Arc<ServerConfig>, app: S, stop: CancellationToken)
+where
+    S: Service<hyper::Request<Incoming>, Response = axum::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -76,12 +83,14 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
                     return;
                 }
             };
-            let certs: Arc<[CertificateDer<'static>]> =
-                tls.get_ref().1.peer_certificates().map(Arc::from).unwrap_or_default();
-            let peer_certs = PeerCerts(certs);
+            // No certificate, no extension: requests without one (the webhooks') skip the
+            // extensions map altogether.
+            let peer_certs =
+                tls.get_ref().1.peer_certificates().filter(|c| !c.is_empty()).map(|c| PeerCerts(Arc::from(c)));
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(peer_certs.clone());
-                req.extensions_mut().insert(RemoteAddr(peer));
+                if let Some(certs) = &peer_certs {
+                    req.extensions_mut().insert(certs.clone());
+                }
                 app.clone().oneshot(req)
             });
             // No upgrades: nothing we serve switches protocols (watches are chunked responses).
@@ -97,7 +106,3 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("HTTPS drain timed out; closing remaining connections"),
     }
 }
-
-/// The remote address of the connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
-pub struct RemoteAddr(pub SocketAddr);
