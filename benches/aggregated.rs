@@ -4,6 +4,10 @@
 //!
 //! Run with `cargo bench --bench aggregated`.
 
+/// The allocator of the `tailscale-gateway` binary, so figures match what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;

@@ -5,6 +5,10 @@
 //! Run: `cargo bench --bench reconcile`. Everything runs on one thread, so the CPU time is the
 //! reconciler's plus the in-process mock API server's.
 
+/// The allocator of the `tailscale-gateway` binary, so figures match what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

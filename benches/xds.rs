@@ -7,6 +7,10 @@
 //!
 //! Run: `cargo bench --bench xds` (or `--profile dev` for a quick, unoptimized run).
 
+/// The allocator of the `tailscale-gateway` binary, so figures match what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
