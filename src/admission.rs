@@ -678,6 +678,14 @@ mod tests {
         let raw = parse_review(review_text("CREATE", "gateway.tailscale.com", object), false)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(raw.object, Payload::Raw(o) if o.get().contains("\"tailnet\":\"t\"")), "{:?}", raw.object);
+        // An object sent before its kind is kept raw and parsed when validated.
+        let late_kind = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u2",
+            "object":{"apiVersion":"gateway.tailscale.com/v1alpha1","kind":"TailscaleEndpoints","metadata":{"name":"e"},"spec":{"tailnet":"t","proxy":{"replicas":1000}}},
+            "kind":{"group":"gateway.tailscale.com","version":"v1alpha1","kind":"TailscaleEndpoints"},"operation":"CREATE","namespace":"ns"}}"#;
+        let r = parse_review(late_kind, true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(r.object, Payload::Raw(_)), "{:?}", r.object);
+        let d = validate(&r, &NoCluster);
+        assert!(!d.allowed && d.message.as_deref().unwrap_or_default().contains("spec.proxy.replicas"), "{d:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Prometheus metrics. Each face registers its families into one registry at start-up; the
 //! HTTPS server exposes it on `/metrics` in the text format.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,6 +44,9 @@ pub mod admission_labels {
 const ADMISSION_SERIES: usize =
     admission_labels::WEBHOOKS.len() * admission_labels::KINDS.len() * admission_labels::VERDICTS.len();
 
+/// One label set's request counter and (once it has a latency) histogram.
+type Series = (Counter, OnceLock<Histogram>);
+
 /// Admission webhook metrics.
 #[derive(Clone)]
 pub struct AdmissionMetrics {
@@ -51,7 +56,7 @@ pub struct AdmissionMetrics {
     pub duration: Family<AdmissionLabels, Histogram, fn() -> Histogram>,
     /// Handles of the label sets seen so far, so the hot path neither hashes labels nor takes
     /// the families' locks (the handles share their values with the families).
-    resolved: std::sync::Arc<[std::sync::OnceLock<(Counter, Histogram)>; ADMISSION_SERIES]>,
+    resolved: Arc<[OnceLock<Series>; ADMISSION_SERIES]>,
 }
 
 impl AdmissionMetrics {
@@ -60,16 +65,14 @@ impl AdmissionMetrics {
         let m = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(new_histogram as fn() -> Histogram),
-            resolved: std::sync::Arc::new(std::array::from_fn(|_| std::sync::OnceLock::new())),
+            resolved: Arc::new(std::array::from_fn(|_| OnceLock::new())),
         };
         let sub = registry.sub_registry_with_prefix("admission");
         sub.register("requests", "Admission reviews answered, by webhook, kind and verdict", m.requests.clone());
         sub.register("request_duration_seconds", "Time to answer an admission review", m.duration.clone());
         m
     }
-}
 
-impl AdmissionMetrics {
     /// Counts one review, and its latency when given. Indexes are positions in
     /// [`admission_labels`]; out-of-range ones are clamped to the last value.
     pub fn observe(&self, webhook: usize, kind: usize, verdict: usize, seconds: Option<f64>) {
@@ -77,13 +80,13 @@ impl AdmissionMetrics {
         let (w, k, v) = (webhook.min(WEBHOOKS.len() - 1), kind.min(KINDS.len() - 1), verdict.min(VERDICTS.len() - 1));
         let slot = (w * KINDS.len() + k) * VERDICTS.len() + v;
         let Some(cell) = self.resolved.get(slot) else { return };
-        let (requests, duration) = cell.get_or_init(|| {
-            let labels = AdmissionLabels { webhook: WEBHOOKS[w], kind: KINDS[k], verdict: VERDICTS[v] };
-            (self.requests.get_or_create(&labels).clone(), self.duration.get_or_create(&labels).clone())
-        });
+        let labels = || AdmissionLabels { webhook: WEBHOOKS[w], kind: KINDS[k], verdict: VERDICTS[v] };
+        let (requests, duration) =
+            cell.get_or_init(|| (self.requests.get_or_create(&labels()).clone(), OnceLock::new()));
         requests.inc();
         if let Some(seconds) = seconds {
-            duration.observe(seconds);
+            // Created on first use: label sets that only count errors get no latency series.
+            duration.get_or_init(|| self.duration.get_or_create(&labels()).clone()).observe(seconds);
         }
     }
 }
@@ -95,4 +98,36 @@ pub fn encode(registry: &Registry) -> String {
         tracing::error!(%error, "encoding metrics failed");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_series_carry_their_labels() {
+        let mut registry = Registry::with_prefix("tailscale_gateway");
+        let m = AdmissionMetrics::register(&mut registry);
+        m.observe(0, 2, 1, Some(0.001));
+        m.observe(0, 2, 1, Some(0.001));
+        m.observe(1, 5, 3, None);
+        m.observe(9, 9, 9, None); // clamped: mutate / - / error
+        let text = encode(&registry);
+        for want in [
+            r#"tailscale_gateway_admission_requests_total{webhook="validate",kind="TailscaleServices",verdict="denied"} 2"#,
+            r#"tailscale_gateway_admission_requests_total{webhook="mutate",kind="-",verdict="error"} 2"#,
+            r#"tailscale_gateway_admission_request_duration_seconds_count{webhook="validate",kind="TailscaleServices",verdict="denied"} 2"#,
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        assert!(!text.contains(r#"duration_seconds_count{webhook="mutate""#), "errors carry no latency:\n{text}");
+    }
+
+    #[test]
+    fn kind_labels_follow_the_kind_order() {
+        for (i, kind) in crate::core::Kind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i);
+            assert_eq!(admission_labels::KINDS[i], kind.name());
+        }
+    }
 }

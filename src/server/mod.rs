@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
-/// The client certificate chain of the connection a request arrived on (empty when the client
-/// sent none). Inserted into every request's extensions.
+/// The client certificate chain of the connection a request arrived on. In the extensions of
+/// requests on connections that presented one; absent otherwise.
 #[derive(Clone, Debug, Default)]
 pub struct PeerCerts(pub Arc<[CertificateDer<'static>]>);
 
