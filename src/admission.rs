@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 
 use crate::cache::Cache;
 use crate::core::field::summarize;
-use crate::core::resource::KindSeed;
 use crate::core::resource::ParseError;
+use crate::core::resource::ValidationSeed;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, Resource, defaults};
 use crate::metrics::AdmissionMetrics;
@@ -226,7 +226,7 @@ impl<'de> Visitor<'de> for PayloadSeed {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        KindSeed(self.0).deserialize(d).map(|r| Payload::Parsed(Box::new(r)))
+        ValidationSeed(self.0).deserialize(d).map(|r| Payload::Parsed(Box::new(r)))
     }
 }
 
@@ -698,6 +698,17 @@ mod tests {
         assert!(!d.allowed);
         let msg = d.message.unwrap_or_default();
         assert!(msg.contains("spec.proxy.replicas"), "{msg}");
+    }
+
+    #[test]
+    fn an_object_on_its_way_out_is_not_blocked() {
+        let object = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+            "metadata": {"name": "e", "deletionTimestamp": "2026-11-22T07:00:00Z", "finalizers": ["x"],
+                "managedFields": [{"manager": "m", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"tailnet": "", "proxy": {"replicas": 1000}}});
+        let r = request("UPDATE", object);
+        assert!(matches!(r.object, Payload::Parsed(_)), "{:?}", r.object);
+        assert_eq!(validate(&r, &NoCluster), Decision::allow());
     }
 
     #[test]

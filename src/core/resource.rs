@@ -270,6 +270,103 @@ impl<'de> serde::de::DeserializeSeed<'de> for KindSeed {
     }
 }
 
+/// Deserializes one of our objects for judging it, not storing it: like [`KindSeed`], but
+/// `metadata` keeps only what the rules read (name, generateName, namespace, labels,
+/// deletionTimestamp) and `status` is skipped. Bulky parts of a stored object (managedFields,
+/// annotations such as kubectl's last-applied-configuration, status) are scanned, not built.
+/// kube-apiserver has checked those parts against the schema before any webhook sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct ValidationSeed(pub Kind);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValidationSeed {
+    type Value = Resource;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Resource, D::Error> {
+        use crate::api::{TailscaleEndpointsSpec, TailscaleGatewaySpec, TailscaleServicesSpec, TailscaleTailnetSpec};
+        Ok(match self.0 {
+            Kind::Tailnet => {
+                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleTailnetSpec>(std::marker::PhantomData))?;
+                Resource::Tailnet(TailscaleTailnet { metadata, spec, status: None })
+            }
+            Kind::Endpoints => {
+                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleEndpointsSpec>(std::marker::PhantomData))?;
+                Resource::Endpoints(TailscaleEndpoints { metadata, spec, status: None })
+            }
+            Kind::Services => {
+                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleServicesSpec>(std::marker::PhantomData))?;
+                Resource::Services(TailscaleServices { metadata, spec, status: None })
+            }
+            Kind::Gateway => {
+                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleGatewaySpec>(std::marker::PhantomData))?;
+                Resource::Gateway(TailscaleGateway { metadata, spec, status: None })
+            }
+        })
+    }
+}
+
+/// The `metadata` and `spec` of an object, other top-level fields skipped. Both are required,
+/// as in the full types, so a document missing either fails here as it would there.
+struct Parts<S>(std::marker::PhantomData<S>);
+
+impl<'de, S: serde::Deserialize<'de>> serde::de::Visitor<'de> for Parts<S> {
+    type Value = (ObjectMeta, S);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with metadata and spec")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        #[derive(serde::Deserialize)]
+        #[serde(field_identifier, rename_all = "camelCase")]
+        enum Field {
+            Metadata,
+            Spec,
+            #[serde(other)]
+            Other,
+        }
+        /// The metadata the rules read; everything else in `metadata` is skipped.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SlimMeta {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            generate_name: Option<String>,
+            #[serde(default)]
+            namespace: Option<String>,
+            #[serde(default)]
+            labels: Option<std::collections::BTreeMap<String, String>>,
+            #[serde(default)]
+            deletion_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        }
+        let (mut meta, mut spec) = (None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Metadata => {
+                    let m: SlimMeta = map.next_value()?;
+                    meta = Some(ObjectMeta {
+                        name: m.name,
+                        generate_name: m.generate_name,
+                        namespace: m.namespace,
+                        labels: m.labels,
+                        deletion_timestamp: m.deletion_timestamp,
+                        ..ObjectMeta::default()
+                    });
+                }
+                Field::Spec => spec = Some(map.next_value::<S>()?),
+                Field::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((
+            meta.ok_or_else(|| A::Error::missing_field("metadata"))?,
+            spec.ok_or_else(|| A::Error::missing_field("spec"))?,
+        ))
+    }
+}
+
 /// The VIP service name a TailscaleServices owns: `spec.vipService.name`, or `svc:<name>` when
 /// unset and the object name is a DNS label.
 pub fn vip_service_name(svc: &TailscaleServices) -> Option<String> {
@@ -310,6 +407,41 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_validation_seed_keeps_what_the_rules_read() {
+        use serde::de::DeserializeSeed;
+        let text = json!({
+            "apiVersion": API_VERSION, "kind": "TailscaleServices",
+            "metadata": {
+                "name": "web", "namespace": "apps", "labels": {"a": "b"}, "uid": "1234",
+                "deletionTimestamp": "2026-11-22T07:00:00Z", "resourceVersion": "42", "finalizers": ["x"],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"big\":true}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:selector": {}}}}]
+            },
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:80"]}},
+            "status": {"endpointCount": 3}
+        })
+        .to_string();
+        let slim = ValidationSeed(Kind::Services).deserialize(&mut serde_json::Deserializer::from_str(&text));
+        let full = Resource::from_json_as(Kind::Services, &text);
+        let (Ok(Resource::Services(slim)), Ok(Resource::Services(full))) = (slim, full) else {
+            panic!("both parse as TailscaleServices")
+        };
+        assert_eq!(slim.spec, full.spec);
+        assert_eq!(slim.status, None);
+        let (s, f) = (&slim.metadata, &full.metadata);
+        assert_eq!((&s.name, &s.namespace, &s.labels), (&f.name, &f.namespace, &f.labels));
+        assert_eq!(s.deletion_timestamp, f.deletion_timestamp);
+        assert!(s.deletion_timestamp.is_some());
+        assert!(s.managed_fields.is_none() && s.annotations.is_none() && s.uid.is_none());
+        // Missing spec fails, as it does for the full type.
+        let no_spec = json!({"apiVersion": API_VERSION, "kind": "TailscaleServices", "metadata": {"name": "x"}});
+        let r =
+            ValidationSeed(Kind::Services).deserialize(&mut serde_json::Deserializer::from_str(&no_spec.to_string()));
+        assert!(r.is_err());
+    }
 
     #[test]
     fn parses_our_kinds_and_names_bad_fields() {
