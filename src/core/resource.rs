@@ -251,8 +251,8 @@ impl Resource {
     }
 }
 
-/// Deserializes one of our objects of a known kind from any deserializer, so a document that
-/// embeds one (an AdmissionReview) is parsed in one pass.
+/// Deserializes one of our objects of a known kind, in full, from any deserializer
+/// ([`Resource::from_json_as`] and its path-tracking retry use it).
 #[derive(Clone, Copy, Debug)]
 pub struct KindSeed(pub Kind);
 
