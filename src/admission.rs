@@ -23,6 +23,7 @@ use crate::core::resource::ValidationSeed;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, Resource, defaults};
 use crate::metrics::AdmissionMetrics;
+use crate::metrics::admission_labels as labels;
 use crate::server::status::status_response;
 
 /// Largest AdmissionReview body we read (kube-apiserver's own limit is 3 MiB per object).
@@ -42,14 +43,14 @@ pub enum Webhook {
 
 impl Webhook {
     fn label(self) -> &'static str {
-        crate::metrics::admission_labels::WEBHOOKS[self.index()]
+        labels::WEBHOOKS[self.index()]
     }
 
     /// Position in `metrics::admission_labels::WEBHOOKS`.
     fn index(self) -> usize {
         match self {
-            Webhook::Validate => 0,
-            Webhook::Mutate => 1,
+            Webhook::Validate => labels::VALIDATE,
+            Webhook::Mutate => labels::MUTATE,
         }
     }
 }
@@ -324,9 +325,9 @@ impl Decision {
     /// Position of the verdict (`allowed`, `denied`, `patched`) in `metrics::admission_labels`.
     fn verdict_index(&self) -> usize {
         match (self.allowed, &self.patch) {
-            (true, None) => 0,
-            (false, _) => 1,
-            (true, Some(_)) => 2,
+            (true, None) => labels::ALLOWED,
+            (false, _) => labels::DENIED,
+            (true, Some(_)) => labels::PATCHED,
         }
     }
 }
@@ -563,21 +564,17 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    // Positions in `metrics::admission_labels`.
-    const NO_KIND: usize = 5;
-    const OTHER_KIND: usize = 4;
-    const ERROR: usize = 3;
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => {
-            state.metrics.observe(webhook.index(), NO_KIND, ERROR, None);
+            state.metrics.observe(webhook.index(), labels::KIND_NONE, labels::ERROR, None);
             return resp;
         }
     };
     let request = match parse_review(&body, webhook == Webhook::Validate) {
         Ok(r) => r,
         Err(message) => {
-            state.metrics.observe(webhook.index(), NO_KIND, ERROR, None);
+            state.metrics.observe(webhook.index(), labels::KIND_NONE, labels::ERROR, None);
             return status_response(StatusCode::BAD_REQUEST, message);
         }
     };
@@ -600,7 +597,7 @@ where
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => status_response(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),
     };
-    let kind_index = our.map_or(OTHER_KIND, |k| k as usize);
+    let kind_index = our.map_or(labels::KIND_OTHER, |k| k as usize);
     state.metrics.observe(webhook.index(), kind_index, decision.verdict_index(), Some(started.elapsed().as_secs_f64()));
     response
 }

@@ -39,6 +39,23 @@ pub mod admission_labels {
         ["TailscaleTailnet", "TailscaleEndpoints", "TailscaleServices", "TailscaleGateway", "other", "-"];
     /// `verdict` values.
     pub const VERDICTS: [&str; 4] = ["allowed", "denied", "patched", "error"];
+
+    /// Position of `validate` in [`WEBHOOKS`].
+    pub const VALIDATE: usize = 0;
+    /// Position of `mutate` in [`WEBHOOKS`].
+    pub const MUTATE: usize = 1;
+    /// Position of `other` (a kind we do not own) in [`KINDS`].
+    pub const KIND_OTHER: usize = 4;
+    /// Position of `-` (a request too broken to name its kind) in [`KINDS`].
+    pub const KIND_NONE: usize = 5;
+    /// Position of `allowed` in [`VERDICTS`].
+    pub const ALLOWED: usize = 0;
+    /// Position of `denied` in [`VERDICTS`].
+    pub const DENIED: usize = 1;
+    /// Position of `patched` in [`VERDICTS`].
+    pub const PATCHED: usize = 2;
+    /// Position of `error` in [`VERDICTS`].
+    pub const ERROR: usize = 3;
 }
 
 const ADMISSION_SERIES: usize =
@@ -121,6 +138,17 @@ mod tests {
             assert!(text.contains(want), "{want} not in\n{text}");
         }
         assert!(!text.contains(r#"duration_seconds_count{webhook="mutate""#), "errors carry no latency:\n{text}");
+    }
+
+    #[test]
+    fn named_positions_match_the_label_values() {
+        use admission_labels::*;
+        assert_eq!((WEBHOOKS[VALIDATE], WEBHOOKS[MUTATE]), ("validate", "mutate"));
+        assert_eq!((KINDS[KIND_OTHER], KINDS[KIND_NONE]), ("other", "-"));
+        assert_eq!(
+            [VERDICTS[ALLOWED], VERDICTS[DENIED], VERDICTS[PATCHED], VERDICTS[ERROR]],
+            ["allowed", "denied", "patched", "error"]
+        );
     }
 
     #[test]
