@@ -16,8 +16,8 @@ COPY benches ./benches
 COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tailscale-gateway \
-    && install -D -m 0755 target/release/tailscale-gateway /out/tailscale-gateway
+    cargo build --profile dist --locked --bin tailscale-gateway \
+    && install -D -m 0755 target/dist/tailscale-gateway /out/tailscale-gateway
 
 # glibc and libgcc only (rustls with ring: no OpenSSL). The nonroot tag runs as 65532:65532,
 # the user deploy/deployment.yaml asks for.

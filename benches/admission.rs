@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS per contender and
 //! concurrency, default 10, split into BENCH_ROUNDS interleaved slices, default 20; BENCH_ONLY=
 //! bare|canned|ours runs one contender, for profiling; BENCH_CONC=1,16,64 picks concurrencies;
-//! BENCH_HANDLER_ONLY=1 skips the socket runs).
+//! BENCH_HANDLER_ONLY=1 skips the socket runs; BENCH_NO_STAGES=1 skips the per-stage timings).
+//! Built with the `bench` profile: whole-program LTO, as the shipped `dist` build.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -326,7 +327,9 @@ fn main() {
             assert_eq!(resp.status(), 200);
         }
         println!("validate handler alone (parse, rules, cache lookup, encode): {:.1} us/review", t.elapsed().as_secs_f64() * 1e6 / n as f64);
-        stages(&body, &ours.cache, n);
+        if std::env::var_os("BENCH_NO_STAGES").is_none() {
+            stages(&body, &ours.cache, n);
+        }
         canned_stop.cancel();
         ours.shutdown().await;
     });

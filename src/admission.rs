@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::{StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -377,10 +377,10 @@ pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision 
     }
     let old = resolve(&req.old_object, req).and_then(Result::ok);
     let verdict = review(&res, old.as_deref(), view);
-    let name = res.meta().name.clone().or_else(|| res.meta().generate_name.clone()).unwrap_or_default();
+    let name = || res.meta().name.as_deref().or(res.meta().generate_name.as_deref()).unwrap_or_default();
     Decision {
         allowed: verdict.allowed(),
-        message: (!verdict.allowed()).then(|| summarize(kind.name(), &name, &verdict.errors)),
+        message: (!verdict.allowed()).then(|| summarize(kind.name(), name(), &verdict.errors)),
         patch: None,
         warnings: verdict.warnings,
     }
@@ -402,59 +402,41 @@ pub fn mutate(req: &AdmissionRequest<'_>) -> Decision {
     Decision { allowed: true, patch: (!ops.is_empty()).then_some(ops), ..Decision::default() }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseStatus<'a> {
-    code: u16,
-    reason: &'static str,
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AdmissionResponse<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<ResponseStatus<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    response: AdmissionResponse<'a>,
-}
-
-/// Encodes the AdmissionReview answering `uid` with `d`.
+/// Encodes the AdmissionReview answering `uid` with `d`. The envelope is constant text written
+/// as is; only the strings we carry go through JSON escaping.
 pub fn respond(uid: &str, d: &Decision) -> Result<Vec<u8>, serde_json::Error> {
     let patch = match &d.patch {
         Some(ops) => Some(base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(ops)?)),
         None => None,
     };
-    let out = ReviewOut {
-        api_version: REVIEW_API_VERSION,
-        kind: "AdmissionReview",
-        response: AdmissionResponse {
-            uid,
-            allowed: d.allowed,
-            status: d.message.as_deref().map(|message| ResponseStatus { code: 422, reason: "Invalid", message }),
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            warnings: &d.warnings,
-        },
-    };
-    let mut bytes = Vec::with_capacity(160 + uid.len() + out.response.patch.as_ref().map_or(0, String::len));
-    serde_json::to_writer(&mut bytes, &out)?;
-    Ok(bytes)
+    let extra = d.message.as_ref().map_or(0, |m| m.len() + 64)
+        + patch.as_ref().map_or(0, |p| p.len() + 32)
+        + d.warnings.iter().map(|w| w.len() + 3).sum::<usize>();
+    let mut out = Vec::with_capacity(RESPONSE_HEAD.len() + uid.len() + 24 + extra);
+    out.extend_from_slice(RESPONSE_HEAD.as_bytes());
+    serde_json::to_writer(&mut out, uid)?;
+    out.extend_from_slice(if d.allowed { b",\"allowed\":true" } else { b",\"allowed\":false" });
+    if let Some(message) = &d.message {
+        out.extend_from_slice(br#","status":{"code":422,"reason":"Invalid","message":"#);
+        serde_json::to_writer(&mut out, message)?;
+        out.push(b'}');
+    }
+    if let Some(patch) = &patch {
+        // The base64 alphabet needs no escaping.
+        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        out.extend_from_slice(patch.as_bytes());
+        out.push(b'"');
+    }
+    if !d.warnings.is_empty() {
+        out.extend_from_slice(br#","warnings":"#);
+        serde_json::to_writer(&mut out, &d.warnings)?;
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
 }
+
+/// The start of every response, up to the uid's value.
+const RESPONSE_HEAD: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#;
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes, answering 413/415/400/408 with a `Status`.
 pub async fn read_json_body<B>(req: http::Request<B>) -> Result<bytes::Bytes, Response>
@@ -779,5 +761,30 @@ mod tests {
             .unwrap_or_default();
         let ops: Value = serde_json::from_slice(&raw).unwrap_or_default();
         assert_eq!(ops[0]["op"], "add");
+    }
+
+    #[test]
+    fn responses_are_json_whatever_the_strings_carry() {
+        let denied = Decision {
+            allowed: false,
+            message: Some("spec.vipService.ports[1]: Invalid value: \"http:80\"\n\\ \u{1}".into()),
+            warnings: vec!["a \"quoted\" warning".into(), "second".into()],
+            ..Decision::default()
+        };
+        let uid = "odd \"uid\" \\";
+        let out: Value = serde_json::from_slice(&respond(uid, &denied).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(
+            out,
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                "uid": uid, "allowed": false,
+                "status": {"code": 422, "reason": "Invalid", "message": denied.message},
+                "warnings": denied.warnings}})
+        );
+        let allowed: Value =
+            serde_json::from_slice(&respond("u2", &Decision::allow()).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(
+            allowed,
+            json!({"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": {"uid": "u2", "allowed": true}})
+        );
     }
 }

@@ -120,7 +120,11 @@ fn review_services(s: &TailscaleServices, old: Option<&Resource>, view: &dyn Clu
     let spec = FieldPath::new("spec");
     let vip_path = spec.child("vipService");
     let name_path = vip_path.child("name");
-    let me = ObjectKey::of(&s.metadata);
+    // This object itself, compared without copying its key.
+    let is_me = |k: &ObjectKey| {
+        s.metadata.name.as_deref() == Some(k.name.as_str())
+            && s.metadata.namespace.as_deref().unwrap_or_default() == k.namespace
+    };
     let vip = vip_service_name(s);
     match &vip {
         None => v.errors.push(FieldError::required(
@@ -132,7 +136,7 @@ fn review_services(s: &TailscaleServices, old: Option<&Resource>, view: &dyn Clu
         )),
         Some(vip) => {
             let others: Vec<String> =
-                view.vip_claimants(vip).into_iter().filter(|k| *k != me).map(|k| k.to_string()).collect();
+                view.vip_claimants(vip).into_iter().filter(|k| !is_me(k)).map(|k| k.to_string()).collect();
             if !others.is_empty() {
                 v.errors.push(FieldError::duplicate(
                     &name_path,
