@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS per contender and
 //! concurrency, default 10, split into BENCH_ROUNDS interleaved slices, default 20; BENCH_ONLY=
 //! bare|canned|ours runs one contender, for profiling; BENCH_CONC=1,16,64 picks concurrencies;
-//! BENCH_HANDLER_ONLY=1 skips the socket runs; BENCH_NO_STAGES=1 skips the per-stage timings).
+//! BENCH_HANDLER_ONLY=1 skips the socket runs; BENCH_NO_STAGES=1 skips the per-stage timings;
+//! BENCH_CLIENT=own puts the load generator on a runtime of its own instead of the servers').
 //! Built with the `bench` profile: whole-program LTO, as the shipped `dist` build.
 
 #[path = "../tests/util/mod.rs"]
@@ -207,6 +208,18 @@ fn realistic_review(object: &str) -> Vec<u8> {
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    // BENCH_CLIENT=own runs the load generator on a runtime of its own (two threads, as a
+    // separate process would), instead of beside the servers on theirs.
+    let own_client = std::env::var("BENCH_CLIENT").is_ok_and(|c| c == "own");
+    let client_rt = own_client.then(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("load")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    let client = client_rt.as_ref().map(|rt| rt.handle().clone());
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let manifests = dir.path().join("m");
@@ -243,7 +256,7 @@ fn main() {
                      "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}}});
         let body = Arc::new(serde_json::to_vec(&util::review("CREATE", object, None)).unwrap_or_default());
         let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-        println!("admission over TLS, keep-alive, {seconds}s per contender in {rounds} interleaved slices; req/s, p50, p99: medians of the slices; ratio: median of the slices' ours/bare; body {} bytes", body.len());
+        println!("admission over TLS, keep-alive, {seconds}s per contender in {rounds} interleaved slices; req/s, p50, p99: medians of the slices; ratio: median of the slices' ours/bare; body {} bytes; load generator on {}", body.len(), if own_client { "its own runtime" } else { "the servers' runtime" });
         println!("{:>4} | {:>22} | {:>22} | {:>22} | {:>6}", "conc", "bare hyper+rustls", "our server, canned", "tailscale-gateway", "ratio");
         println!(
             "{:>4} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}",
@@ -271,7 +284,11 @@ fn main() {
                         runs[i].push(Stats { rps: f64::NAN, p50: Duration::ZERO, p99: Duration::ZERO });
                         continue;
                     }
-                    runs[i].push(load(addr, cfg.clone(), conc, seconds / rounds as f64, body.clone()).await);
+                    let job = load(addr, cfg.clone(), conc, seconds / rounds as f64, body.clone());
+                    runs[i].push(match &client {
+                        Some(client) => client.spawn(job).await.unwrap_or_else(|e| panic!("{e}")),
+                        None => job.await,
+                    });
                 }
             }
             // Ratio: each round's ours/bare from adjacent slices, then the median of those, so a
