@@ -205,7 +205,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
-/// The HTTPS routes: webhooks, health and metrics.
+/// The HTTPS routes: webhooks, health and metrics. Served behind [`HttpsApp`], which answers
+/// `POST /validate` and `POST /mutate` itself; the webhook routes keep this router complete on
+/// its own and answer other methods on those paths with 405.
 pub fn router(admission: Admission, registry: Arc<Registry>) -> Router {
     let cache = admission.cache.clone();
     let webhooks = Router::new()

@@ -282,24 +282,20 @@ impl<'de> serde::de::DeserializeSeed<'de> for ValidationSeed {
     type Value = Resource;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Resource, D::Error> {
-        use crate::api::{TailscaleEndpointsSpec, TailscaleGatewaySpec, TailscaleServicesSpec, TailscaleTailnetSpec};
+        fn parts<'de, S: serde::Deserialize<'de>, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<(ObjectMeta, S), D::Error> {
+            d.deserialize_map(Parts(std::marker::PhantomData))
+        }
         Ok(match self.0 {
-            Kind::Tailnet => {
-                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleTailnetSpec>(std::marker::PhantomData))?;
-                Resource::Tailnet(TailscaleTailnet { metadata, spec, status: None })
-            }
+            Kind::Tailnet => parts(d).map(|(metadata, spec)| TailscaleTailnet { metadata, spec, status: None })?.into(),
             Kind::Endpoints => {
-                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleEndpointsSpec>(std::marker::PhantomData))?;
-                Resource::Endpoints(TailscaleEndpoints { metadata, spec, status: None })
+                parts(d).map(|(metadata, spec)| TailscaleEndpoints { metadata, spec, status: None })?.into()
             }
             Kind::Services => {
-                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleServicesSpec>(std::marker::PhantomData))?;
-                Resource::Services(TailscaleServices { metadata, spec, status: None })
+                parts(d).map(|(metadata, spec)| TailscaleServices { metadata, spec, status: None })?.into()
             }
-            Kind::Gateway => {
-                let (metadata, spec) = d.deserialize_map(Parts::<TailscaleGatewaySpec>(std::marker::PhantomData))?;
-                Resource::Gateway(TailscaleGateway { metadata, spec, status: None })
-            }
+            Kind::Gateway => parts(d).map(|(metadata, spec)| TailscaleGateway { metadata, spec, status: None })?.into(),
         })
     }
 }
