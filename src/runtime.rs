@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Envoy Gateway extension (gRPC) address [default: 0.0.0.0:5005, or 127.0.0.1:5005 with --local].
     #[arg(long, env = "TSGW_XDS_ADDR")]
     pub xds_addr: Option<SocketAddr>,
-    /// Extension server certificate (PEM); plain gRPC when omitted.
+    /// Extension server certificate (PEM), reloaded when the file changes; plain gRPC when omitted.
     #[arg(long, requires = "xds_tls_key")]
     pub xds_tls_cert: Option<PathBuf>,
     /// Extension server key (PEM).
@@ -438,6 +438,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             cert,
             key,
             client_ca: args.xds_client_ca.clone(),
+            reload_interval: args.tls_reload_interval,
         }),
         max_message_size: args.xds_max_message_size,
         hooks: crate::xds::HookSettings {

@@ -578,39 +578,129 @@ async fn health_reports_serving_once_the_cache_is_synced() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn serves_over_tls() {
-    use tailscale_gateway::pki::Ca;
-    use tonic::transport::{Certificate, ClientTlsConfig};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let ca = Ca::generate("xds test ca").unwrap_or_else(|e| panic!("{e}"));
-    let pair = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &pair.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &pair.key_pem).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::new(10);
-    fill_cache(&cache);
-    let server = start_with(cache, Some(TlsFiles { cert, key, client_ca: None })).await;
-    let tls =
+/// A tonic channel to the server over TLS, trusting `ca`, with an optional client certificate.
+async fn tls_channel(
+    addr: SocketAddr,
+    ca: &tailscale_gateway::pki::Ca,
+    client: Option<&tailscale_gateway::pki::CertPair>,
+) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls =
         ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pair().cert_pem)).domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", server.addr.port()))
+    if let Some(pair) = client {
+        tls = tls.identity(Identity::from_pem(&pair.cert_pem, &pair.key_pem));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))
         .unwrap_or_else(|e| panic!("{e}"))
-        .tls_config(tls)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .tls_config(tls)?
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("TLS connect: {e}"));
-    let mut client = EnvoyGatewayExtensionClient::new(channel);
-    let resp = client
+}
+
+/// PostClusterModify for the web service: Ok when it resolves, the gRPC error otherwise.
+async fn modify_web(channel: Channel) -> Result<usize, tonic::Status> {
+    let resp = EnvoyGatewayExtensionClient::new(channel)
         .post_cluster_modify(cluster_request(
             eg_cluster("httproute/default/web/rule/0"),
             vec![ext(&web_service_json())],
         ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .await?
         .into_inner();
-    assert_eq!(resp.cluster.and_then(|c| c.load_assignment).map(|l| l.endpoints.len()), Some(3));
+    Ok(resp.cluster.and_then(|c| c.load_assignment).map_or(0, |l| l.endpoints.len()))
+}
+
+/// The serving certificate a new TLS connection gets (ALPN h2, as gRPC clients offer).
+async fn served_cert(addr: SocketAddr, ca: &tailscale_gateway::pki::Ca) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = CertificateDer::from_pem_slice(ca.pair().cert_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    roots.add(ca_der).unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+    let (_, session) = tls.get_ref();
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "gRPC needs HTTP/2 by ALPN");
+    session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")).to_vec()
+}
+
+#[tokio::test]
+async fn serves_over_tls_and_picks_up_a_rotated_certificate() {
+    use tailscale_gateway::pki::Ca;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ca = Ca::generate("xds test ca").unwrap_or_else(|e| panic!("{e}"));
+    let first = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &first.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, &first.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::new(10);
+    fill_cache(&cache);
+    let files = TlsFiles { reload_interval: Duration::from_millis(50), ..TlsFiles::new(&cert, &key) };
+    let server = start_with(cache, Some(files)).await;
+    assert_eq!(served_cert(server.addr, &ca).await, der(&first.cert_pem));
+    let open = tls_channel(server.addr, &ca, None).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(modify_web(open.clone()).await.unwrap_or_else(|e| panic!("{e}")), 3);
+
+    // Rotated in place, key first (a reader may see a half-updated pair and must keep the old one).
+    let second = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, &second.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&cert, &second.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while served_cert(server.addr, &ca).await != der(&second.cert_pem) {
+        assert!(tokio::time::Instant::now() < deadline, "the rotated certificate was never served");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The connection opened before the rotation keeps working, and new ones work too.
+    assert_eq!(modify_web(open).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    let fresh = tls_channel(server.addr, &ca, None).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(modify_web(fresh).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_it_signed_get_in() {
+    use tailscale_gateway::pki::Ca;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ca = Ca::generate("xds test ca").unwrap_or_else(|e| panic!("{e}"));
+    let clients = Ca::generate("envoy gateway clients").unwrap_or_else(|e| panic!("{e}"));
+    let stranger = Ca::generate("someone else").unwrap_or_else(|e| panic!("{e}"));
+    let pair = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key, client_ca) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
+    std::fs::write(&cert, &pair.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, &pair.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&client_ca, &clients.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::new(10);
+    fill_cache(&cache);
+    let server = start_with(cache, Some(TlsFiles { client_ca: Some(client_ca), ..TlsFiles::new(&cert, &key) })).await;
+
+    let envoy_gateway = clients.issue_client("envoy-gateway", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let ok = tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(modify_web(ok).await.unwrap_or_else(|e| panic!("{e}")), 3);
+
+    // No certificate, or one from another CA: the handshake or the first call fails.
+    let forged = stranger.issue_client("envoy-gateway", &[]).unwrap_or_else(|e| panic!("{e}"));
+    for client in [None, Some(&forged)] {
+        let refused = match tls_channel(server.addr, &ca, client).await {
+            Err(_) => true,
+            Ok(channel) => modify_web(channel).await.is_err(),
+        };
+        assert!(refused, "a client without a certificate from the client CA got in");
+    }
+    // The server is still serving after refusing them.
+    let again =
+        tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(modify_web(again).await.unwrap_or_else(|e| panic!("{e}")), 3);
     server.stop().await;
 }
 

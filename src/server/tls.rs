@@ -1,5 +1,6 @@
 //! TLS for the HTTPS server: a serving certificate that can be swapped while running (files
 //! reloaded on change, open connections keep their session), and optional client certificates.
+//! The Envoy Gateway extension server serves from the same kind of swappable store.
 //!
 //! Client certificates are requested but not required, and only proof of key possession is
 //! checked during the handshake. Which CA a chain must lead to depends on what the request wants

@@ -15,11 +15,16 @@ pub mod translate;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
+
+use crate::server::tls::{self as server_tls, CertStore, TlsError};
 
 pub use metrics::XdsMetrics;
 pub use service::{ExtensionService, HookSettings};
@@ -38,15 +43,29 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:5005";
 /// Envoy Gateway's `maxMessageSize` must not exceed it.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
-/// PEM files for serving TLS.
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PEM files for serving TLS. The certificate and key are re-read every `reload_interval` and a
+/// changed pair is served to new connections (cert-manager and kubelet rotate mounted Secrets
+/// in place); open connections keep their session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// Serving certificate chain.
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
-    /// CA that client certificates must chain to; `None` accepts any client.
+    /// CA that client certificates must chain to (then required); `None` asks for none.
     pub client_ca: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a new pair.
+    pub reload_interval: Duration,
+}
+
+impl TlsFiles {
+    /// A certificate and key, no client certificates, checked for changes every 2 s.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self { cert: cert.into(), key: key.into(), client_ca: None, reload_interval: Duration::from_secs(2) }
+    }
 }
 
 /// How the extension server runs.
@@ -77,20 +96,31 @@ impl Default for XdsOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
     /// A TLS file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a separate source, so it is printed once).
+        error: std::io::Error,
     },
+    /// TLS files did not hold a usable certificate and key, or CA.
+    #[error("{files}: {error}")]
+    Tls {
+        /// The files.
+        files: String,
+        /// Why (in the message, not a separate source, so it is printed once).
+        error: TlsError,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    TlsSetup(#[from] rustls::Error),
     /// The listen address could not be bound.
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a separate source, so it is printed once).
+        error: std::io::Error,
     },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
@@ -98,16 +128,76 @@ pub enum XdsError {
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, XdsError> {
-    std::fs::read(path).map_err(|source| XdsError::Read { path: path.clone(), source })
+    std::fs::read(path).map_err(|error| XdsError::Read { path: path.clone(), error })
 }
 
-/// Builds the server TLS configuration from PEM files.
-pub fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, XdsError> {
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-    if let Some(ca) = &files.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(tls)
+/// Loads the TLS files: the serving certificate into a store that can be swapped while
+/// serving, and a rustls configuration for gRPC (HTTP/2 by ALPN) that serves from that store and,
+/// with a client CA, requires client certificates chaining to it.
+pub fn tls_config(files: &TlsFiles) -> Result<(Arc<CertStore>, Arc<rustls::ServerConfig>), XdsError> {
+    let tls_err = |files: String| move |error| XdsError::Tls { files, error };
+    let pair = format!("{} and {}", files.cert.display(), files.key.display());
+    let key = server_tls::certified_key(&read(&files.cert)?, &read(&files.key)?).map_err(tls_err(pair))?;
+    let store = CertStore::new(key);
+    let provider = server_tls::provider();
+    let verifier = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let name = ca.display().to_string();
+            for cert in server_tls::ca_certs(&read(ca)?).map_err(tls_err(name.clone()))? {
+                roots.add(cert).map_err(|e| tls_err(name.clone())(TlsError::Pem(format!("client CA: {e}"))))?;
+            }
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| tls_err(name)(TlsError::Pem(format!("client CA: {e}"))))?
+        }
+        None => rustls::server::WebPkiClientVerifier::no_client_auth(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(store.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((store, Arc::new(config)))
+}
+
+/// TLS connections accepted on `listener` until `stop`: each handshake runs in a task of its own
+/// (a slow or failed client holds up nobody) and only completed ones are handed on.
+fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "xds: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "xds: TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "xds: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Binds `opts.addr` and serves until `shutdown` completes.
@@ -117,7 +207,7 @@ pub async fn serve(
     metrics: XdsMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), XdsError> {
-    let listener = TcpListener::bind(opts.addr).await.map_err(|source| XdsError::Bind { addr: opts.addr, source })?;
+    let listener = TcpListener::bind(opts.addr).await.map_err(|error| XdsError::Bind { addr: opts.addr, error })?;
     serve_on(listener, cache, opts, metrics, shutdown).await
 }
 
@@ -158,19 +248,68 @@ pub async fn serve_on(
     ))
     .max_decoding_message_size(opts.max_message_size)
     .max_encoding_message_size(opts.max_message_size);
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(files) = &opts.tls {
-        builder = builder.tls_config(tls_config(files)?)?;
-    }
+    let router =
+        Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).add_service(health).add_service(svc);
     tracing::info!(addr = ?local, tls = opts.tls.is_some(), max_message_size = opts.max_message_size, "xds: extension server listening");
-    let result = builder
-        .add_service(health)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await;
+    let result = match &opts.tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        Some(files) => {
+            let (store, config) = match tls_config(files) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    health_task.abort();
+                    return Err(e);
+                }
+            };
+            // Stops the accept loop and the certificate reloader when serving ends.
+            let stop = CancellationToken::new();
+            let _stop = stop.clone().drop_guard();
+            tokio::spawn(server_tls::reload_on_change(
+                store,
+                files.cert.clone(),
+                files.key.clone(),
+                files.reload_interval,
+                stop.clone(),
+            ));
+            router.serve_with_incoming_shutdown(tls_incoming(listener, config, stop), shutdown).await
+        }
+    };
     health_task.abort();
     result.map_err(XdsError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_tls_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = crate::pki::Ca::generate("xds unit ca").unwrap_or_else(|e| panic!("{e}"));
+        let pair = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            path
+        };
+        let (cert, key, junk) =
+            (write("tls.crt", &pair.cert_pem), write("tls.key", &pair.key_pem), write("junk.pem", "not PEM"));
+        assert!(tls_config(&TlsFiles::new(&cert, &key)).is_ok());
+        assert!(tls_config(&TlsFiles { client_ca: Some(cert.clone()), ..TlsFiles::new(&cert, &key) }).is_ok());
+
+        let err = |files: TlsFiles| match tls_config(&files) {
+            Ok(_) => panic!("{files:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        let missing = dir.path().join("missing.crt");
+        assert!(err(TlsFiles::new(&missing, &key)).contains("missing.crt"));
+        assert!(err(TlsFiles::new(&junk, &key)).contains("junk.pem"));
+        let bad_key = err(TlsFiles::new(&cert, &junk));
+        assert!(bad_key.contains("junk.pem") && bad_key.contains("private key"), "{bad_key}");
+        let bad_ca = err(TlsFiles { client_ca: Some(junk.clone()), ..TlsFiles::new(&cert, &key) });
+        assert!(bad_ca.contains("junk.pem") && bad_ca.contains("CA"), "{bad_ca}");
+    }
 }
