@@ -105,7 +105,9 @@ pub fn load_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsErro
 
 /// Polls the certificate files and swaps the served certificate when their content changes.
 /// A half-written or broken pair is logged and the previous certificate kept. Polling (rather
-/// than inotify) also follows the symlink swaps Kubernetes uses for mounted Secrets.
+/// than inotify) also follows the symlink swaps Kubernetes uses for mounted Secrets. The first
+/// look compares the files with what `store` serves, so a rotation between loading the store and
+/// starting this task is not missed.
 pub async fn reload_on_change(
     store: Arc<CertStore>,
     cert: PathBuf,
@@ -113,7 +115,7 @@ pub async fn reload_on_change(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut last = load_files(&cert, &key).ok();
+    let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -126,6 +128,7 @@ pub async fn reload_on_change(
             continue;
         }
         match certified_key(&now.0, &now.1) {
+            Ok(k) if k.cert == store.current().cert => last = Some(now),
             Ok(k) => {
                 store.replace(k);
                 tracing::info!(cert = %cert.display(), "serving certificate reloaded");
@@ -200,4 +203,35 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
         .with_cert_resolver(store);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rotation_before_the_reloader_starts_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = crate::pki::Ca::generate("reload test ca").unwrap_or_else(|e| panic!("{e}"));
+        let issue = || ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let (loaded, rotated) = (issue(), issue());
+        let store = CertStore::new(
+            certified_key(loaded.cert_pem.as_bytes(), loaded.key_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        // The files already hold the next pair when the reloader starts.
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &rotated.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key, &rotated.key_pem).unwrap_or_else(|e| panic!("{e}"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(reload_on_change(store.clone(), cert, key, Duration::from_millis(10), stop.clone()));
+        let want =
+            certified_key(rotated.cert_pem.as_bytes(), rotated.key_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.current().cert != want.cert {
+            assert!(tokio::time::Instant::now() < deadline, "the rotated pair was never served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+    }
 }
