@@ -43,9 +43,6 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:5005";
 /// Envoy Gateway's `maxMessageSize` must not exceed it.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// PEM files for serving TLS. The certificate and key are re-read every `reload_interval` and a
 /// changed pair is served to new connections (cert-manager and kubelet rotate mounted Secrets
 /// in place); open connections keep their session.
@@ -171,28 +168,11 @@ fn tls_incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(%error, "xds: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer)) = crate::server::accept(&listener, &stop).await {
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "xds: TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "xds: TLS handshake timed out"),
+                if let Some(tls) = crate::server::handshake(&acceptor, tcp, peer).await {
+                    let _ = tx.send(Ok(tls)).await;
                 }
             });
         }
