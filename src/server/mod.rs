@@ -51,7 +51,7 @@ pub(crate) async fn accept(listener: &TcpListener, stop: &CancellationToken) -> 
                     return Some((tcp, peer));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
+                    tracing::warn!(%error, listener = ?listener.local_addr().ok(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
