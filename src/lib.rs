@@ -15,6 +15,7 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod pki;
+pub mod poll;
 pub mod rbac;
 pub mod reconciler;
 pub mod render;

@@ -190,18 +190,13 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 /// Reloads `dir` into the cache whenever a manifest is added, removed or changed.
 pub async fn watch_dir(cache: Cache, dir: PathBuf, every: Duration, stop: CancellationToken) {
     let mut last = fingerprint(&dir);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    crate::poll::every(every, &stop, || {
         let now = fingerprint(&dir);
         if now != last {
             let summary = load_dir(&cache, &dir);
             tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "reloaded local manifests");
             last = now;
         }
-    }
+    })
+    .await;
 }

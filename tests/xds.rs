@@ -668,7 +668,7 @@ async fn serves_over_tls_and_picks_up_a_rotated_certificate() {
 }
 
 #[tokio::test]
-async fn with_a_client_ca_only_clients_it_signed_get_in() {
+async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
     use tailscale_gateway::pki::Ca;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -682,7 +682,12 @@ async fn with_a_client_ca_only_clients_it_signed_get_in() {
     std::fs::write(&client_ca, &clients.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
     let cache = Cache::new(10);
     fill_cache(&cache);
-    let server = start_with(cache, Some(TlsFiles { client_ca: Some(client_ca), ..TlsFiles::new(&cert, &key) })).await;
+    let files = TlsFiles {
+        client_ca: Some(client_ca.clone()),
+        reload_interval: Duration::from_millis(50),
+        ..TlsFiles::new(&cert, &key)
+    };
+    let server = start_with(cache, Some(files)).await;
 
     let envoy_gateway = clients.issue_client("envoy-gateway", &[]).unwrap_or_else(|e| panic!("{e}"));
     let ok = tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
@@ -700,6 +705,29 @@ async fn with_a_client_ca_only_clients_it_signed_get_in() {
     // The server is still serving after refusing them.
     let again =
         tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(modify_web(again.clone()).await.unwrap_or_else(|e| panic!("{e}")), 3);
+
+    // The client CA rotates in place: its clients get in without a restart, the old CA's do not,
+    // and a connection made before the rotation keeps working.
+    let refused = |client: tailscale_gateway::pki::CertPair| {
+        let ca = &ca;
+        async move {
+            match tls_channel(server.addr, ca, Some(&client)).await {
+                Err(_) => true,
+                Ok(channel) => modify_web(channel).await.is_err(),
+            }
+        }
+    };
+    std::fs::write(&client_ca, "half-written").unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!refused(envoy_gateway.clone()).await, "an unusable CA file replaced the bundle in use");
+    std::fs::write(&client_ca, &stranger.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while refused(forged.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "the rotated client CA was never used");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(refused(envoy_gateway.clone()).await, "a client of the replaced CA still got in");
     assert_eq!(modify_web(again).await.unwrap_or_else(|e| panic!("{e}")), 3);
     server.stop().await;
 }

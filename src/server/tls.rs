@@ -104,8 +104,7 @@ pub fn load_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsErro
 }
 
 /// Polls the certificate files and swaps the served certificate when their content changes.
-/// A half-written or broken pair is logged and the previous certificate kept. Polling (rather
-/// than inotify) also follows the symlink swaps Kubernetes uses for mounted Secrets. The first
+/// A half-written or broken pair is logged and the previous certificate kept. The first
 /// look compares the files with what `store` serves, so a rotation between loading the store and
 /// starting this task is not missed.
 pub async fn reload_on_change(
@@ -116,16 +115,10 @@ pub async fn reload_on_change(
     stop: CancellationToken,
 ) {
     let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(now) = load_files(&cert, &key) else { continue };
+    crate::poll::every(every, &stop, || {
+        let Ok(now) = load_files(&cert, &key) else { return };
         if last.as_ref() == Some(&now) {
-            continue;
+            return;
         }
         match certified_key(&now.0, &now.1) {
             Ok(k) if k.cert == store.current().cert => last = Some(now),
@@ -137,7 +130,8 @@ pub async fn reload_on_change(
             // Typically the cert was written before the key: try again next tick.
             Err(error) => tracing::warn!(cert = %cert.display(), %error, "serving certificate not reloaded"),
         }
-    }
+    })
+    .await;
 }
 
 /// Requests a client certificate and checks the handshake signature, leaving chain verification

@@ -24,6 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
 use crate::server::tls::{self as server_tls, CertStore, TlsError};
 
 pub use metrics::XdsMetrics;
@@ -52,7 +58,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
-    /// CA that client certificates must chain to (then required); `None` asks for none.
+    /// CA bundle that client certificates must chain to (then required; reloaded like the
+    /// certificate); `None` asks for none.
     pub client_ca: Option<PathBuf>,
     /// How often the certificate and key files are checked for a new pair.
     pub reload_interval: Duration,
@@ -128,26 +135,37 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, XdsError> {
     std::fs::read(path).map_err(|error| XdsError::Read { path: path.clone(), error })
 }
 
+/// What serving TLS needs: the rustls configuration and the two things in it that the files
+/// can change while serving.
+pub struct XdsTls {
+    /// rustls configuration for gRPC (HTTP/2 by ALPN).
+    pub config: Arc<rustls::ServerConfig>,
+    /// The serving certificate, swapped when the certificate and key files change.
+    pub store: Arc<CertStore>,
+    /// Client-certificate verification, swapped when the client CA file changes.
+    pub client_ca: Option<Arc<ClientCa>>,
+}
+
 /// Loads the TLS files: the serving certificate into a store that can be swapped while
-/// serving, and a rustls configuration for gRPC (HTTP/2 by ALPN) that serves from that store and,
-/// with a client CA, requires client certificates chaining to it.
-pub fn tls_config(files: &TlsFiles) -> Result<(Arc<CertStore>, Arc<rustls::ServerConfig>), XdsError> {
-    let tls_err = |files: String| move |error| XdsError::Tls { files, error };
+/// serving, and with a client CA, a verifier (also swappable) that requires client certificates
+/// chaining to it.
+pub fn tls_config(files: &TlsFiles) -> Result<XdsTls, XdsError> {
     let pair = format!("{} and {}", files.cert.display(), files.key.display());
-    let key = server_tls::certified_key(&read(&files.cert)?, &read(&files.key)?).map_err(tls_err(pair))?;
+    let key = server_tls::certified_key(&read(&files.cert)?, &read(&files.key)?)
+        .map_err(|error| XdsError::Tls { files: pair, error })?;
     let store = CertStore::new(key);
     let provider = server_tls::provider();
-    let verifier = match &files.client_ca {
+    let client_ca = match &files.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let name = ca.display().to_string();
-            for cert in server_tls::ca_certs(&read(ca)?).map_err(tls_err(name.clone()))? {
-                roots.add(cert).map_err(|e| tls_err(name.clone())(TlsError::Pem(format!("client CA: {e}"))))?;
-            }
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| tls_err(name)(TlsError::Pem(format!("client CA: {e}"))))?
+            let pem = read(ca)?;
+            let verifier = ClientCa::verifier(&pem, &provider)
+                .map_err(|error| XdsError::Tls { files: ca.display().to_string(), error })?;
+            Some(Arc::new(ClientCa { current: std::sync::RwLock::new((pem, verifier)) }))
         }
+        None => None,
+    };
+    let verifier: Arc<dyn ClientCertVerifier> = match &client_ca {
+        Some(ca) => ca.clone(),
         None => rustls::server::WebPkiClientVerifier::no_client_auth(),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -155,7 +173,102 @@ pub fn tls_config(files: &TlsFiles) -> Result<(Arc<CertStore>, Arc<rustls::Serve
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((store, Arc::new(config)))
+    Ok(XdsTls { config: Arc::new(config), store, client_ca })
+}
+
+/// Requires client certificates chaining to a CA bundle that can be replaced while serving
+/// (a CA rotation ships a bundle holding both the old and the new CA, then the new one alone).
+/// Sends no CA hints: the extension's only client has one certificate.
+#[derive(Debug)]
+pub struct ClientCa {
+    /// The PEM the current verifier was built from, and the verifier.
+    current: std::sync::RwLock<(Vec<u8>, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl ClientCa {
+    fn verifier(pem: &[u8], provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in server_tls::ca_certs(pem)? {
+            roots.add(cert).map_err(|e| TlsError::Pem(format!("client CA: {e}")))?;
+        }
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Pem(format!("client CA: {e}")))
+    }
+
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    /// Replaces the verifier when `pem` differs from the bundle in use; an unusable bundle is
+    /// refused and the current one kept. Returns whether the verifier changed.
+    pub fn update(&self, pem: Vec<u8>) -> Result<bool, TlsError> {
+        if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == pem {
+            return Ok(false);
+        }
+        let verifier = Self::verifier(&pem, &server_tls::provider())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (pem, verifier);
+        Ok(true)
+    }
+
+    /// Polls `path` every `every` until `stop` and applies what changed.
+    async fn reload_on_change(self: Arc<Self>, path: PathBuf, every: Duration, stop: CancellationToken) {
+        crate::poll::every(every, &stop, || {
+            let Ok(pem) = std::fs::read(&path) else { return };
+            match self.update(pem) {
+                Ok(true) => tracing::info!(ca = %path.display(), "xds: client CA reloaded"),
+                Ok(false) => {}
+                // Half-written, or not a CA: the bundle in use stays; the next look tries again.
+                Err(error) => tracing::warn!(ca = %path.display(), %error, "xds: client CA not reloaded"),
+            }
+        })
+        .await;
+    }
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
 }
 
 /// TLS connections accepted on `listener` until `stop`: each handshake runs in a task of its own
@@ -237,24 +350,27 @@ pub async fn serve_on(
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
         Some(files) => {
-            let (store, config) = match tls_config(files) {
+            let tls = match tls_config(files) {
                 Ok(tls) => tls,
                 Err(e) => {
                     health_task.abort();
                     return Err(e);
                 }
             };
-            // Stops the accept loop and the certificate reloader when serving ends.
+            // Stops the accept loop and the reloaders when serving ends.
             let stop = CancellationToken::new();
             let _stop = stop.clone().drop_guard();
             tokio::spawn(server_tls::reload_on_change(
-                store,
+                tls.store,
                 files.cert.clone(),
                 files.key.clone(),
                 files.reload_interval,
                 stop.clone(),
             ));
-            router.serve_with_incoming_shutdown(tls_incoming(listener, config, stop), shutdown).await
+            if let (Some(client_ca), Some(path)) = (tls.client_ca, &files.client_ca) {
+                tokio::spawn(client_ca.reload_on_change(path.clone(), files.reload_interval, stop.clone()));
+            }
+            router.serve_with_incoming_shutdown(tls_incoming(listener, tls.config, stop), shutdown).await
         }
     };
     health_task.abort();
@@ -291,5 +407,29 @@ mod tests {
         assert!(bad_key.contains("junk.pem") && bad_key.contains("private key"), "{bad_key}");
         let bad_ca = err(TlsFiles { client_ca: Some(junk.clone()), ..TlsFiles::new(&cert, &key) });
         assert!(bad_ca.contains("junk.pem") && bad_ca.contains("CA"), "{bad_ca}");
+    }
+
+    #[test]
+    fn the_client_ca_changes_only_for_a_different_usable_bundle() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (one, two) = (crate::pki::Ca::generate("one"), crate::pki::Ca::generate("two"));
+        let (Ok(one), Ok(two)) = (one, two) else { panic!("CAs") };
+        let server = one.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let path = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+            p
+        };
+        let files = TlsFiles {
+            client_ca: Some(path("ca.crt", &one.pair().cert_pem)),
+            ..TlsFiles::new(path("tls.crt", &server.cert_pem), path("tls.key", &server.key_pem))
+        };
+        let tls = tls_config(&files).unwrap_or_else(|e| panic!("{e}"));
+        let Some(ca) = tls.client_ca else { panic!("no client CA verifier") };
+        assert!(matches!(ca.update(one.pair().cert_pem.clone().into_bytes()), Ok(false)), "same bundle");
+        assert!(ca.update(b"not PEM".to_vec()).is_err());
+        let both = format!("{}{}", one.pair().cert_pem, two.pair().cert_pem);
+        assert!(matches!(ca.update(both.into_bytes()), Ok(true)), "a bundle with the new CA added");
+        assert!(tls_config(&TlsFiles::new(&files.cert, &files.key)).is_ok_and(|t| t.client_ca.is_none()));
     }
 }
