@@ -114,10 +114,13 @@ pub async fn reload_on_change(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
+    // What was applied last, and what was refused last (so a pair that stays broken is
+    // reported once, not every look).
+    type Pair = (Vec<u8>, Vec<u8>);
+    let (mut last, mut refused): (Option<Pair>, Option<Pair>) = (None, None);
     crate::poll::every(every, &stop, || {
         let Ok(now) = load_files(&cert, &key) else { return };
-        if last.as_ref() == Some(&now) {
+        if last.as_ref() == Some(&now) || refused.as_ref() == Some(&now) {
             return;
         }
         match certified_key(&now.0, &now.1) {
@@ -127,8 +130,11 @@ pub async fn reload_on_change(
                 tracing::info!(cert = %cert.display(), "serving certificate reloaded");
                 last = Some(now);
             }
-            // Typically the cert was written before the key: try again next tick.
-            Err(error) => tracing::warn!(cert = %cert.display(), %error, "serving certificate not reloaded"),
+            // Typically the cert was written before the key: the key's change is tried again.
+            Err(error) => {
+                tracing::warn!(cert = %cert.display(), %error, "serving certificate not reloaded");
+                refused = Some(now);
+            }
         }
     })
     .await;

@@ -213,13 +213,21 @@ impl ClientCa {
 
     /// Polls `path` every `every` until `stop` and applies what changed.
     async fn reload_on_change(self: Arc<Self>, path: PathBuf, every: Duration, stop: CancellationToken) {
+        // The last content refused, so a file that stays broken is reported once, not every look.
+        let mut refused: Option<Vec<u8>> = None;
         crate::poll::every(every, &stop, || {
             let Ok(pem) = std::fs::read(&path) else { return };
-            match self.update(pem) {
+            if refused.as_ref() == Some(&pem) {
+                return;
+            }
+            match self.update(pem.clone()) {
                 Ok(true) => tracing::info!(ca = %path.display(), "xds: client CA reloaded"),
                 Ok(false) => {}
-                // Half-written, or not a CA: the bundle in use stays; the next look tries again.
-                Err(error) => tracing::warn!(ca = %path.display(), %error, "xds: client CA not reloaded"),
+                // Half-written, or not a CA: the bundle in use stays; a change is tried again.
+                Err(error) => {
+                    tracing::warn!(ca = %path.display(), %error, "xds: client CA not reloaded");
+                    refused = Some(pem);
+                }
             }
         })
         .await;
