@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `look` at once and then every `period` until `stop` is cancelled; a slow look delays the
-/// next one instead of bunching them up.
+/// Runs `look` at once and then every `period` (at least 1 ms) until `stop` is cancelled; a slow
+/// look delays the next one instead of bunching them up.
 pub async fn every(period: Duration, stop: &CancellationToken, mut look: impl FnMut()) {
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -44,5 +44,19 @@ mod tests {
         task.await.unwrap_or_else(|e| panic!("{e}"));
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(looks.load(std::sync::atomic::Ordering::SeqCst), 3, "no look after stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_period_does_not_panic() {
+        let stop = CancellationToken::new();
+        let mut looks = 0;
+        let run = every(Duration::ZERO, &stop, || {
+            looks += 1;
+            if looks == 3 {
+                stop.cancel();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(1), run).await.unwrap_or_else(|_| panic!("never stopped"));
+        assert_eq!(looks, 3);
     }
 }

@@ -146,8 +146,12 @@ impl ServeArgs {
     }
 }
 
+/// A polling interval: a Go duration longer than zero.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::core::duration::parse(s)
+    match crate::core::duration::parse(s)? {
+        d if d.is_zero() => Err(format!("{s:?} is no interval: want a duration longer than 0s, e.g. \"2s\"")),
+        d => Ok(d),
+    }
 }
 
 /// A started server.
@@ -535,5 +539,18 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn polling_intervals_must_be_longer_than_zero() {
+        assert_eq!(super::parse_duration("1500ms"), Ok(std::time::Duration::from_millis(1500)));
+        for zero in ["0s", "0", "0ms"] {
+            let err = super::parse_duration(zero).err().unwrap_or_default();
+            assert!(err.contains("longer than 0s"), "{zero}: {err}");
+        }
+        assert!(super::parse_duration("soon").is_err());
     }
 }
