@@ -1,6 +1,8 @@
 //! The Envoy Gateway extension server over a real socket, called by a tonic client the way Envoy
 //! Gateway calls it.
 
+mod util;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -611,11 +613,8 @@ async fn modify_web(channel: Channel) -> Result<usize, tonic::Status> {
 
 /// The serving certificate a new TLS connection gets (ALPN h2, as gRPC clients offer).
 async fn served_cert(addr: SocketAddr, ca: &tailscale_gateway::pki::Ca) -> Vec<u8> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_der = CertificateDer::from_pem_slice(ca.pair().cert_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    roots.add(ca_der).unwrap_or_else(|e| panic!("{e}"));
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    use rustls::pki_types::ServerName;
+    let mut cfg = std::sync::Arc::unwrap_or_clone(util::client_config(&[&ca.pair().cert_pem], None));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
     let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
