@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use tailscale_gateway::api::{TailscaleEndpoints, TailscaleServices, TailscaleTailnet};
 use tailscale_gateway::cache::Cache;
 use tailscale_gateway::core::{Kind, Resource};
-use tailscale_gateway::reconciler::testing::{FakeKube, MemoryFactory, MemoryTailscale, fake_client};
+use tailscale_gateway::reconciler::owned::{self, OwnedWriters};
+use tailscale_gateway::reconciler::testing::{FakeKube, MemoryFactory, MemoryTailscale, fake_client, sync_owned};
 use tailscale_gateway::reconciler::{Config, Context, ReconcilerMetrics, endpoints, services};
 use tailscale_gateway::tailscale::Device;
 
@@ -68,6 +69,7 @@ struct Bench {
     ts: Arc<MemoryTailscale>,
     ctx: Arc<Context>,
     cache: Cache,
+    owned: std::cell::RefCell<OwnedWriters>,
 }
 
 impl Bench {
@@ -83,8 +85,10 @@ impl Bench {
         Arc::new(svc)
     }
 
-    /// What the reflectors would do between phases: feed the current objects into the cache.
+    /// What the reflectors would do between phases: feed the current objects into the cache and
+    /// the owned objects into the reconciler's stores.
     fn sync_cache(&self) {
+        sync_owned(&self.fake, &mut self.owned.borrow_mut());
         for i in 0..ENDPOINTS {
             self.cache.apply(Resource::Endpoints((*self.endpoints(i)).clone()));
         }
@@ -186,7 +190,9 @@ async fn run() -> Vec<Row> {
         config,
         None,
     ));
-    let b = Bench { fake, ts, ctx, cache };
+    let (stores, writers) = owned::stores();
+    ctx.set_owned(stores);
+    let b = Bench { fake, ts, ctx, cache, owned: std::cell::RefCell::new(writers) };
     b.sync_cache();
 
     let mut rows = Vec::new();

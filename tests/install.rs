@@ -356,7 +356,8 @@ fn rbac_manifests_grant_exactly_the_table() {
 
 // ---- The table covers what the code does --------------------------------------------------
 
-use tailscale_gateway::reconciler::testing::{FakeKube, MemoryFactory, Recorded, fake_client};
+use tailscale_gateway::reconciler::owned;
+use tailscale_gateway::reconciler::testing::{FakeKube, MemoryFactory, Recorded, fake_client, sync_owned};
 
 fn assert_allowed(reqs: &[Recorded], install_namespace: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -419,6 +420,11 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
         config,
         Some("pod-0".into()),
     ));
+    // The owned-object stores, brought up to date before each endpoints reconcile (the
+    // reflectors' job when the controllers run).
+    let (stores, writers) = owned::stores();
+    ctx.set_owned(stores);
+    let writers = std::sync::Mutex::new(writers);
     let _ = tailnet::reconcile(Arc::new(tn), ctx.clone()).await;
 
     // Endpoints: create everything, scale down, then delete (finalizer removal).
@@ -431,6 +437,7 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
                "spec": {"tailnet": "corp", "tags": ["tag:web"], "proxy": {"replicas": 2}, "ports": [{"port": 443}]}}),
     );
     let load_ep = || -> Arc<TailscaleEndpoints> {
+        sync_owned(&fake, &mut writers.lock().unwrap_or_else(|p| p.into_inner()));
         let v = fake.get(&format!("{ep_coll}/web")).unwrap_or_else(|| panic!("endpoints gone"));
         let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
         cache.apply(Resource::Endpoints(ep.clone()));
@@ -547,6 +554,10 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
         "patch apiservices",
         "list tailscaletailnets",
         "list statefulsets",
+        "list serviceaccounts",
+        "list roles",
+        "list rolebindings",
+        "list services",
     ] {
         assert!(seen.contains(needle), "the replay never sent {needle:?}; saw {seen:?}");
     }

@@ -9,7 +9,8 @@ use base64::Engine;
 use http::{Request, Response};
 use serde_json::{Value, json};
 
-use super::testing::{FakeKube, MemoryFactory, MemoryTailscale, Recorded};
+use super::owned::{self, OwnedWriters};
+use super::testing::{FakeKube, MemoryFactory, MemoryTailscale, Recorded, sync_owned};
 use super::{Config, Context, ReconcilerMetrics, endpoints, services, tailnet};
 use crate::api::{TailscaleEndpoints, TailscaleServices, TailscaleTailnet};
 use crate::cache::Cache;
@@ -37,6 +38,8 @@ struct Harness {
     ts: Arc<MemoryTailscale>,
     ctx: Arc<Context>,
     cache: Cache,
+    /// The owned-object stores' writing ends: the reflectors' part, played by [`Harness::endpoints`].
+    owned: std::sync::Mutex<OwnedWriters>,
 }
 
 fn b64(s: &str) -> String {
@@ -93,7 +96,9 @@ fn harness() -> Harness {
         config,
         Some("test".into()),
     ));
-    Harness { fake, ts, ctx, cache }
+    let (stores, writers) = owned::stores();
+    ctx.set_owned(stores);
+    Harness { fake, ts, ctx, cache, owned: std::sync::Mutex::new(writers) }
 }
 
 fn endpoints_json(replicas: i32) -> Value {
@@ -105,13 +110,20 @@ fn endpoints_json(replicas: i32) -> Value {
 }
 
 impl Harness {
-    /// The object as the API server has it now, also fed into the cache (the reflector's job).
+    /// The object as the API server has it now, also fed into the cache, with the owned-object
+    /// stores brought up to date (the reflectors' job).
     fn endpoints(&self) -> Arc<TailscaleEndpoints> {
+        self.sync_owned();
         let epp = ep_path();
         let v = self.fake.get(&format!("{epp}/web")).unwrap_or_else(|| panic!("endpoints missing"));
         let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
         self.cache.apply(Resource::Endpoints(ep.clone()));
         Arc::new(ep)
+    }
+
+    /// Brings the owned-object stores up to what the API server holds.
+    fn sync_owned(&self) {
+        sync_owned(&self.fake, &mut self.owned.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     fn services(&self, name: &str) -> Arc<TailscaleServices> {
@@ -177,9 +189,20 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     let h = harness();
     h.fake.insert(&ep_path(), endpoints_json(2));
 
-    // 1. Create everything.
+    // 1. Create everything. The only reads: the tailnet's OAuth Secret (first use of its API),
+    // and each replica's Secrets, checked on the API server before a key is minted (the stores
+    // may trail it).
+    h.fake.take_requests();
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-    let writes = h.writes();
+    let (writes, reads): (Vec<Recorded>, Vec<Recorded>) =
+        h.fake.take_requests().into_iter().partition(Recorded::is_write);
+    assert_eq!(
+        summary(&reads),
+        std::iter::once("GET /api/v1/namespaces/tailscale-gateway/secrets/oauth".to_string())
+            .chain(["web-0-config", "web-0", "web-1-config", "web-1"].map(|n| format!("GET {SECRETS}/{n}")))
+            .collect::<Vec<_>>(),
+        "no GET of owned objects but the Secrets of replicas without a key"
+    );
     let objects: Vec<String> = summary(&writes).into_iter().filter(|s| !s.contains("/events")).collect();
     assert_eq!(
         objects,
@@ -221,10 +244,12 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     }
     assert_eq!(h.ts.calls("list_devices"), 1);
 
-    // 2. Steady state: nothing changed, nothing written, no Tailscale call.
+    // 2. Steady state: nothing changed, nothing written, no Tailscale call; and nothing read
+    // from the API server either (the owned objects come from the stores).
     let calls = h.ts.total_calls();
+    h.fake.take_requests();
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(summary(&h.writes()), Vec::<String>::new(), "steady state writes nothing");
+    assert_eq!(summary(&h.fake.take_requests()), Vec::<String>::new(), "steady state sends no request");
     assert_eq!(h.ts.total_calls(), calls, "no Tailscale API call either");
 
     // 3. Proxies register: only the status changes; keys are not minted again.
@@ -279,6 +304,62 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
         Some(json!([{"op": "test", "path": "/metadata/finalizers/0", "value": endpoints::FINALIZER},
                                             {"op": "remove", "path": "/metadata/finalizers/0"}]))
     );
+}
+
+#[tokio::test]
+async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key() {
+    let epp = ep_path();
+    let h = harness();
+    h.fake.insert(&epp, endpoints_json(2));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let key = |i: i32| {
+        let config = h.fake.get(&format!("{SECRETS}/web-{i}-config")).unwrap_or_default();
+        let hujson: Value = serde_json::from_str(&unb64(&config["data"]["cap-107.hujson"])).unwrap_or_default();
+        hujson["AuthKey"].as_str().unwrap_or_default().to_string()
+    };
+    let keys = (key(0), key(1));
+    assert!(!keys.0.is_empty() && keys.0 != keys.1, "a key per replica: {keys:?}");
+    h.fake.take_requests();
+
+    // Reconciled again before any watch event reached the stores: they are still empty.
+    let ep = Arc::new(
+        serde_json::from_value::<TailscaleEndpoints>(h.fake.get(&format!("{epp}/web")).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    endpoints::reconcile(ep, h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.ts.state().auth_keys.len(), 2, "the keys on the API server are found, none minted");
+    assert_eq!((key(0), key(1)), keys, "and the config keeps them");
+    let writes: Vec<Recorded> = h.writes().into_iter().filter(|w| !w.is_event()).collect();
+    assert!(!writes.is_empty(), "stale stores make the objects look missing");
+    for w in &writes {
+        assert!(
+            w.method == "PATCH"
+                && (w.content_type.starts_with("application/apply-patch") || w.path.ends_with("/status")),
+            "only idempotent applies: {} {} ({})",
+            w.method,
+            w.path,
+            w.content_type
+        );
+    }
+
+    // Once the stores catch up, nothing is sent.
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary(&h.fake.take_requests()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn endpoints_wait_for_the_stores_initial_lists() {
+    let h = harness();
+    h.fake.insert(&ep_path(), endpoints_json(1));
+    let ep = h.endpoints();
+    // Stores whose reflectors have not listed yet.
+    let (stores, _writers) = owned::stores();
+    h.ctx.set_owned(stores);
+    h.fake.take_requests();
+    let error = endpoints::reconcile(ep, h.ctx.clone()).await.err().unwrap_or_else(|| panic!("expected an error"));
+    assert_eq!(error.metric_label(), "not_synced", "{error}");
+    assert_eq!(h.writes(), Vec::<Recorded>::new(), "nothing written from an empty picture");
+    assert_eq!(h.ts.state().auth_keys.len(), 0);
 }
 
 #[tokio::test]
@@ -548,11 +629,20 @@ async fn controllers_run_only_while_leader() {
     assert!(h.fake.requests().is_empty(), "a follower sends nothing");
     leader_tx.send_replace(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let watched: Vec<String> = h.fake.take_requests().into_iter().map(|r| r.path).collect();
+    let requests = h.fake.take_requests();
+    let watched: Vec<String> = requests.iter().map(|r| r.path.clone()).collect();
+    let owned = ["serviceaccounts", "roles", "rolebindings", "services", "statefulsets", "secrets"];
     for plural in
-        ["tailscaletailnets", <TailscaleEndpoints as kube::Resource>::plural(&()).as_ref(), "statefulsets", "secrets"]
+        ["tailscaletailnets", <TailscaleEndpoints as kube::Resource>::plural(&()).as_ref()].into_iter().chain(owned)
     {
         assert!(watched.iter().any(|p| p.ends_with(plural)), "leader watches {plural}: {watched:?}");
+    }
+    for plural in owned {
+        let listed = requests.iter().filter(|r| r.path.ends_with(&format!("/{plural}"))).collect::<Vec<_>>();
+        assert!(
+            listed.iter().all(|r| r.query.contains("labelSelector=tailscale-gateway.com%2Fendpoints")),
+            "only labelled {plural} are watched: {listed:?}"
+        );
     }
     leader_tx.send_replace(false);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -15,6 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::builders::{self, DeviceState, ObservedStatefulSet};
+use super::owned::{self, OwnedStores};
 use super::status::{self, Desired, READY};
 use super::{Context, Error, TailnetHandle, apply_status, delete_if_exists, ensure, instrumented};
 use crate::api::{TailscaleEndpoints, TailscaleEndpointsStatus};
@@ -50,27 +51,27 @@ pub fn error_policy(ep: Arc<TailscaleEndpoints>, _error: &Error, ctx: Arc<Contex
     Action::requeue(ctx.backoff(CONTROLLER, ObjectKey::of(&ep.metadata).to_string()))
 }
 
-/// What exists in the cluster for one TailscaleEndpoints.
+/// What exists in the cluster for one TailscaleEndpoints, as the owned-object stores have it.
 struct Observed {
-    service_account: Option<ServiceAccount>,
-    role: Option<Role>,
-    role_binding: Option<RoleBinding>,
-    service: Option<Service>,
-    stateful_set: Option<StatefulSet>,
+    service_account: Option<Arc<ServiceAccount>>,
+    role: Option<Arc<Role>>,
+    role_binding: Option<Arc<RoleBinding>>,
+    service: Option<Arc<Service>>,
+    stateful_set: Option<Arc<StatefulSet>>,
     /// Config Secrets by replica.
-    config: BTreeMap<i32, Secret>,
+    config: BTreeMap<i32, Arc<Secret>>,
     /// State Secrets by replica.
-    state: BTreeMap<i32, Secret>,
+    state: BTreeMap<i32, Arc<Secret>>,
 }
 
-async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, Error> {
-    let c = ctx.client.clone();
-    let secrets = Api::<Secret>::namespaced(c.clone(), ns)
-        .list(&ListParams::default().labels(&format!("{}={name}", builders::ENDPOINTS_LABEL)))
-        .await?;
+/// Reads what exists from the stores: no request to the API server.
+fn observe(stores: &OwnedStores, ns: &str, name: &str) -> Result<Observed, Error> {
+    if !stores.is_ready() {
+        return Err(Error::NotSynced);
+    }
     let mut config = BTreeMap::new();
     let mut state = BTreeMap::new();
-    for s in secrets.items {
+    for s in stores.secrets_of(ns, name) {
         match (builders::replica_index(&s), builders::is_config_secret(&s)) {
             (Some(i), Some(true)) => {
                 config.insert(i, s);
@@ -82,11 +83,11 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, Error>
         }
     }
     Ok(Observed {
-        service_account: Api::<ServiceAccount>::namespaced(c.clone(), ns).get_opt(name).await?,
-        role: Api::<Role>::namespaced(c.clone(), ns).get_opt(name).await?,
-        role_binding: Api::<RoleBinding>::namespaced(c.clone(), ns).get_opt(name).await?,
-        service: Api::<Service>::namespaced(c.clone(), ns).get_opt(&builders::proxy_service_name(name)).await?,
-        stateful_set: Api::<StatefulSet>::namespaced(c, ns).get_opt(name).await?,
+        service_account: owned::get(&stores.service_accounts, ns, name),
+        role: owned::get(&stores.roles, ns, name),
+        role_binding: owned::get(&stores.role_bindings, ns, name),
+        service: owned::get(&stores.services, ns, &builders::proxy_service_name(name)),
+        stateful_set: owned::get(&stores.stateful_sets, ns, name),
         config,
         state,
     })
@@ -116,18 +117,24 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         }
         Err(e) => return Err(e),
     };
-    let observed = observe(ctx, &ns, &name).await?;
+    let observed = observe(&ctx.owned(), &ns, &name)?;
     let c = ctx.client.clone();
     let mut created = Vec::new();
-    if ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service_account.as_ref(), &builders::service_account(ep))
-        .await?
-        .is_some()
+    if ensure(
+        ctx,
+        &Api::namespaced(c.clone(), &ns),
+        observed.service_account.as_deref(),
+        &builders::service_account(ep),
+    )
+    .await?
+    .is_some()
         && observed.service_account.is_none()
     {
         created.push("ServiceAccount");
     }
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_ref(), &builders::role(ep)).await?;
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_ref(), &builders::role_binding(ep)).await?;
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_deref(), &builders::role(ep)).await?;
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_deref(), &builders::role_binding(ep))
+        .await?;
 
     // Per-replica Secrets before the StatefulSet, so new pods find their config.
     let replicas = builders::replicas(ep);
@@ -136,26 +143,36 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
     let mut states: Vec<(i32, DeviceState)> = Vec::with_capacity(replicas as usize);
     for i in 0..replicas {
-        let state = observed.state.get(&i).map(builders::device_state).unwrap_or_default();
+        let mut config_secret = observed.config.get(&i).cloned();
+        let mut state_secret = observed.state.get(&i).cloned();
+        let mut state = state_secret.as_deref().map(builders::device_state).unwrap_or_default();
+        let mut auth_key = config_secret.as_deref().and_then(builders::existing_auth_key);
+        if auth_key.is_none() && state.node_id.is_none() {
+            // The stores trail the API server: a key written or a device registered a moment
+            // ago may not be in them yet. Ask before minting a key the replica does not need.
+            config_secret = secrets.get_opt(&builders::config_secret_name(&name, i)).await?.map(Arc::new);
+            state_secret = secrets.get_opt(&builders::state_secret_name(&name, i)).await?.map(Arc::new);
+            state = state_secret.as_deref().map(builders::device_state).unwrap_or_default();
+            auth_key = config_secret.as_deref().and_then(builders::existing_auth_key);
+        }
         let registered = state.node_id.is_some();
-        let mut auth_key = observed.config.get(&i).and_then(builders::existing_auth_key);
         if auth_key.is_none() && !registered {
             let key = handle.api.create_auth_key(&auth_key_request(ep, ctx, i)).await?;
             tracing::info!(endpoints = %key_of(ep), replica = i, key_id = %key.id, "created auth key");
             auth_key = Some(key.key);
         }
         let config = builders::tailscaled_config(&name, i, auth_key, if registered { &advertise } else { &[] });
-        ensure(ctx, &secrets, observed.config.get(&i), &builders::config_secret(ep, i, &config)?).await?;
-        ensure(ctx, &secrets, observed.state.get(&i), &builders::state_secret(ep, i)).await?;
+        ensure(ctx, &secrets, config_secret.as_deref(), &builders::config_secret(ep, i, &config)?).await?;
+        ensure(ctx, &secrets, state_secret.as_deref(), &builders::state_secret(ep, i)).await?;
         states.push((i, state));
     }
     let sts = builders::stateful_set(ep, &ctx.config.proxy_image);
-    let applied = ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_ref(), &sts).await?;
+    let applied = ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_deref(), &sts).await?;
     if applied.is_some() && observed.stateful_set.is_none() {
         created.push("StatefulSet");
     }
-    let sts_facts = applied.as_ref().or(observed.stateful_set.as_ref()).map(ObservedStatefulSet::of);
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_ref(), &builders::service(ep)).await?;
+    let sts_facts = applied.as_ref().or(observed.stateful_set.as_deref()).map(ObservedStatefulSet::of);
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_deref(), &builders::service(ep)).await?;
     if !created.is_empty() {
         ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
     }

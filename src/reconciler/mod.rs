@@ -11,6 +11,7 @@ pub mod builders;
 mod controller_tests;
 pub mod endpoints;
 pub mod metrics;
+pub mod owned;
 pub mod provision;
 pub mod services;
 pub mod status;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -124,6 +125,11 @@ pub enum Error {
     /// The object cannot be reconciled as written.
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The stores of owned objects have not received their initial lists (yet).
+    #[error(
+        "the caches of proxy objects (ServiceAccounts, Roles, RoleBindings, Services, StatefulSets, Secrets) have not synced"
+    )]
+    NotSynced,
     /// Encoding an object failed.
     #[error("encoding: {0}")]
     Encode(#[from] serde_json::Error),
@@ -142,6 +148,7 @@ impl Error {
             Error::TailnetNotFound(_) => "tailnet_not_found",
             Error::Credentials { .. } => "credentials",
             Error::Invalid(_) => "invalid",
+            Error::NotSynced => "not_synced",
             Error::Encode(_) => "encode",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
@@ -187,6 +194,8 @@ pub struct Context {
     /// Settings.
     pub config: Config,
     factory: Arc<dyn ApiFactory>,
+    /// Stores of the endpoints controller's owned objects, replaced on every leadership term.
+    owned: RwLock<owned::OwnedStores>,
     tailnets: Mutex<HashMap<String, Arc<TailnetHandle>>>,
     failures: Mutex<HashMap<(&'static str, String), u32>>,
 }
@@ -209,9 +218,22 @@ impl Context {
             metrics,
             config,
             factory,
+            // Never ready until the controllers (or a test) install stores with live writers.
+            owned: RwLock::new(owned::stores().0),
             tailnets: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The stores of owned objects in use.
+    pub fn owned(&self) -> owned::OwnedStores {
+        self.owned.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes reconciles read owned objects from `stores` (the controllers do this when they
+    /// start; tests and benchmarks with stores they fill themselves).
+    pub fn set_owned(&self, stores: owned::OwnedStores) {
+        *self.owned.write().unwrap_or_else(|p| p.into_inner()) = stores;
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TailnetHandle>>> {
@@ -468,28 +490,55 @@ fn stop_signal(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Se
 async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     use crate::api::{TailscaleEndpoints, TailscaleServices};
     use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use kube::runtime::{Controller, controller, watcher};
 
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(builders::ENDPOINTS_LABEL);
     let (ep_tx, ep_rx) = tokio::sync::mpsc::unbounded_channel();
     let (svc_tx, svc_rx) = tokio::sync::mpsc::unbounded_channel();
     let triggers = tokio::spawn(triggers::run(ctx.cache.clone(), ep_tx, svc_tx, stop_signal(stop.clone())));
     let cfg = controller::Config::default().debounce(Duration::from_millis(500)).concurrency(8);
+
+    // Owned objects: one reflector per kind fills the store reconciles read, and its touched
+    // objects trigger their owners (so an edit or deletion of a proxy object is repaired).
+    let (stores, w) = owned::stores();
+    let sel = owned::watch_config;
+    let (sa_task, sa) = owned::reflect(Api::<ServiceAccount>::all(client.clone()), sel(), w.service_accounts);
+    let (role_task, roles) = owned::reflect(Api::<Role>::all(client.clone()), sel(), w.roles);
+    let (rb_task, rbs) = owned::reflect(Api::<RoleBinding>::all(client.clone()), sel(), w.role_bindings);
+    let (svc_task, svcs) = owned::reflect(Api::<Service>::all(client.clone()), sel(), w.services);
+    let (sts_task, stss) = owned::reflect(Api::<StatefulSet>::all(client.clone()), sel(), w.stateful_sets);
+    let (secret_task, secrets) = owned::reflect(Api::<Secret>::all(client.clone()), sel(), w.secrets);
+    let reflectors = [sa_task, role_task, rb_task, svc_task, sts_task, secret_task];
+    ctx.set_owned(stores.clone());
 
     let tailnets = Controller::new(Api::<TailscaleTailnet>::all(client.clone()), watcher::Config::default())
         .with_config(cfg.clone())
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(tailnet::reconcile, tailnet::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("tailnet", r) });
-    let endpoints = Controller::new(Api::<TailscaleEndpoints>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned)
-        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(ep_rx))
-        .with_config(cfg.clone())
-        .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(endpoints::reconcile, endpoints::error_policy, ctx.clone())
-        .for_each(|r| async move { log_result("endpoints", r) });
+    let endpoints = {
+        let (ctx, client, cfg, stop) = (ctx.clone(), client.clone(), cfg.clone(), stop.clone());
+        async move {
+            if !owned_synced(&stores, stop.clone()).await {
+                return;
+            }
+            Controller::new(Api::<TailscaleEndpoints>::all(client), watcher::Config::default())
+                .owns_stream(sa)
+                .owns_stream(roles)
+                .owns_stream(rbs)
+                .owns_stream(svcs)
+                .owns_stream(stss)
+                .owns_stream(secrets)
+                .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(ep_rx))
+                .with_config(cfg)
+                .graceful_shutdown_on(stop_signal(stop))
+                .run(endpoints::reconcile, endpoints::error_policy, ctx)
+                .for_each(|r| async move { log_result("endpoints", r) })
+                .await
+        }
+    };
     let services = Controller::new(Api::<TailscaleServices>::all(client.clone()), watcher::Config::default())
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(svc_rx))
         .with_config(cfg)
@@ -498,6 +547,31 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         .for_each(|r| async move { log_result("services", r) });
     tokio::join!(tailnets, endpoints, services);
     triggers.abort();
+    for task in reflectors {
+        task.abort();
+    }
+}
+
+/// Waits for the owned-object stores' initial lists, saying every 30 s what it waits for. `false`
+/// when `stop` came first.
+async fn owned_synced(stores: &owned::OwnedStores, mut stop: watch::Receiver<bool>) -> bool {
+    let started = Instant::now();
+    let ready = stores.ready();
+    tokio::pin!(ready);
+    loop {
+        tokio::select! {
+            ok = &mut ready => {
+                tracing::info!(after = ?started.elapsed(), "proxy object caches synced; starting the endpoints controller");
+                return ok;
+            }
+            _ = stop.wait_for(|s| *s) => return false,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!(
+                waited = ?started.elapsed(),
+                "endpoints controller waits for its caches: can this server list and watch labelled \
+                 ServiceAccounts, Roles, RoleBindings, Services, StatefulSets and Secrets?"
+            ),
+        }
+    }
 }
 
 fn log_result<K: Resource, E: std::fmt::Display>(

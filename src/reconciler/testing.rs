@@ -13,7 +13,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::{ApiFactory, OAuthCredentials};
+use kube::runtime::reflector::store::Writer;
+
+use super::owned::{self, OwnedWriters};
+use super::{ApiFactory, OAuthCredentials, builders};
 use crate::api::TailscaleTailnet;
 use crate::tailscale::{ApiError, ApiFuture, AuthKey, AuthKeyRequest, Device, TailscaleApi, VipService};
 
@@ -353,6 +356,20 @@ impl FakeKube {
         self.lock().objects.get(path).cloned()
     }
 
+    /// Every object of one resource (by its plural, e.g. `secrets`), in every namespace.
+    pub fn list_all(&self, plural: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(path, _)| {
+                parse_path(path).is_some_and(|t| {
+                    t.collection.ends_with(&format!("/{plural}")) && t.name.is_some() && t.subresource.is_none()
+                })
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()
@@ -492,6 +509,28 @@ impl FakeKube {
             _ => (405, status_body(405, "MethodNotAllowed", format!("{} {}", rec.method, rec.path))),
         }
     }
+}
+
+/// Refills `writers`' stores with the owned objects `fake` holds now (those carrying the
+/// endpoints label), as reflectors that have caught up would.
+pub fn sync_owned(fake: &FakeKube, writers: &mut OwnedWriters) {
+    fn fill<K>(fake: &FakeKube, writer: &mut Writer<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let objects = fake
+            .list_all(&K::plural(&()))
+            .into_iter()
+            .filter(|o| labels_match(o, builders::ENDPOINTS_LABEL))
+            .filter_map(|o| serde_json::from_value::<K>(o).ok());
+        owned::relist(writer, objects);
+    }
+    fill(fake, &mut writers.service_accounts);
+    fill(fake, &mut writers.roles);
+    fill(fake, &mut writers.role_bindings);
+    fill(fake, &mut writers.services);
+    fill(fake, &mut writers.stateful_sets);
+    fill(fake, &mut writers.secrets);
 }
 
 /// A `kube::Client` answered by `fake` (no sockets).
