@@ -232,6 +232,8 @@ async fn run() -> Vec<Row> {
     if let Ok(h) = b.ctx.tailnet_api("corp").await {
         let _ = b.ctx.devices_max_age(&h, Duration::ZERO).await;
     }
+    // The state Secrets' watch events reach the reconciler's stores.
+    b.sync_cache();
     rows.push(phase(&b, "endpoints: devices registered", ENDPOINTS, |i| ep(&b, i)).await);
     b.sync_cache();
     rows.push(phase(&b, "services: create VIP", SERVICES, |j| svc(&b, j)).await);
