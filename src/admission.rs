@@ -571,7 +571,7 @@ where
             webhook = webhook.label(),
             kind,
             uid = &*request.uid,
-            message = decision.message.as_deref().unwrap_or_default(),
+            reason = decision.message.as_deref().unwrap_or_default(),
             "denied"
         );
     }

@@ -2,14 +2,17 @@
 //! re-read when it changes; certificates (CA, serving, admin client) and a kubeconfig for
 //! `kubectl` are created in a state directory and reused on the next start.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
-use crate::core::{Kind, Resource};
-use crate::manifest::{self, Severity};
+use crate::core::{Kind, ObjectKey, Resource};
+use crate::manifest::{self, LastGood, Severity};
 use crate::pki::{Ca, CertPair};
 
 /// Certificates of a local-mode server.
@@ -136,41 +139,75 @@ pub struct LoadSummary {
     pub rejected: usize,
 }
 
-/// Loads `dir` into the cache, replacing what an earlier load put there. Bad documents are
-/// logged with file and document index and skipped.
-pub fn load_dir(cache: &Cache, dir: &Path) -> LoadSummary {
-    let loaded = manifest::load(&[dir.to_path_buf()], "default");
-    let mut summary = LoadSummary::default();
-    for p in &loaded.problems {
-        match p.severity {
-            Severity::Error => {
-                summary.rejected += 1;
-                tracing::warn!(file = %p.source.path.display(), document = p.source.document, message = %p.message, "skipped invalid document");
+/// A folder of manifests served in local mode, with what earlier loads of it left: the last
+/// valid version of every document, and when each object was first seen.
+#[derive(Debug)]
+pub struct LocalDir {
+    dir: PathBuf,
+    last_good: LastGood,
+    first_seen: HashMap<(Kind, ObjectKey), Time>,
+}
+
+impl LocalDir {
+    /// A folder not loaded yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), last_good: LastGood::new(), first_seen: HashMap::new() }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the folder into the cache, replacing what an earlier load put there. Bad documents
+    /// are logged with file and document index; one that had a valid version before keeps it
+    /// (as a cluster keeps an object whose update it rejects), the others are skipped. An
+    /// object's `creationTimestamp`, unless its manifest sets one, is when this server first saw
+    /// it, so AGE counts from then and an edit elsewhere in its file changes nothing about it.
+    pub fn load(&mut self, cache: &Cache) -> LoadSummary {
+        self.load_at(cache, jiff::Timestamp::now())
+    }
+
+    fn load_at(&mut self, cache: &Cache, now: jiff::Timestamp) -> LoadSummary {
+        let loaded = manifest::load_keeping(std::slice::from_ref(&self.dir), "default", &self.last_good);
+        let mut summary = LoadSummary::default();
+        for p in &loaded.problems {
+            match p.severity {
+                Severity::Error => {
+                    summary.rejected += 1;
+                    tracing::warn!(file = %p.source.path.display(), document = p.source.document, error = %p.message, "rejected document");
+                }
+                Severity::Warning => {
+                    tracing::info!(file = %p.source.path.display(), document = p.source.document, warning = %p.message, "document accepted with a warning")
+                }
             }
-            Severity::Warning => {
-                tracing::info!(file = %p.source.path.display(), document = p.source.document, message = %p.message, "warning")
+        }
+        let now = Time(now.round(jiff::Unit::Second).unwrap_or(now));
+        let mut first_seen = HashMap::with_capacity(loaded.resources.len());
+        let mut last_good = LastGood::new();
+        let mut by_kind: Vec<Vec<Resource>> = vec![Vec::new(); Kind::ALL.len()];
+        for (source, mut res) in loaded.resources {
+            let id = (res.kind(), res.key());
+            let seen = self.first_seen.get(&id).cloned().unwrap_or_else(|| now.clone());
+            let meta = res.meta_mut();
+            if meta.creation_timestamp.is_none() {
+                meta.creation_timestamp = Some(seen.clone());
+            }
+            first_seen.insert(id, seen);
+            last_good.insert((source.path, source.document), res.clone());
+            if let Some(i) = Kind::ALL.iter().position(|k| *k == res.kind()) {
+                by_kind[i].push(res);
             }
         }
-    }
-    let mut by_kind: Vec<Vec<Resource>> = vec![Vec::new(); Kind::ALL.len()];
-    for (source, mut res) in loaded.resources {
-        let meta = res.meta_mut();
-        if meta.creation_timestamp.is_none() {
-            // Stable across reloads of an unchanged file, so AGE columns make sense.
-            let modified = std::fs::metadata(&source.path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-            meta.creation_timestamp = jiff::Timestamp::try_from(modified).ok().map(|t| {
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.round(jiff::Unit::Second).unwrap_or(t))
-            });
+        // Objects no longer in any manifest are forgotten: back later, they are new again.
+        self.first_seen = first_seen;
+        self.last_good = last_good;
+        for (kind, objects) in Kind::ALL.into_iter().zip(by_kind) {
+            summary.objects += objects.len();
+            cache.reset(kind, objects);
         }
-        if let Some(i) = Kind::ALL.iter().position(|k| *k == res.kind()) {
-            by_kind[i].push(res);
-        }
+        summary
     }
-    for (kind, objects) in Kind::ALL.into_iter().zip(by_kind) {
-        summary.objects += objects.len();
-        cache.reset(kind, objects);
-    }
-    summary
 }
 
 /// A cheap fingerprint of a folder: every manifest's path, size and modification time.
@@ -188,15 +225,124 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 /// Reloads `dir` into the cache whenever a manifest is added, removed or changed.
-pub async fn watch_dir(cache: Cache, dir: PathBuf, every: Duration, stop: CancellationToken) {
-    let mut last = fingerprint(&dir);
+pub async fn watch_dir(cache: Cache, mut dir: LocalDir, every: Duration, stop: CancellationToken) {
+    let mut last = fingerprint(dir.path());
     crate::poll::every(every, &stop, || {
-        let now = fingerprint(&dir);
+        let now = fingerprint(dir.path());
         if now != last {
-            let summary = load_dir(&cache, &dir);
-            tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "reloaded local manifests");
+            let summary = dir.load(&cache);
+            tracing::info!(dir = %dir.path().display(), objects = summary.objects, rejected = summary.rejected, "reloaded local manifests");
             last = now;
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAILNET: &str = "apiVersion: gateway.tailscale.com/v1alpha1\nkind: TailscaleTailnet\nmetadata: {name: corp}\nspec: {oauthSecretRef: {name: oauth}}\n";
+
+    fn services(name: &str, vip: &str, strategy: &str) -> String {
+        format!(
+            "apiVersion: gateway.tailscale.com/v1alpha1\nkind: TailscaleServices\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  vipService: {{name: \"svc:{vip}\", ports: [\"tcp:443\"]}}\n  loadBalancing: {{strategy: {strategy}}}\n"
+        )
+    }
+
+    fn at(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn created(cache: &Cache, name: &str) -> Option<jiff::Timestamp> {
+        let idx = cache.read();
+        idx.services(&ObjectKey::new("default", name))?.metadata.creation_timestamp.as_ref().map(|t| t.0)
+    }
+
+    fn strategy(cache: &Cache, name: &str) -> Option<String> {
+        let idx = cache.read();
+        idx.services(&ObjectKey::new("default", name))?.spec.load_balancing.as_ref()?.strategy.clone()
+    }
+
+    #[test]
+    fn objects_are_as_old_as_this_server_has_known_them() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |text: String| std::fs::write(dir.path().join("svc.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+        write(format!("{}---\n{TAILNET}", services("a", "a", "round-robin")));
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        local.load_at(&cache, at(0));
+        assert_eq!(created(&cache, "a"), Some(at(0)));
+
+        // An edit of `a`, and a new object `b` in the same file.
+        write(format!("{}---\n{}", services("a", "a", "least-request"), services("b", "b", "round-robin")));
+        let before = cache.read().revision();
+        local.load_at(&cache, at(60));
+        assert!(cache.read().revision() > before);
+        assert_eq!(strategy(&cache, "a").as_deref(), Some("least-request"));
+        assert_eq!((created(&cache, "a"), created(&cache, "b")), (Some(at(0)), Some(at(60))));
+
+        // A reload with nothing changed changes nothing, not even the cache's revision.
+        let before = cache.read().revision();
+        local.load_at(&cache, at(120));
+        assert_eq!(cache.read().revision(), before);
+
+        // Gone and back: new again.
+        write(services("b", "b", "round-robin"));
+        local.load_at(&cache, at(180));
+        assert_eq!(created(&cache, "a"), None);
+        write(format!("{}---\n{}", services("a", "a", "least-request"), services("b", "b", "round-robin")));
+        local.load_at(&cache, at(240));
+        assert_eq!((created(&cache, "a"), created(&cache, "b")), (Some(at(240)), Some(at(60))));
+    }
+
+    #[test]
+    fn a_document_that_turns_bad_keeps_its_last_valid_version_and_its_claims() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let main = dir.path().join("services.yaml");
+        std::fs::create_dir_all(dir.path().join("more")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&main, services("web", "web", "round-robin")).unwrap_or_else(|e| panic!("{e}"));
+        // A deeper file claiming the same VIP name: rejected while `web` holds it.
+        std::fs::write(dir.path().join("more/copy.yaml"), services("copy", "web", "round-robin"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        assert_eq!(local.load(&cache), LoadSummary { objects: 1, rejected: 1 });
+
+        for bad in [
+            services("web", "web", "round-robn"),                     // fails a rule
+            services("web", "web", "[round-robin]"),                  // fails its type
+            "kind: TailscaleServices\nmetadata: {name: web\n".into(), // fails YAML
+        ] {
+            std::fs::write(&main, bad).unwrap_or_else(|e| panic!("{e}"));
+            let summary = local.load(&cache);
+            assert_eq!(summary, LoadSummary { objects: 1, rejected: 2 }, "the bad update and the copy are rejected");
+            assert_eq!(strategy(&cache, "web").as_deref(), Some("round-robin"), "the last valid version is served");
+            assert!(cache.read().services(&ObjectKey::new("default", "copy")).is_none(), "and keeps its VIP name");
+            let loaded = manifest::load_keeping(&[dir.path().to_path_buf()], "default", &local.last_good);
+            assert!(
+                loaded.problems.iter().any(|p| p.message.ends_with("still serving its last valid version")),
+                "{:?}",
+                loaded.problems
+            );
+        }
+
+        // Removing the document is a deletion: the copy may have the name now.
+        std::fs::write(&main, TAILNET).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(local.load(&cache), LoadSummary { objects: 2, rejected: 0 });
+        assert!(cache.read().services(&ObjectKey::new("default", "web")).is_none());
+        assert_eq!(strategy(&cache, "copy").as_deref(), Some("round-robin"));
+    }
+
+    #[test]
+    fn without_a_valid_past_a_bad_document_is_only_skipped() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("s.yaml"), services("web", "web", "round-robn"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        assert_eq!(local.load(&cache), LoadSummary { objects: 0, rejected: 1 });
+        let loaded = manifest::load_keeping(&[dir.path().to_path_buf()], "default", &local.last_good);
+        assert!(loaded.problems.iter().all(|p| !p.message.contains("still serving")), "{:?}", loaded.problems);
+    }
 }

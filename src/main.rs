@@ -140,7 +140,9 @@ fn main() -> ExitCode {
                     }
                 };
                 if let Some(kc) = &running.kubeconfig {
-                    eprintln!("kubeconfig for kubectl: export KUBECONFIG={}", kc.display());
+                    // Absolute, so the line works from any directory.
+                    let kc = std::path::absolute(kc).unwrap_or_else(|_| kc.clone());
+                    tracing::info!(kubeconfig = %kc.display(), "kubeconfig for kubectl: export KUBECONFIG={}", kc.display());
                 }
                 runtime::shutdown_signal().await;
                 tracing::info!("shutting down");

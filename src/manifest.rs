@@ -23,9 +23,16 @@ pub struct Source {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (document {})", self.path.display(), self.document)
+        match self.document {
+            // The file as a whole (it could not be read).
+            0 => write!(f, "{}", self.path.display()),
+            n => write!(f, "{} (document {n})", self.path.display()),
+        }
     }
 }
+
+/// How standard input is named in problems (`-f -`).
+pub const STDIN: &str = "<stdin>";
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,36 +203,84 @@ impl ClusterView for SetView {
 /// `default_namespace`. When two TailscaleServices claim one VIP name, the first (in file order)
 /// wins and the others are rejected.
 pub fn load(paths: &[PathBuf], default_namespace: &str) -> Loaded {
+    load_keeping(paths, default_namespace, &BTreeMap::new())
+}
+
+/// The last valid object read from each document (file and index): what [`load_keeping`] falls
+/// back to.
+pub type LastGood = BTreeMap<(PathBuf, usize), Resource>;
+
+/// [`load`], except that a document which fails to read, parse or validate but had a valid
+/// version in `previous` keeps that version (an error is still reported, saying so), as a cluster
+/// keeps the stored object when an update is rejected. Local mode reloads this way.
+pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastGood) -> Loaded {
     let mut loaded = Loaded::default();
-    let files = match collect_files(paths) {
-        Ok(f) => f,
-        Err(e) => {
-            let path = paths.first().cloned().unwrap_or_default();
-            loaded.problems.push(Problem {
-                source: Source { path, document: 0 },
+    let kept = |source: &Source| previous.get(&(source.path.clone(), source.document)).cloned();
+    let keeping =
+        |message: String, source: &Source| match previous.contains_key(&(source.path.clone(), source.document)) {
+            true => format!("{message}; still serving its last valid version"),
+            false => message,
+        };
+    // Every path on its own, so one that does not exist is named and the others still load.
+    let mut found = BTreeSet::new();
+    let mut stdin = false;
+    for path in paths {
+        if path.as_os_str() == "-" {
+            stdin = true;
+            continue;
+        }
+        match collect_files(std::slice::from_ref(path)) {
+            Ok(files) => found.extend(files),
+            Err(e) => loaded.problems.push(Problem {
+                source: Source { path: path.clone(), document: 0 },
                 severity: Severity::Error,
                 message: e.to_string(),
-            });
-            return loaded;
+            }),
         }
-    };
-    loaded.files = files.len();
+    }
+    let mut files: Vec<PathBuf> = found.into_iter().collect();
+    files.sort_by_key(|p| p.components().count());
+    let mut texts: Vec<(PathBuf, std::io::Result<String>)> = Vec::with_capacity(files.len() + 1);
+    if stdin {
+        texts.push((PathBuf::from(STDIN), std::io::read_to_string(std::io::stdin())));
+    }
+    texts.extend(files.into_iter().map(|p| {
+        let text = std::fs::read_to_string(&p);
+        (p, text)
+    }));
+    loaded.files = texts.len();
     let mut parsed: Vec<(Source, Resource)> = Vec::new();
-    for path in &files {
-        let text = match std::fs::read_to_string(path) {
+    for (path, text) in &texts {
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
+                let from_file: Vec<(Source, Resource)> = previous
+                    .range((path.clone(), 0)..)
+                    .take_while(|((p, _), _)| p == path)
+                    .map(|((p, document), r)| (Source { path: p.clone(), document: *document }, r.clone()))
+                    .collect();
+                let message = match from_file.len() {
+                    0 => e.to_string(),
+                    n => format!("{e}; still serving the last valid version of its {n} object(s)"),
+                };
                 loaded.problems.push(Problem {
                     source: Source { path: path.clone(), document: 0 },
                     severity: Severity::Error,
-                    message: e.to_string(),
+                    message,
                 });
+                parsed.extend(from_file);
                 continue;
             }
         };
-        for doc in parse_file(path, &text) {
+        for doc in parse_file(path, text) {
             match doc {
-                Err(p) => loaded.problems.push(p),
+                Err(mut p) => {
+                    p.message = keeping(p.message, &p.source);
+                    if let Some(r) = kept(&p.source) {
+                        parsed.push((p.source.clone(), r));
+                    }
+                    loaded.problems.push(p);
+                }
                 Ok((source, value)) => {
                     let kind_hint = value.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
                     let name_hint =
@@ -236,11 +291,16 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> Loaded {
                             parsed.push((source, r));
                         }
                         Err(ParseError::NotOurs { .. }) => loaded.foreign += 1,
-                        Err(ParseError::Invalid(e)) => loaded.problems.push(Problem {
-                            source,
-                            severity: Severity::Error,
-                            message: summarize(&kind_hint, &name_hint, &[e]),
-                        }),
+                        Err(ParseError::Invalid(e)) => {
+                            if let Some(r) = kept(&source) {
+                                parsed.push((source.clone(), r));
+                            }
+                            loaded.problems.push(Problem {
+                                message: keeping(summarize(&kind_hint, &name_hint, &[e]), &source),
+                                source,
+                                severity: Severity::Error,
+                            });
+                        }
                     }
                 }
             }
@@ -261,21 +321,34 @@ pub fn load(paths: &[PathBuf], default_namespace: &str) -> Loaded {
             });
             continue;
         }
-        let verdict = review(&res, None, &view);
+        let mut res = res;
+        let mut verdict = review(&res, None, &view);
+        if !verdict.errors.is_empty() {
+            let message = summarize(res.kind().name(), &key.to_string(), &verdict.errors);
+            // The version of this object that passed last time, if it still passes (and is not
+            // this one). A document that now names another object gets no fallback.
+            let same_object = |prev: &Resource| prev.kind() == res.kind() && prev.key() == key && *prev != res;
+            let fallback = kept(&source).filter(same_object).and_then(|prev| {
+                let v = review(&prev, None, &view);
+                v.errors.is_empty().then_some((prev, v))
+            });
+            let Some((prev, v)) = fallback else {
+                loaded.problems.push(Problem { source, severity: Severity::Error, message });
+                continue;
+            };
+            loaded.problems.push(Problem {
+                source: source.clone(),
+                severity: Severity::Error,
+                message: format!("{message}; still serving its last valid version"),
+            });
+            (res, verdict) = (prev, v);
+        }
         for w in verdict.warnings {
             loaded.problems.push(Problem {
                 source: source.clone(),
                 severity: Severity::Warning,
                 message: format!("{} {key}: {w}", res.kind()),
             });
-        }
-        if !verdict.errors.is_empty() {
-            loaded.problems.push(Problem {
-                source,
-                severity: Severity::Error,
-                message: summarize(res.kind().name(), &key.to_string(), &verdict.errors),
-            });
-            continue;
         }
         if let Resource::Services(s) = &res
             && let Some(vip) = vip_service_name(s)

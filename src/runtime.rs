@@ -32,7 +32,7 @@ use crate::server::tls::{self, CertStore};
 pub struct ServeArgs {
     /// HTTPS address for webhooks and the aggregated API [default: 0.0.0.0:8443, or
     /// 127.0.0.1:8443 with --local].
-    #[arg(long, env = "TSGW_LISTEN")]
+    #[arg(long, env = "TSGW_LISTEN", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Serving certificate (PEM); reloaded when the file changes. Self-generated when omitted.
     #[arg(long, env = "TSGW_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -56,7 +56,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub local_poll_interval: Duration,
     /// Envoy Gateway extension (gRPC) address [default: 0.0.0.0:5005, or 127.0.0.1:5005 with --local].
-    #[arg(long, env = "TSGW_XDS_ADDR")]
+    #[arg(long, env = "TSGW_XDS_ADDR", value_parser = parse_listen)]
     pub xds_addr: Option<SocketAddr>,
     /// Extension server certificate (PEM), reloaded when the file changes; plain gRPC when omitted.
     #[arg(long, requires = "xds_tls_key")]
@@ -143,6 +143,22 @@ impl ServeArgs {
             webhook_config_name: crate::install::WEBHOOK_CONFIG_NAME.into(),
             apiservice_name: crate::install::APISERVICE_NAME.into(),
         }
+    }
+}
+
+/// A listen address: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` for every interface
+/// (the form Kubernetes components take).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let want = || format!("{s:?} is no listen address: want IP:PORT, e.g. 0.0.0.0:8443, 127.0.0.1:8443 or :8443");
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(want)?;
+    let port: u16 = port.parse().map_err(|_| want())?;
+    match host {
+        "" => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        "localhost" => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        _ => Err(want()),
     }
 }
 
@@ -305,6 +321,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let admission_metrics = AdmissionMetrics::register(&mut registry);
     let xds_metrics = crate::xds::XdsMetrics::register(&mut registry);
 
+    if let Some(dir) = &args.local {
+        std::fs::metadata(dir).with_context(|| {
+            format!("--local {}: want a folder (or file) of manifests, e.g. examples/", dir.display())
+        })?;
+    }
     let local = args.local.is_some();
     let listen = args.listen.unwrap_or_else(|| {
         if local { SocketAddr::from(([127, 0, 0, 1], 8443)) } else { SocketAddr::from(([0, 0, 0, 0], 8443)) }
@@ -399,9 +420,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             None => crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?.ca.cert_pem,
         };
         aggregated_auth = Auth::local(&ca_pem).map_err(anyhow::Error::msg)?;
-        let summary = crate::local::load_dir(&cache, dir);
+        let mut local_dir = crate::local::LocalDir::new(dir);
+        let summary = local_dir.load(&cache);
         tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
-        tasks.spawn(crate::local::watch_dir(cache.clone(), dir.clone(), args.local_poll_interval, stop.clone()));
+        tasks.spawn(crate::local::watch_dir(cache.clone(), local_dir, args.local_poll_interval, stop.clone()));
     } else {
         let client = kube_client.context("no Kubernetes client")?;
         let delegated = Arc::new(Delegated::new(client.clone()));
@@ -552,5 +574,18 @@ mod tests {
             assert!(err.contains("longer than 0s"), "{zero}: {err}");
         }
         assert!(super::parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_take_the_kubernetes_forms() {
+        let ok = |s: &str| super::parse_listen(s).map(|a| a.to_string());
+        assert_eq!(ok("127.0.0.1:8443").as_deref(), Ok("127.0.0.1:8443"));
+        assert_eq!(ok("[::1]:8443").as_deref(), Ok("[::1]:8443"));
+        assert_eq!(ok(":8443").as_deref(), Ok("0.0.0.0:8443"));
+        assert_eq!(ok("localhost:0").as_deref(), Ok("127.0.0.1:0"));
+        for bad in ["8443", "example.com:8443", ":http", "", "1.2.3.4:70000"] {
+            let err = super::parse_listen(bad).err().unwrap_or_default();
+            assert!(err.contains("want IP:PORT, e.g. 0.0.0.0:8443"), "{bad:?}: {err}");
+        }
     }
 }

@@ -57,3 +57,40 @@ fn missing_path_is_an_error() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("No such file"), "{out}");
 }
+
+#[test]
+fn a_missing_path_is_named_and_the_others_still_load() {
+    let (code, out) = check(&["-f", "does/not/exist/", "-f", "examples/tailnets.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does/not/exist/: error: No such file"), "the path alone, no document index: {out}");
+    assert!(out.contains("1 file(s): 2 valid object(s), 1 rejected"), "{out}");
+}
+
+#[test]
+fn standard_input_is_read_with_dash() {
+    use std::io::Write;
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+            .args(["check", "-f", "-"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running check: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let good = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tailnets.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, out) = run(&good);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 file(s): 2 valid object(s), 0 rejected"), "{out}");
+    let (code, out) = run(
+        "apiVersion: gateway.tailscale.com/v1alpha1\nkind: TailscaleEndpoints\nmetadata: {name: x}\nspec: {tailnet: corp, proxy: {connectionType: sideways}}\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("<stdin> (document 1): error: "), "{out}");
+}

@@ -227,7 +227,7 @@ async fn run<T: View>(
                         }
                     }
                     Err(message) => {
-                        tracing::info!(%message, "watcher fell behind the event log");
+                        tracing::info!(reason = %message, "watcher fell behind the event log");
                         let _ = send(error_line(StatusCode::GONE, &message)).await;
                         return;
                     }

@@ -51,7 +51,8 @@ pub(crate) async fn accept(listener: &TcpListener, stop: &CancellationToken) -> 
                     return Some((tcp, peer));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, listener = ?listener.local_addr().ok(), "accept failed");
+                    let listener = listener.local_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+                    tracing::warn!(%error, %listener, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -351,7 +351,8 @@ pub async fn serve_on(
     .max_encoding_message_size(opts.max_message_size);
     let router =
         Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).add_service(health).add_service(svc);
-    tracing::info!(addr = ?local, tls = opts.tls.is_some(), max_message_size = opts.max_message_size, "xds: extension server listening");
+    let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    tracing::info!(%addr, tls = opts.tls.is_some(), max_message_size = opts.max_message_size, "extension server listening");
     let result = match &opts.tls {
         None => {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
