@@ -357,6 +357,25 @@ fn resolve<'r>(payload: &'r Payload<'_>, req: &AdmissionRequest<'_>) -> Option<R
     Some(res.map(Cow::Owned))
 }
 
+/// `metadata.name` (or `generateName`) of an object kept raw because it does not fit its type,
+/// for naming it in the denial.
+fn raw_name(payload: &Payload<'_>) -> String {
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        generate_name: Option<String>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Named {
+        metadata: Meta,
+    }
+    let Payload::Raw(raw) = payload else { return String::new() };
+    let meta = serde_json::from_str::<Named>(raw.get()).unwrap_or_default().metadata;
+    meta.name.or(meta.generate_name).unwrap_or_default()
+}
+
 /// Decides a validating review. Pure apart from reading `view`.
 pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision {
     let Some(kind) = our_kind(req) else { return Decision::allow() };
@@ -368,7 +387,7 @@ pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision 
     };
     let res = match parsed {
         Ok(res) => res,
-        Err(ParseError::Invalid(e)) => return Decision::deny(summarize(kind.name(), "", &[e])),
+        Err(ParseError::Invalid(e)) => return Decision::deny(summarize(kind.name(), &raw_name(&req.object), &[e])),
         Err(e @ ParseError::NotOurs { .. }) => return Decision::deny(e.to_string()),
     };
     // Never block an object on its way out (finalizer removal after a rule change).
@@ -676,7 +695,11 @@ mod tests {
         let d = validate(&r, &NoCluster);
         assert!(!d.allowed);
         let msg = d.message.unwrap_or_default();
-        assert!(msg.contains("spec.proxy.replicas"), "{msg}");
+        assert_eq!(
+            msg,
+            r#"TailscaleEndpoints "e" is invalid: spec.proxy.replicas: Invalid value: invalid type: string "two", expected an integer"#,
+            "named, with no position in JSON the user never wrote and no Rust type"
+        );
     }
 
     #[test]

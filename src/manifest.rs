@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::api::API_VERSION;
+use crate::core::field::FieldError;
 use crate::core::resource::{ParseError, vip_service_name};
+use crate::core::unknown::unknown_fields;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, ObjectKey, Resource, field::summarize};
 
@@ -283,9 +286,37 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                 }
                 Ok((source, value)) => {
                     let kind_hint = value.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
-                    let name_hint =
-                        value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let name_hint = format!(
+                        "{}/{}",
+                        value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_namespace),
+                        value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+                    );
+                    // Strict field validation, as `kubectl apply` has by default: a misspelt
+                    // field is an error, not silently dropped.
+                    let unknown: Vec<FieldError> = Kind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == kind_hint && value.get("apiVersion") == Some(&Value::from(API_VERSION)))
+                        .map(|k| unknown_fields(k, &value))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|path| FieldError::unknown(path, format!("{kind_hint} {API_VERSION} has no such field")))
+                        .collect();
                     match Resource::from_value(value) {
+                        Ok(r) if !unknown.is_empty() => {
+                            let key = {
+                                let mut r = r;
+                                r.default_namespace(default_namespace);
+                                r.key()
+                            };
+                            if let Some(r) = kept(&source) {
+                                parsed.push((source.clone(), r));
+                            }
+                            loaded.problems.push(Problem {
+                                message: keeping(summarize(&kind_hint, &key.to_string(), &unknown), &source),
+                                source,
+                                severity: Severity::Error,
+                            });
+                        }
                         Ok(mut r) => {
                             r.default_namespace(default_namespace);
                             parsed.push((source, r));

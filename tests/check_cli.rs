@@ -45,7 +45,8 @@ fn every_invalid_example_is_rejected_with_its_field() {
             out.contains("error: ") && out.contains(": Invalid value")
                 || out.contains(": Required value")
                 || out.contains(": Unsupported value")
-                || out.contains(": Duplicate value"),
+                || out.contains(": Duplicate value")
+                || out.contains(": Unknown field"),
             "{path}: {out}"
         );
     }
@@ -93,4 +94,14 @@ fn standard_input_is_read_with_dash() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("<stdin> (document 1): error: "), "{out}");
+}
+
+#[test]
+fn misspelt_fields_are_rejected_as_kubectl_apply_would() {
+    let (code, out) = check(&["-f", "examples/invalid/unknown-field.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("TailscaleEndpoints \"default/typo-endpoints\" is invalid: [spec.ports[0].protocl: Unknown field: TailscaleEndpoints gateway.tailscale.com/v1alpha1 has no such field, spec.prots: Unknown field"),
+        "{out}"
+    );
 }

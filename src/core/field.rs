@@ -75,6 +75,8 @@ pub enum ErrorType {
     Forbidden,
     /// Too many items.
     TooMany,
+    /// A field the schema does not declare (what strict field validation rejects).
+    Unknown,
 }
 
 impl ErrorType {
@@ -86,6 +88,7 @@ impl ErrorType {
             ErrorType::NotSupported => "Unsupported value",
             ErrorType::Forbidden => "Forbidden",
             ErrorType::TooMany => "Too many",
+            ErrorType::Unknown => "Unknown field",
         }
     }
 }
@@ -133,6 +136,11 @@ impl FieldError {
     /// A value that is not allowed here.
     pub fn forbidden(path: &FieldPath<'_>, detail: impl Into<String>) -> Self {
         Self { path: path.render(), kind: ErrorType::Forbidden, value: None, detail: detail.into() }
+    }
+
+    /// A field the schema does not declare, at its rendered path (e.g. `spec.prots`).
+    pub fn unknown(path: String, detail: impl Into<String>) -> Self {
+        Self { path, kind: ErrorType::Unknown, value: None, detail: detail.into() }
     }
 
     /// Too many items.

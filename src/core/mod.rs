@@ -10,6 +10,7 @@ pub mod field;
 pub mod names;
 pub mod resource;
 pub mod selector;
+pub mod unknown;
 pub mod validate;
 pub mod views;
 

@@ -187,7 +187,7 @@ impl Resource {
                     path,
                     kind: super::field::ErrorType::Invalid,
                     value: None,
-                    detail: e.to_string(),
+                    detail: type_error_detail(&e),
                 })
             })
         })
@@ -396,6 +396,27 @@ impl From<TailscaleGateway> for Resource {
     fn from(o: TailscaleGateway) -> Self {
         Resource::Gateway(o)
     }
+}
+
+/// serde's message for a value that does not fit its type, in a manifest author's words: no
+/// position (it would count in the JSON text, not in the user's YAML) and no Rust type names.
+fn type_error_detail(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    let text = text.strip_suffix(&at).unwrap_or(&text);
+    let mut out = text.to_string();
+    for (rust, words) in [
+        ("expected i32", "expected an integer"),
+        ("expected i64", "expected an integer"),
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected an object"),
+        ("expected struct ", "expected an object "),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
 }
 
 #[cfg(test)]
