@@ -475,10 +475,17 @@ where
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mime = content_type.split(';').next().unwrap_or_default().trim();
     if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(status_response(
+        let refused = status_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("unsupported content type {content_type:?}: want \"application/json\""),
-        ));
+        );
+        // Read what the client sends anyway (within the limits) before answering: an HTTP/2
+        // stream answered mid-upload is reset, and some clients (curl 7.88) then lose the answer.
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_none_or(|n| n <= MAX_BODY as u64) {
+            let _ = tokio::time::timeout(body_timeout, read_all(Limited::new(body, MAX_BODY))).await;
+        }
+        return Err(refused);
     }
     let too_large = || {
         status_response(
@@ -751,6 +758,35 @@ mod tests {
         let one = bytes::Bytes::from_static(b"{\"one\":1}");
         let got = read_all(http_body_util::Full::new(one.clone())).await.unwrap_or_default();
         assert_eq!(got.as_ptr(), one.as_ptr(), "a one-frame body is not copied");
+    }
+
+    #[tokio::test]
+    async fn a_refused_content_type_still_reads_the_upload_unless_it_is_too_large() {
+        use futures::StreamExt;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let run = |content_length: Option<String>| async move {
+            let read = Arc::new(AtomicUsize::new(0));
+            let counter = read.clone();
+            let frames = futures::stream::iter(["{", "\"a\":1", "}"]).map(move |p| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(p.as_bytes())))
+            });
+            let mut req = http::Request::builder().header(header::CONTENT_TYPE, "text/plain");
+            if let Some(n) = content_length {
+                req = req.header(header::CONTENT_LENGTH, n);
+            }
+            let req = req.body(http_body_util::StreamBody::new(frames)).unwrap_or_else(|e| panic!("{e}"));
+            let status = match read_json_body_within(req, Duration::from_secs(5)).await {
+                Err(resp) => resp.status(),
+                Ok(_) => StatusCode::OK,
+            };
+            (status, read.load(Ordering::SeqCst))
+        };
+        assert_eq!(run(None).await, (StatusCode::UNSUPPORTED_MEDIA_TYPE, 3), "read to the end, then refused");
+        assert_eq!(run(Some("7".into())).await, (StatusCode::UNSUPPORTED_MEDIA_TYPE, 3));
+        let huge = (MAX_BODY + 1).to_string();
+        assert_eq!(run(Some(huge)).await, (StatusCode::UNSUPPORTED_MEDIA_TYPE, 0), "too large to be worth reading");
     }
 
     #[tokio::test]

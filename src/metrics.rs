@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -105,6 +106,111 @@ impl AdmissionMetrics {
             // Created on first use: label sets that only count errors get no latency series.
             duration.get_or_init(|| self.duration.get_or_create(&labels()).clone()).observe(seconds);
         }
+    }
+}
+
+/// Labels of aggregated API request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregatedLabels {
+    /// Kubernetes verb (`get`, `list`, `watch`, ...), or the lower-cased HTTP method of
+    /// discovery and OpenAPI requests; anything else is `other`.
+    pub verb: &'static str,
+    /// `tailscaledevices`, `selectedendpoints`, or `-` (discovery, OpenAPI, unknown paths).
+    pub resource: &'static str,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Labels of the aggregated API latency histogram and open-watch gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregatedLatencyLabels {
+    /// As in [`AggregatedLabels`].
+    pub verb: &'static str,
+    /// As in [`AggregatedLabels`].
+    pub resource: &'static str,
+}
+
+const AGGREGATED_VERBS: [&str; 12] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "head",
+    "post",
+    "put",
+    "options",
+];
+
+/// Aggregated API metrics, after kube-apiserver's `apiserver_request_total`,
+/// `apiserver_request_duration_seconds` (watches excluded) and `apiserver_longrunning_requests`.
+/// Unregistered until [`AggregatedMetrics::register`]; the default counts into the void.
+#[derive(Clone)]
+pub struct AggregatedMetrics {
+    /// Requests by verb, resource and status code.
+    pub requests: Family<AggregatedLabels, Counter>,
+    /// Time to answer, by verb and resource (not for watches: they last as long as the client).
+    pub duration: Family<AggregatedLatencyLabels, Histogram, fn() -> Histogram>,
+    /// Watches open now, by resource.
+    pub watches: Family<AggregatedLatencyLabels, Gauge>,
+}
+
+impl Default for AggregatedMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(new_histogram as fn() -> Histogram),
+            watches: Family::default(),
+        }
+    }
+}
+
+impl AggregatedMetrics {
+    /// Registers the families under `aggregated_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let sub = registry.sub_registry_with_prefix("aggregated");
+        sub.register("requests", "Aggregated API requests answered, by verb, resource and code", m.requests.clone());
+        sub.register(
+            "request_duration_seconds",
+            "Time to answer an aggregated API request (watches excluded)",
+            m.duration.clone(),
+        );
+        sub.register("watches", "Aggregated API watches open now", m.watches.clone());
+        m
+    }
+
+    /// The verb as a label value from a fixed set.
+    pub fn verb_label(verb: &str) -> &'static str {
+        AGGREGATED_VERBS.iter().find(|v| **v == verb).copied().unwrap_or("other")
+    }
+
+    /// Counts one answered request, with its latency unless it is a watch.
+    pub fn observe(&self, verb: &'static str, resource: &'static str, code: u16, seconds: f64) {
+        self.requests.get_or_create(&AggregatedLabels { verb, resource, code }).inc();
+        if verb != "watch" {
+            self.duration.get_or_create(&AggregatedLatencyLabels { verb, resource }).observe(seconds);
+        }
+    }
+
+    /// Counts an open watch of `resource` until the returned guard is dropped.
+    pub fn watch_opened(&self, resource: &'static str) -> WatchGuard {
+        let gauge = self.watches.get_or_create(&AggregatedLatencyLabels { verb: "watch", resource }).clone();
+        gauge.inc();
+        WatchGuard(gauge)
+    }
+}
+
+/// One open watch in [`AggregatedMetrics::watches`]; dropping it closes the count.
+#[derive(Debug)]
+pub struct WatchGuard(Gauge);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -320,6 +320,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let mut registry = Registry::with_prefix("tailscale_gateway");
     let admission_metrics = AdmissionMetrics::register(&mut registry);
     let xds_metrics = crate::xds::XdsMetrics::register(&mut registry);
+    let aggregated_metrics = crate::metrics::AggregatedMetrics::register(&mut registry);
 
     if let Some(dir) = &args.local {
         std::fs::metadata(dir).with_context(|| {
@@ -498,7 +499,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     });
 
-    let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone());
+    let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone()).with_metrics(aggregated_metrics);
     let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
     let routes = router(admission.clone(), Arc::new(registry)).merge(crate::aggregated::router(aggregated));
     let app = HttpsApp::new(admission, routes);

@@ -311,3 +311,45 @@ async fn openapi_v2_is_json_by_default_and_protobuf_when_asked() {
     let names: Vec<_> = doc.definitions.iter().flat_map(|d| &d.additional_properties).map(|n| &n.name).collect();
     assert!(names.iter().any(|n| n.ends_with(".TailscaleDevice")), "{names:?}");
 }
+
+#[tokio::test]
+async fn requests_and_open_watches_are_counted_by_verb_resource_and_code() {
+    use prometheus_client::registry::Registry;
+    use tailscale_gateway::metrics::{AggregatedMetrics, encode};
+
+    let cache = Cache::default();
+    cache.apply(endpoints("a", true));
+    let mut registry = Registry::with_prefix("tailscale_gateway");
+    let metrics = AggregatedMetrics::register(&mut registry);
+    let (api, admin) = local_api(cache);
+    let api = api.with_metrics(metrics);
+    assert_eq!(send(&api, request(&format!("{GV}/tailscaledevices"), admin.clone(), &[])).await.0, StatusCode::OK);
+    let (status, _) =
+        send(&api, request(&format!("{GV}/namespaces/default/tailscaledevices/nope"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(send(&api, request(GV, PeerCerts::default(), &[])).await.0, StatusCode::UNAUTHORIZED);
+    let watch = format!("{GV}/tailscaledevices?watch=true");
+    let resp = router(api.clone()).oneshot(request(&watch, admin, &[])).await.unwrap_or_else(|e| match e {});
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    assert_eq!(next_event(&mut body, &mut buf).await["type"], "ADDED");
+
+    let text = encode(&registry);
+    for want in [
+        r#"tailscale_gateway_aggregated_requests_total{verb="list",resource="tailscaledevices",code="200"} 1"#,
+        r#"tailscale_gateway_aggregated_requests_total{verb="get",resource="tailscaledevices",code="404"} 1"#,
+        r#"tailscale_gateway_aggregated_requests_total{verb="get",resource="-",code="401"} 1"#,
+        r#"tailscale_gateway_aggregated_requests_total{verb="watch",resource="tailscaledevices",code="200"} 1"#,
+        r#"tailscale_gateway_aggregated_request_duration_seconds_count{verb="list",resource="tailscaledevices"} 1"#,
+        r#"tailscale_gateway_aggregated_watches{verb="watch",resource="tailscaledevices"} 1"#,
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    assert!(!text.contains(r#"duration_seconds_count{verb="watch""#), "watches have no latency:\n{text}");
+    drop(body);
+    let text = encode(&registry);
+    assert!(
+        text.contains(r#"tailscale_gateway_aggregated_watches{verb="watch",resource="tailscaledevices"} 0"#),
+        "{text}"
+    );
+}

@@ -23,6 +23,7 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http::{HeaderValue, Method, StatusCode, header};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ use self::resources::{GROUP, View};
 use crate::cache::Cache;
 use crate::core::ObjectKey;
 use crate::core::views::{Device, Selection};
+use crate::metrics::AggregatedMetrics;
 use crate::server::PeerCerts;
 use crate::server::status::status_response;
 
@@ -46,6 +48,7 @@ pub struct AggregatedApi {
     docs: Arc<Docs>,
     bookmark_every: Duration,
     stop: CancellationToken,
+    metrics: AggregatedMetrics,
 }
 
 /// Pre-serialized discovery and OpenAPI documents (they never change while running).
@@ -83,7 +86,20 @@ impl Docs {
 impl AggregatedApi {
     /// Serves `cache` with `auth`; watches end when `stop` is cancelled.
     pub fn new(cache: Cache, auth: Auth, stop: CancellationToken) -> Self {
-        Self { cache, auth, docs: Arc::new(Docs::build()), bookmark_every: DEFAULT_BOOKMARK_EVERY, stop }
+        Self {
+            cache,
+            auth,
+            docs: Arc::new(Docs::build()),
+            bookmark_every: DEFAULT_BOOKMARK_EVERY,
+            stop,
+            metrics: AggregatedMetrics::default(),
+        }
+    }
+
+    /// Counts requests and open watches into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: AggregatedMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Overrides the bookmark interval (tests).
@@ -144,7 +160,21 @@ fn attributes(target: &Target, verb: String, path: &str) -> Attributes {
     Attributes { verb, resource, path: path.to_string() }
 }
 
+/// The `resource` label of a request: one of ours, or `-`.
+fn resource_label(target: &Target) -> &'static str {
+    let resource = match target {
+        Target::Collection { resource, .. } | Target::Object { resource, .. } => resource,
+        _ => return "-",
+    };
+    match Target::kind_of(resource) {
+        Some(ResourceKind::Devices) => <Device as View>::PLURAL,
+        Some(ResourceKind::Selections) => <Selection as View>::PLURAL,
+        None => "-",
+    }
+}
+
 async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let target = Target::parse(&path);
@@ -152,6 +182,20 @@ async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
         Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
     let watch = query.iter().any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1" | "True"));
     let attrs = attributes(&target, verb(&parts.method, &target, watch), &path);
+    let (verb, resource) = (AggregatedMetrics::verb_label(&attrs.verb), resource_label(&target));
+    let resp = answer(&api, parts, target, query, attrs).await;
+    api.metrics.observe(verb, resource, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn answer(
+    api: &AggregatedApi,
+    parts: http::request::Parts,
+    target: Target,
+    query: Vec<(String, String)>,
+    attrs: Attributes,
+) -> Response {
+    let path = &attrs.path;
     let certs = parts.extensions.get::<PeerCerts>().cloned().unwrap_or_default();
     let user = match api.auth.check(&certs, &parts.headers, &attrs).await {
         Ok(user) => user,
@@ -202,8 +246,8 @@ async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
             }
             let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
             match kind {
-                ResourceKind::Devices => collection::<Device>(&api, namespace.clone(), &query, accept),
-                ResourceKind::Selections => collection::<Selection>(&api, namespace.clone(), &query, accept),
+                ResourceKind::Devices => collection::<Device>(api, namespace.clone(), &query, accept),
+                ResourceKind::Selections => collection::<Selection>(api, namespace.clone(), &query, accept),
             }
         }
         Target::Object { resource, namespace, name, subresource } => {
@@ -217,8 +261,8 @@ async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
             let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
             let key = ObjectKey::new(namespace.clone(), name.clone());
             match kind {
-                ResourceKind::Devices => object::<Device>(&api, &key, &query, accept),
-                ResourceKind::Selections => object::<Selection>(&api, &key, &query, accept),
+                ResourceKind::Devices => object::<Device>(api, &key, &query, accept),
+                ResourceKind::Selections => object::<Selection>(api, &key, &query, accept),
             }
         }
     }
@@ -250,7 +294,13 @@ fn collection<T: View>(
             watch::WatchSpec { namespace, opts, format, bookmark_every: api.bookmark_every, stop: api.stop.clone() };
         return match watch::start::<T>(&api.cache, spec) {
             Ok(rx) => {
-                let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
+                // Counted as open for as long as the response body lives.
+                let open = api.metrics.watch_opened(T::PLURAL);
+                let events = ReceiverStream::new(rx).map(move |event| {
+                    let _open = &open;
+                    event
+                });
+                let mut resp = Body::from_stream(events).into_response();
                 resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
                 resp
