@@ -2,7 +2,7 @@
 //! re-read when it changes; certificates (CA, serving, admin client) and a kubeconfig for
 //! `kubectl` are created in a state directory and reused on the next start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -137,6 +137,8 @@ pub struct LoadSummary {
     pub objects: usize,
     /// Documents skipped because they failed to parse or validate.
     pub rejected: usize,
+    /// Problems logged by this load: those the previous load did not have.
+    pub reported: usize,
 }
 
 /// A folder of manifests served in local mode, with what earlier loads of it left: the last
@@ -146,12 +148,14 @@ pub struct LocalDir {
     dir: PathBuf,
     last_good: LastGood,
     first_seen: HashMap<(Kind, ObjectKey), Time>,
+    /// Problems of the last load, so a reload logs only what is new.
+    reported: BTreeSet<manifest::Problem>,
 }
 
 impl LocalDir {
     /// A folder not loaded yet.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), last_good: LastGood::new(), first_seen: HashMap::new() }
+        Self { dir: dir.into(), last_good: LastGood::new(), first_seen: HashMap::new(), reported: BTreeSet::new() }
     }
 
     /// The folder.
@@ -171,10 +175,19 @@ impl LocalDir {
     fn load_at(&mut self, cache: &Cache, now: jiff::Timestamp) -> LoadSummary {
         let loaded = manifest::load_keeping(std::slice::from_ref(&self.dir), "default", &self.last_good);
         let mut summary = LoadSummary::default();
+        let mut unchanged = 0;
         for p in &loaded.problems {
+            if p.severity == Severity::Error {
+                summary.rejected += 1;
+            }
+            // Said once: a reload repeats only what changed.
+            if self.reported.contains(p) {
+                unchanged += 1;
+                continue;
+            }
+            summary.reported += 1;
             match p.severity {
                 Severity::Error => {
-                    summary.rejected += 1;
                     tracing::warn!(file = %p.source.path.display(), document = p.source.document, error = %p.message, "rejected document");
                 }
                 Severity::Warning => {
@@ -182,6 +195,10 @@ impl LocalDir {
                 }
             }
         }
+        if unchanged > 0 {
+            tracing::debug!(unchanged, "problems reported before are still there");
+        }
+        self.reported = loaded.problems.iter().cloned().collect();
         let now = Time(now.round(jiff::Unit::Second).unwrap_or(now));
         let mut first_seen = HashMap::with_capacity(loaded.resources.len());
         let mut last_good = LastGood::new();
@@ -307,7 +324,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
-        assert_eq!(local.load(&cache), LoadSummary { objects: 1, rejected: 1 });
+        assert_eq!(local.load(&cache), LoadSummary { objects: 1, rejected: 1, reported: 1 });
 
         for bad in [
             services("web", "web", "round-robn"),                     // fails a rule
@@ -316,7 +333,11 @@ mod tests {
         ] {
             std::fs::write(&main, bad).unwrap_or_else(|e| panic!("{e}"));
             let summary = local.load(&cache);
-            assert_eq!(summary, LoadSummary { objects: 1, rejected: 2 }, "the bad update and the copy are rejected");
+            assert_eq!(
+                (summary.objects, summary.rejected, summary.reported),
+                (1, 2, 1),
+                "the bad update and the copy are rejected; only the new problem is logged"
+            );
             assert_eq!(strategy(&cache, "web").as_deref(), Some("round-robin"), "the last valid version is served");
             assert!(cache.read().services(&ObjectKey::new("default", "copy")).is_none(), "and keeps its VIP name");
             let loaded = manifest::load_keeping(&[dir.path().to_path_buf()], "default", &local.last_good);
@@ -329,7 +350,7 @@ mod tests {
 
         // Removing the document is a deletion: the copy may have the name now.
         std::fs::write(&main, TAILNET).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(local.load(&cache), LoadSummary { objects: 2, rejected: 0 });
+        assert_eq!(local.load(&cache), LoadSummary { objects: 2, rejected: 0, reported: 0 });
         assert!(cache.read().services(&ObjectKey::new("default", "web")).is_none());
         assert_eq!(strategy(&cache, "copy").as_deref(), Some("round-robin"));
     }
@@ -341,7 +362,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
-        assert_eq!(local.load(&cache), LoadSummary { objects: 0, rejected: 1 });
+        assert_eq!(local.load(&cache), LoadSummary { objects: 0, rejected: 1, reported: 1 });
+        assert_eq!(local.load(&cache).reported, 0, "an unchanged problem is not logged again");
         let loaded = manifest::load_keeping(&[dir.path().to_path_buf()], "default", &local.last_good);
         assert!(loaded.problems.iter().all(|p| !p.message.contains("still serving")), "{:?}", loaded.problems);
     }

@@ -29,9 +29,13 @@ enum Command {
     Serve(Box<runtime::ServeArgs>),
     /// Validate manifests offline with the webhook's rules; exit 1 on any rejected document.
     Check {
-        /// Files or folders (walked recursively for *.yaml, *.yml, *.json).
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// Files or folders (walked recursively for *.yaml, *.yml, *.json); `-` reads standard
+        /// input.
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// More files or folders, as with -f.
+        #[arg(value_name = "PATH", required_unless_present = "paths")]
+        more: Vec<PathBuf>,
         /// Namespace for objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
@@ -41,9 +45,13 @@ enum Command {
     /// Print, without a cluster, the Kubernetes objects the reconciler would create for the given
     /// resources (StatefulSets, Services, Secrets with placeholder auth keys, ...), for review in CI.
     Render {
-        /// Files or folders (walked recursively for *.yaml, *.yml, *.json).
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// Files or folders (walked recursively for *.yaml, *.yml, *.json); `-` reads standard
+        /// input.
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// More files or folders, as with -f.
+        #[arg(value_name = "PATH", required_unless_present = "paths")]
+        more: Vec<PathBuf>,
         /// Namespace for objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
@@ -100,6 +108,23 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// An error and its causes on one line, each said once: some errors (kube's) already spell out
+/// their sources, which `{:#}` would repeat.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
@@ -114,15 +139,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Render { paths, namespace, proxy_image } => render(&paths, &namespace, &proxy_image),
-        Command::Check { paths, namespace } => match check::run(&paths, &namespace, &mut std::io::stdout()) {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+        Command::Render { mut paths, more, namespace, proxy_image } => {
+            paths.extend(more);
+            render(&paths, &namespace, &proxy_image)
+        }
+        Command::Check { paths, more, namespace } => {
+            match check::run(&[paths.as_slice(), more.as_slice()].concat(), &namespace, &mut std::io::stdout()) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Command::Serve(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -135,7 +165,7 @@ fn main() -> ExitCode {
                 let running = match runtime::start(*args).await {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", describe(&e));
                         return ExitCode::FAILURE;
                     }
                 };

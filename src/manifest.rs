@@ -16,7 +16,7 @@ use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, ObjectKey, Resource, field::summarize};
 
 /// Where a document came from: file and 1-based document index.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Source {
     /// File.
     pub path: PathBuf,
@@ -38,7 +38,7 @@ impl fmt::Display for Source {
 pub const STDIN: &str = "<stdin>";
 
 /// How bad a problem is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     /// The document is rejected.
     Error,
@@ -47,7 +47,7 @@ pub enum Severity {
 }
 
 /// A problem with one document.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
     /// Where.
     pub source: Source,

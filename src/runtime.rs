@@ -96,7 +96,7 @@ pub struct ServeArgs {
     pub no_reconciler: bool,
     /// In a cluster without --tls-cert-file: keep a CA and serving certificate in the Secret
     /// --cert-secret (shared by all replicas) and the caBundle of our registrations current.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TSGW_SELF_MANAGED_CERTS")]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", env = "TSGW_SELF_MANAGED_CERTS")]
     pub self_managed_certs: bool,
     /// Secret (in --namespace) holding the self-managed certificates.
     #[arg(long, default_value = crate::install::CERT_SECRET_NAME)]

@@ -105,3 +105,27 @@ fn misspelt_fields_are_rejected_as_kubectl_apply_would() {
         "{out}"
     );
 }
+
+#[test]
+fn paths_may_also_be_given_without_f() {
+    let (code, out) = check(&["examples/tailnets.yaml", "-f", "examples/gateway.yaml"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("2 file(s)"), "{out}");
+}
+
+#[test]
+fn serve_without_a_cluster_says_why_once() {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("missing-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap_or_else(|e| panic!("running serve: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("use --local DIR to run without a cluster"), "{err}");
+    assert_eq!(err.matches("missing-kubeconfig").count(), 1, "each cause once: {err}");
+}
