@@ -114,6 +114,12 @@ impl Harness {
     /// stores brought up to date (the reflectors' job).
     fn endpoints(&self) -> Arc<TailscaleEndpoints> {
         self.sync_owned();
+        self.endpoints_stale_stores()
+    }
+
+    /// The object as the API server has it now, fed into the cache, the owned-object stores left
+    /// as they are (their watch events have not arrived yet).
+    fn endpoints_stale_stores(&self) -> Arc<TailscaleEndpoints> {
         let epp = ep_path();
         let v = self.fake.get(&format!("{epp}/web")).unwrap_or_else(|| panic!("endpoints missing"));
         let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
@@ -277,7 +283,8 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     ep["metadata"]["generation"] = json!(2);
     h.fake.insert(&ep_path(), ep);
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-    let writes: Vec<String> = summary(&h.writes()).into_iter().filter(|s| !s.contains("/events")).collect();
+    let all_writes = h.writes();
+    let writes: Vec<String> = summary(&all_writes).into_iter().filter(|s| !s.contains("/events")).collect();
     assert_eq!(
         writes,
         vec![
@@ -290,6 +297,14 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     );
     assert_eq!(h.ts.calls("delete_device"), 1);
     assert_eq!(h.ts.state().devices.iter().map(|d| d.node_id.clone()).collect::<Vec<_>>(), vec!["n0"]);
+    let scaled_down = |reqs: &[Recorded]| {
+        reqs.iter().filter(|r| r.is_event() && r.body.as_ref().is_some_and(|b| b["reason"] == "ScaledDown")).count()
+    };
+    assert_eq!(scaled_down(&all_writes), 1, "one ScaledDown event");
+    // Reconciled again before the stores see the deletions: nothing left to delete, no second Event.
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(scaled_down(&h.fake.take_requests()), 0);
+    assert_eq!(h.ts.calls("delete_device"), 1);
 
     // 5. Deletion: the remaining device leaves the tailnet, then the finalizer goes.
     let mut ep = h.fake.get(&format!("{epp}/web")).unwrap_or_default();
@@ -322,11 +337,7 @@ async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key()
     h.fake.take_requests();
 
     // Reconciled again before any watch event reached the stores: they are still empty.
-    let ep = Arc::new(
-        serde_json::from_value::<TailscaleEndpoints>(h.fake.get(&format!("{epp}/web")).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
-    endpoints::reconcile(ep, h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(h.ts.state().auth_keys.len(), 2, "the keys on the API server are found, none minted");
     assert_eq!((key(0), key(1)), keys, "and the config keeps them");
     let writes: Vec<Recorded> = h.writes().into_iter().filter(|w| !w.is_event()).collect();

@@ -187,12 +187,16 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
             .filter_map(|s| builders::device_state(s).node_id)
             .collect();
         delete_devices(ctx, &handle, &node_ids).await?;
+        let mut deleted = false;
         for i in &surplus {
-            delete_if_exists(&secrets, &builders::config_secret_name(&name, *i)).await?;
-            delete_if_exists(&secrets, &builders::state_secret_name(&name, *i)).await?;
+            deleted |= delete_if_exists(&secrets, &builders::config_secret_name(&name, *i)).await?;
+            deleted |= delete_if_exists(&secrets, &builders::state_secret_name(&name, *i)).await?;
         }
-        ctx.event(ep, false, "ScaledDown", format!("removed {} surplus devices from the tailnet", node_ids.len()))
-            .await;
+        // A store that has not seen the deletions yet repeats this; the Event is for the first time.
+        if deleted {
+            let note = format!("removed {} surplus devices from the tailnet", node_ids.len());
+            ctx.event(ep, false, "ScaledDown", note).await;
+        }
     }
 
     let live = ctx.devices(&handle).await?;

@@ -413,14 +413,14 @@ where
     Ok(true)
 }
 
-/// Deletes an object, treating "already gone" as success.
-pub(crate) async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+/// Deletes an object, treating "already gone" as success. Whether this call deleted it.
+pub(crate) async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

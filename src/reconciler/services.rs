@@ -131,7 +131,10 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
     // Only with a complete cache: before that every endpoints object looks unselected.
     if synced {
         for orphan in orphans {
-            delete_if_exists(&endpoints_api, &orphan.name).await?;
+            // Already gone (the cache trails the API server): nothing to tell.
+            if !delete_if_exists(&endpoints_api, &orphan.name).await? {
+                continue;
+            }
             tracing::info!(endpoints = %orphan, "deleted auto-provisioned endpoints nothing selects");
             ctx.event(
                 svc,
