@@ -76,8 +76,15 @@ fn render(paths: &[PathBuf], namespace: &str, proxy_image: &str) -> ExitCode {
         namespace: namespace.to_string(),
         proxy_image: proxy_image.to_string(),
     };
+    let objects = tailscale_gateway::render::render(&resources, &opts);
+    if objects.is_empty() {
+        eprintln!(
+            "nothing to render: the reconciler creates objects for TailscaleEndpoints (and TailscaleServices with \
+             endpointTemplate), and the input has none"
+        );
+    }
     let mut out = String::new();
-    for obj in tailscale_gateway::render::render(&resources, &opts) {
+    for obj in objects {
         match serde_saphyr::to_string(&obj) {
             Ok(yaml) => {
                 out.push_str("---\n");

@@ -34,6 +34,16 @@ fn render_prints_what_the_reconciler_would_create() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.tailnet: Required value"));
+
+    // Nothing to render is said, not silent.
+    let none = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+        .args(["render", "examples/tailnets.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(none.status.success());
+    assert!(none.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing to render"), "{none:?}");
 }
 
 #[tokio::test]
