@@ -202,6 +202,7 @@ impl LocalDir {
         let now = Time(now.round(jiff::Unit::Second).unwrap_or(now));
         let mut first_seen = HashMap::with_capacity(loaded.resources.len());
         let mut last_good = LastGood::new();
+        let mut shared_slots = BTreeSet::new();
         let mut by_kind: Vec<Vec<Resource>> = vec![Vec::new(); Kind::ALL.len()];
         for (source, mut res) in loaded.resources {
             let id = (res.kind(), res.key());
@@ -211,7 +212,15 @@ impl LocalDir {
                 meta.creation_timestamp = Some(seen.clone());
             }
             first_seen.insert(id, seen);
-            last_good.insert((source.path, source.document), res.clone());
+            // A `kind: List` document holds several objects in one slot: which one a broken
+            // version was cannot be told, so such slots keep nothing.
+            let slot = (source.path, source.document);
+            if shared_slots.contains(&slot) || last_good.contains_key(&slot) {
+                last_good.remove(&slot);
+                shared_slots.insert(slot);
+            } else {
+                last_good.insert(slot, res.clone());
+            }
             if let Some(i) = Kind::ALL.iter().position(|k| *k == res.kind()) {
                 by_kind[i].push(res);
             }
@@ -353,6 +362,69 @@ mod tests {
         assert_eq!(local.load(&cache), LoadSummary { objects: 2, rejected: 0, reported: 0 });
         assert!(cache.read().services(&ObjectKey::new("default", "web")).is_none());
         assert_eq!(strategy(&cache, "copy").as_deref(), Some("round-robin"));
+    }
+
+    #[test]
+    fn a_kept_version_is_always_the_same_object_and_never_shadows_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("s.yaml");
+        let write = |path: &Path, text: String| std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        let names = |cache: &Cache| {
+            let idx = cache.read();
+            idx.all_services().map(|(k, _)| k.name.clone()).collect::<Vec<_>>()
+        };
+        write(
+            &file,
+            format!(
+                "{}---
+{}",
+                services("a", "a", "round-robin"),
+                services("b", "b", "round-robin")
+            ),
+        );
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        local.load(&cache);
+        assert_eq!(names(&cache), ["a", "b"]);
+
+        // `a` removed, `b` moved up and misspelt: `a` is not served in `b`'s place.
+        write(&file, services("b", "b", "round-robin").replace("selector:", "selectr:"));
+        let summary = local.load(&cache);
+        assert_eq!((summary.objects, summary.rejected), (0, 1));
+        assert!(names(&cache).is_empty(), "{:?}", names(&cache));
+
+        // A document whose YAML breaks while its object moved to another file: the fresh copy wins.
+        write(
+            &file,
+            format!(
+                "{}---
+{}",
+                services("a", "a", "round-robin"),
+                services("b", "b", "round-robin")
+            ),
+        );
+        local.load(&cache);
+        write(&file, format!("kind: [\n---\n{}", services("b", "b", "round-robin")));
+        write(&dir.path().join("moved.yaml"), services("a", "a", "least-request"));
+        let summary = local.load(&cache);
+        assert_eq!((summary.objects, summary.rejected), (2, 1), "the YAML error only");
+        assert_eq!(strategy(&cache, "a").as_deref(), Some("least-request"));
+
+        // Several objects in one `kind: List` document: no guessing which one broke.
+        std::fs::remove_file(dir.path().join("moved.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let item = |name: &str, strategy: &str| {
+            serde_json::json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+                "metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "vipService": {"name": format!("svc:{name}"), "ports": ["tcp:443"]}, "loadBalancing": {"strategy": strategy}}})
+        };
+        let list = |a: &str| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [item("a", a), item("b", "random")]});
+        write(&file, list("round-robin").to_string());
+        local.load(&cache);
+        assert_eq!(names(&cache), ["a", "b"]);
+        write(&file, list("round-robn").to_string());
+        local.load(&cache);
+        assert_eq!(names(&cache), ["b"], "the bad item is skipped; the good one is not mistaken for it");
+        assert_eq!(strategy(&cache, "b").as_deref(), Some("random"));
     }
 
     #[test]

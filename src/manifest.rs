@@ -224,6 +224,28 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
             true => format!("{message}; still serving its last valid version"),
             false => message,
         };
+    // A document that names an object but does not fit its type or schema: rejected, keeping the
+    // last valid version of that same object if there is one.
+    let reject_keeping = |loaded: &mut Loaded,
+                          parsed: &mut Vec<(Source, Resource)>,
+                          source: Source,
+                          message: String,
+                          kind: &str,
+                          ns_name: &str| {
+        let (ns, name) = ns_name.split_once('/').unwrap_or(("", ns_name));
+        let same = kept(&source).filter(|prev| {
+            let key = prev.key();
+            prev.kind().name() == kind && key.name == name && (key.namespace.is_empty() || key.namespace == ns)
+        });
+        let message = match same {
+            Some(prev) => {
+                parsed.push((source.clone(), prev));
+                format!("{message}; still serving its last valid version")
+            }
+            None => message,
+        };
+        loaded.problems.push(Problem { source, severity: Severity::Error, message });
+    };
     // Every path on its own, so one that does not exist is named and the others still load.
     let mut found = BTreeSet::new();
     let mut stdin = false;
@@ -253,6 +275,10 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
     }));
     loaded.files = texts.len();
     let mut parsed: Vec<(Source, Resource)> = Vec::new();
+    // Where `parsed` holds last valid versions kept for documents that no longer say which object
+    // they are (unreadable file, broken YAML). They keep their place (and so their VIP claims), but
+    // a fresh copy of the same object anywhere wins and the kept one quietly goes.
+    let mut fallbacks: BTreeSet<usize> = BTreeSet::new();
     for (path, text) in &texts {
         let text = match text {
             Ok(t) => t,
@@ -271,7 +297,10 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                     severity: Severity::Error,
                     message,
                 });
-                parsed.extend(from_file);
+                for kept in from_file {
+                    fallbacks.insert(parsed.len());
+                    parsed.push(kept);
+                }
                 continue;
             }
         };
@@ -280,6 +309,7 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                 Err(mut p) => {
                     p.message = keeping(p.message, &p.source);
                     if let Some(r) = kept(&p.source) {
+                        fallbacks.insert(parsed.len());
                         parsed.push((p.source.clone(), r));
                     }
                     loaded.problems.push(p);
@@ -308,14 +338,8 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                                 r.default_namespace(default_namespace);
                                 r.key()
                             };
-                            if let Some(r) = kept(&source) {
-                                parsed.push((source.clone(), r));
-                            }
-                            loaded.problems.push(Problem {
-                                message: keeping(summarize(&kind_hint, &key.to_string(), &unknown), &source),
-                                source,
-                                severity: Severity::Error,
-                            });
+                            let message = summarize(&kind_hint, &key.to_string(), &unknown);
+                            reject_keeping(&mut loaded, &mut parsed, source, message, &kind_hint, &name_hint);
                         }
                         Ok(mut r) => {
                             r.default_namespace(default_namespace);
@@ -323,14 +347,8 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                         }
                         Err(ParseError::NotOurs { .. }) => loaded.foreign += 1,
                         Err(ParseError::Invalid(e)) => {
-                            if let Some(r) = kept(&source) {
-                                parsed.push((source.clone(), r));
-                            }
-                            loaded.problems.push(Problem {
-                                message: keeping(summarize(&kind_hint, &name_hint, &[e]), &source),
-                                source,
-                                severity: Severity::Error,
-                            });
+                            let message = summarize(&kind_hint, &name_hint, &[e]);
+                            reject_keeping(&mut loaded, &mut parsed, source, message, &kind_hint, &name_hint);
                         }
                     }
                 }
@@ -341,9 +359,18 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
         tailnets: parsed.iter().filter(|(_, r)| r.kind() == Kind::Tailnet).map(|(_, r)| r.key().name).collect(),
         claims: BTreeMap::new(),
     };
+    let fresh: BTreeSet<(Kind, ObjectKey)> = parsed
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !fallbacks.contains(i))
+        .map(|(_, (_, r))| (r.kind(), r.key()))
+        .collect();
     let mut seen: BTreeSet<(Kind, ObjectKey)> = BTreeSet::new();
-    for (source, res) in parsed {
+    for (i, (source, res)) in parsed.into_iter().enumerate() {
         let key = res.key();
+        if fallbacks.contains(&i) && fresh.contains(&(res.kind(), key.clone())) {
+            continue;
+        }
         if !seen.insert((res.kind(), key.clone())) {
             loaded.problems.push(Problem {
                 source,

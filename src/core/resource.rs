@@ -405,14 +405,24 @@ fn type_error_detail(e: &serde_json::Error) -> String {
     let at = format!(" at line {} column {}", e.line(), e.column());
     let text = text.strip_suffix(&at).unwrap_or(&text);
     let mut out = text.to_string();
+    // `expected struct LoadBalancing` names a Rust type: say what it is instead.
+    while let Some(at) = out.find("expected struct ") {
+        let name_start = at + "expected struct ".len();
+        let name_end =
+            out[name_start..].find(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(out.len(), |n| name_start + n);
+        out.replace_range(at..name_end, "expected an object");
+    }
     for (rust, words) in [
         ("expected i32", "expected an integer"),
         ("expected i64", "expected an integer"),
+        ("expected u8", "expected an integer from 0 to 255"),
         ("expected u16", "expected an integer from 0 to 65535"),
         ("expected u32", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
         ("expected a sequence", "expected a list"),
         ("expected a map", "expected an object"),
-        ("expected struct ", "expected an object "),
     ] {
         out = out.replace(rust, words);
     }
@@ -424,6 +434,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn type_errors_are_worded_for_manifest_authors() {
+        let detail = |object: serde_json::Value| match Resource::from_json_as(Kind::Services, &object.to_string()) {
+            Err(ParseError::Invalid(e)) => (e.path, e.detail),
+            other => panic!("expected a type error, got {other:?}"),
+        };
+        let base = |spec: serde_json::Value| {
+            json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+                   "metadata": {"name": "s"}, "spec": spec})
+        };
+        let (path, text) = detail(base(json!({"loadBalancing": "round-robin"})));
+        assert_eq!(path, "spec.loadBalancing");
+        assert_eq!(text, r#"invalid type: string "round-robin", expected an object"#);
+        let (path, text) = detail(base(json!({"vipService": {"ports": "tcp:80"}})));
+        assert_eq!(
+            (path.as_str(), text.as_str()),
+            ("spec.vipService.ports", r#"invalid type: string "tcp:80", expected a list"#)
+        );
+        let (_, text) = detail(base(json!({"loadBalancing": {"healthCheck": {"unhealthyThreshold": "three"}}})));
+        assert_eq!(text, r#"invalid type: string "three", expected an integer"#);
+    }
 
     #[test]
     fn the_validation_seed_keeps_what_the_rules_read() {

@@ -290,8 +290,8 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
         vec![
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/prod/roles/web".to_string(),
             "PATCH /apis/apps/v1/namespaces/prod/statefulsets/web".into(),
-            format!("DELETE {SECRETS}/web-1-config"),
             format!("DELETE {SECRETS}/web-1"),
+            format!("DELETE {SECRETS}/web-1-config"),
             format!("PATCH {epp}/web/status"),
         ]
     );
@@ -356,6 +356,41 @@ async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key()
     // Once the stores catch up, nothing is sent.
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary(&h.fake.take_requests()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn endpoints_scale_down_and_up_again_faster_than_the_stores() {
+    let epp = ep_path();
+    let h = harness();
+    h.fake.insert(&epp, endpoints_json(2));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    h.register(0, "n0");
+    h.refresh_devices().await;
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    // Replica 1 registers, and the replicas go down to 1, before the stores hear of either.
+    h.register(1, "n1");
+    h.refresh_devices().await;
+    let set_replicas = |n: i32| {
+        let mut ep = h.fake.get(&format!("{epp}/web")).unwrap_or_default();
+        ep["spec"]["proxy"]["replicas"] = json!(n);
+        h.fake.insert(&epp, ep);
+    };
+    set_replicas(1);
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.ts.calls("delete_device"), 1, "the device the stores had not seen is removed all the same");
+    assert_eq!(h.ts.state().devices.iter().map(|d| d.node_id.clone()).collect::<Vec<_>>(), vec!["n0"]);
+    assert!(h.fake.get(&format!("{SECRETS}/web-1")).is_none());
+
+    // Back to 2, still before the stores see the deletions: replica 1 must not be handed its
+    // spent key or its old registration from the stale store; it gets a new key.
+    let keys = h.ts.state().auth_keys.len();
+    set_replicas(2);
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.ts.state().auth_keys.len(), keys + 1, "a fresh key for the new replica 1");
+    let config = h.fake.get(&format!("{SECRETS}/web-1-config")).unwrap_or_else(|| panic!("config recreated"));
+    let hujson: Value = serde_json::from_str(&unb64(&config["data"]["cap-107.hujson"])).unwrap_or_default();
+    assert_eq!(hujson["AuthKey"], format!("tskey-auth-k{}-SECRET", keys + 1), "{hujson}");
+    assert!(h.fake.get(&format!("{SECRETS}/web-1")).is_some(), "and an empty state Secret again");
 }
 
 #[tokio::test]

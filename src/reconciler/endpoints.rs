@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::builders::{self, DeviceState, ObservedStatefulSet};
-use super::owned::{self, OwnedStores};
+use super::owned::{self, OwnedStores, Tombstones};
 use super::status::{self, Desired, READY};
 use super::{Context, Error, TailnetHandle, apply_status, delete_if_exists, ensure, instrumented};
 use crate::api::{TailscaleEndpoints, TailscaleEndpointsStatus};
@@ -64,14 +64,20 @@ struct Observed {
     state: BTreeMap<i32, Arc<Secret>>,
 }
 
-/// Reads what exists from the stores: no request to the API server.
-fn observe(stores: &OwnedStores, ns: &str, name: &str) -> Result<Observed, Error> {
+/// Reads what exists from the stores: no request to the API server. Secrets this replica deleted
+/// are absent even while a store still shows them.
+fn observe(stores: &OwnedStores, deleted: &Tombstones, ns: &str, name: &str) -> Result<Observed, Error> {
     if !stores.is_ready() {
         return Err(Error::NotSynced);
     }
+    deleted.prune(&stores.secrets);
     let mut config = BTreeMap::new();
     let mut state = BTreeMap::new();
-    for s in stores.secrets_of(ns, name) {
+    let live = stores
+        .secrets_of(ns, name)
+        .into_iter()
+        .filter(|s| !s.metadata.uid.as_deref().is_some_and(|u| deleted.contains(u)));
+    for s in live {
         match (builders::replica_index(&s), builders::is_config_secret(&s)) {
             (Some(i), Some(true)) => {
                 config.insert(i, s);
@@ -117,7 +123,7 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         }
         Err(e) => return Err(e),
     };
-    let observed = observe(&ctx.owned(), &ns, &name)?;
+    let observed = observe(&ctx.owned(), &ctx.deleted, &ns, &name)?;
     let c = ctx.client.clone();
     let mut created = Vec::new();
     if ensure(
@@ -177,20 +183,29 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
     }
 
-    // Scale-down: remove surplus devices from the tailnet, then their Secrets.
-    let surplus: BTreeSet<i32> =
-        observed.config.keys().chain(observed.state.keys()).copied().filter(|i| *i >= replicas).collect();
-    if !surplus.is_empty() {
+    // Scale-down: remove surplus devices from the tailnet, then their Secrets. The stores say
+    // whether there is any; what there is comes from the API server, so a device that registered
+    // a moment ago is not missed (its state Secret is the only record of its node ID).
+    let stored_surplus = observed.config.keys().chain(observed.state.keys()).any(|i| *i >= replicas);
+    if stored_surplus {
+        let live =
+            secrets.list(&ListParams::default().labels(&format!("{}={name}", builders::ENDPOINTS_LABEL))).await?;
+        let surplus: Vec<&Secret> =
+            live.items.iter().filter(|s| builders::replica_index(s).is_some_and(|i| i >= replicas)).collect();
         let node_ids: Vec<String> = surplus
             .iter()
-            .filter_map(|i| observed.state.get(i))
+            .filter(|s| builders::is_config_secret(s) == Some(false))
             .filter_map(|s| builders::device_state(s).node_id)
             .collect();
         delete_devices(ctx, &handle, &node_ids).await?;
         let mut deleted = false;
-        for i in &surplus {
-            deleted |= delete_if_exists(&secrets, &builders::config_secret_name(&name, *i)).await?;
-            deleted |= delete_if_exists(&secrets, &builders::state_secret_name(&name, *i)).await?;
+        for s in &surplus {
+            if delete_if_exists(&secrets, &s.name_any()).await? {
+                deleted = true;
+                if let Some(uid) = &s.metadata.uid {
+                    ctx.deleted.add(uid);
+                }
+            }
         }
         // A store that has not seen the deletions yet repeats this; the Event is for the first time.
         if deleted {

@@ -196,6 +196,8 @@ pub struct Context {
     factory: Arc<dyn ApiFactory>,
     /// Stores of the endpoints controller's owned objects, replaced on every leadership term.
     owned: RwLock<owned::OwnedStores>,
+    /// Secrets deleted by this replica that the stores may still show.
+    pub(crate) deleted: owned::Tombstones,
     tailnets: Mutex<HashMap<String, Arc<TailnetHandle>>>,
     failures: Mutex<HashMap<(&'static str, String), u32>>,
 }
@@ -220,6 +222,7 @@ impl Context {
             factory,
             // Never ready until the controllers (or a test) install stores with live writers.
             owned: RwLock::new(owned::stores().0),
+            deleted: owned::Tombstones::default(),
             tailnets: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -510,7 +513,8 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let (svc_task, svcs) = owned::reflect(Api::<Service>::all(client.clone()), sel(), w.services);
     let (sts_task, stss) = owned::reflect(Api::<StatefulSet>::all(client.clone()), sel(), w.stateful_sets);
     let (secret_task, secrets) = owned::reflect(Api::<Secret>::all(client.clone()), sel(), w.secrets);
-    let reflectors = [sa_task, role_task, rb_task, svc_task, sts_task, secret_task];
+    // Aborted when this function ends, however it ends.
+    let _reflectors = AbortOnDrop(vec![sa_task, role_task, rb_task, svc_task, sts_task, secret_task]);
     ctx.set_owned(stores.clone());
 
     let tailnets = Controller::new(Api::<TailscaleTailnet>::all(client.clone()), watcher::Config::default())
@@ -547,8 +551,16 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         .for_each(|r| async move { log_result("services", r) });
     tokio::join!(tailnets, endpoints, services);
     triggers.abort();
-    for task in reflectors {
-        task.abort();
+}
+
+/// Tasks aborted when this is dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

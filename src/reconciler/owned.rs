@@ -108,6 +108,40 @@ impl OwnedStores {
     }
 }
 
+/// Objects this replica deleted that the stores may still hold (their deletion's watch event has
+/// not arrived): by UID, with when they were deleted. Reading a store through them makes a
+/// deleted object absent at once, so nothing is decided from it (an auth key already spent, a
+/// registration that is gone). Entries go when the store drops the object, or after
+/// [`Tombstones::KEEP`].
+#[derive(Debug, Default)]
+pub struct Tombstones(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl Tombstones {
+    /// Longest a UID is remembered: far longer than a watch event takes.
+    pub const KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that the object with `uid` was deleted.
+    pub fn add(&self, uid: &str) {
+        self.map().insert(uid.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `uid` was deleted (recently enough to matter).
+    pub fn contains(&self, uid: &str) -> bool {
+        self.map().get(uid).is_some_and(|at| at.elapsed() < Self::KEEP)
+    }
+
+    /// Forgets UIDs the Secret store no longer holds, and expired ones.
+    pub fn prune(&self, secrets: &Store<Secret>) {
+        let held: std::collections::HashSet<String> =
+            secrets.state().iter().filter_map(|s| s.metadata.uid.clone()).collect();
+        self.map().retain(|uid, at| held.contains(uid) && at.elapsed() < Self::KEEP);
+    }
+}
+
 /// The object `ns/name` in `store`, if the store has seen it.
 pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
 where
