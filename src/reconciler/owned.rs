@@ -136,6 +136,10 @@ impl Tombstones {
 
     /// Forgets UIDs the Secret store no longer holds, and expired ones.
     pub fn prune(&self, secrets: &Store<Secret>) {
+        // The common case, and the cheap one: nothing deleted lately.
+        if self.map().is_empty() {
+            return;
+        }
         let held: std::collections::HashSet<String> =
             secrets.state().iter().filter_map(|s| s.metadata.uid.clone()).collect();
         self.map().retain(|uid, at| held.contains(uid) && at.elapsed() < Self::KEEP);
@@ -207,6 +211,23 @@ where
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn tombstones_last_while_the_store_holds_the_object() {
+        let (stores, mut w) = stores();
+        let mut held = secret("prod", "web-1", Some("web"));
+        held.metadata.uid = Some("u1".into());
+        relist(&mut w.secrets, [held]);
+        let deleted = Tombstones::default();
+        deleted.add("u1");
+        deleted.add("u2");
+        deleted.prune(&stores.secrets);
+        assert!(deleted.contains("u1"), "still in the store: still hidden");
+        assert!(!deleted.contains("u2"), "the store no longer has it: forgotten");
+        relist(&mut w.secrets, []);
+        deleted.prune(&stores.secrets);
+        assert!(!deleted.contains("u1"));
+    }
 
     fn secret(ns: &str, name: &str, endpoints: Option<&str>) -> Secret {
         Secret {
