@@ -373,15 +373,8 @@ mod tests {
             let idx = cache.read();
             idx.all_services().map(|(k, _)| k.name.clone()).collect::<Vec<_>>()
         };
-        write(
-            &file,
-            format!(
-                "{}---
-{}",
-                services("a", "a", "round-robin"),
-                services("b", "b", "round-robin")
-            ),
-        );
+        let a_and_b = || format!("{}---\n{}", services("a", "a", "round-robin"), services("b", "b", "round-robin"));
+        write(&file, a_and_b());
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
         local.load(&cache);
@@ -394,15 +387,7 @@ mod tests {
         assert!(names(&cache).is_empty(), "{:?}", names(&cache));
 
         // A document whose YAML breaks while its object moved to another file: the fresh copy wins.
-        write(
-            &file,
-            format!(
-                "{}---
-{}",
-                services("a", "a", "round-robin"),
-                services("b", "b", "round-robin")
-            ),
-        );
+        write(&file, a_and_b());
         local.load(&cache);
         write(&file, format!("kind: [\n---\n{}", services("b", "b", "round-robin")));
         write(&dir.path().join("moved.yaml"), services("a", "a", "least-request"));

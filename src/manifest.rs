@@ -323,9 +323,8 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                     );
                     // Strict field validation, as `kubectl apply` has by default: a misspelt
                     // field is an error, not silently dropped.
-                    let unknown: Vec<FieldError> = Kind::ALL
-                        .into_iter()
-                        .find(|k| k.name() == kind_hint && value.get("apiVersion") == Some(&Value::from(API_VERSION)))
+                    let unknown: Vec<FieldError> = Kind::from_name(&kind_hint)
+                        .filter(|_| value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION))
                         .map(|k| unknown_fields(k, &value))
                         .unwrap_or_default()
                         .into_iter()

@@ -163,6 +163,13 @@ impl Harness {
         });
     }
 
+    /// The auth key in replica `i`'s config Secret as the API server has it ("" without one).
+    fn auth_key(&self, i: i32) -> String {
+        let config = self.fake.get(&format!("{SECRETS}/web-{i}-config")).unwrap_or_default();
+        let hujson: Value = serde_json::from_str(&unb64(&config["data"]["cap-107.hujson"])).unwrap_or_default();
+        hujson["AuthKey"].as_str().unwrap_or_default().to_string()
+    }
+
     async fn refresh_devices(&self) {
         let handle = self.ctx.tailnet_api("corp").await.unwrap_or_else(|e| panic!("{e}"));
         self.ctx.devices_max_age(&handle, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
@@ -327,11 +334,7 @@ async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key()
     let h = harness();
     h.fake.insert(&epp, endpoints_json(2));
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-    let key = |i: i32| {
-        let config = h.fake.get(&format!("{SECRETS}/web-{i}-config")).unwrap_or_default();
-        let hujson: Value = serde_json::from_str(&unb64(&config["data"]["cap-107.hujson"])).unwrap_or_default();
-        hujson["AuthKey"].as_str().unwrap_or_default().to_string()
-    };
+    let key = |i: i32| h.auth_key(i);
     let keys = (key(0), key(1));
     assert!(!keys.0.is_empty() && keys.0 != keys.1, "a key per replica: {keys:?}");
     h.fake.take_requests();
@@ -387,9 +390,7 @@ async fn endpoints_scale_down_and_up_again_faster_than_the_stores() {
     set_replicas(2);
     endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(h.ts.state().auth_keys.len(), keys + 1, "a fresh key for the new replica 1");
-    let config = h.fake.get(&format!("{SECRETS}/web-1-config")).unwrap_or_else(|| panic!("config recreated"));
-    let hujson: Value = serde_json::from_str(&unb64(&config["data"]["cap-107.hujson"])).unwrap_or_default();
-    assert_eq!(hujson["AuthKey"], format!("tskey-auth-k{}-SECRET", keys + 1), "{hujson}");
+    assert_eq!(h.auth_key(1), format!("tskey-auth-k{}-SECRET", keys + 1), "the config is recreated with it");
     assert!(h.fake.get(&format!("{SECRETS}/web-1")).is_some(), "and an empty state Secret again");
 }
 
