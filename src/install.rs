@@ -4,6 +4,9 @@
 //! a Secret; the manifests must create exactly these objects. Keeping the names in one place lets
 //! `tests/install.rs` check the YAML against the code instead of against a second copy.
 
+/// The container image a release publishes, as deploy/ references it and the Dockerfile's build
+/// command tags it.
+pub const IMAGE: &str = concat!("ghcr.io/tailscale-gateway/tailscale-gateway:v", env!("CARGO_PKG_VERSION"));
 /// Namespace the manifests install into.
 pub const NAMESPACE: &str = "tailscale-gateway";
 /// Name of the ServiceAccount, Deployment, ClusterRole and most other objects.

@@ -247,7 +247,7 @@ impl LeaderElector {
                 }
                 Err(error) => {
                     let keep = last_renewed.is_some_and(|t| t.elapsed() < self.cfg.renew_deadline);
-                    warn!(%error, still_leading = keep, "leader election round failed");
+                    warn!(error = %crate::errors::Chain(&error), still_leading = keep, "leader election round failed");
                     if !keep {
                         last_renewed = None;
                     }
@@ -273,7 +273,9 @@ impl LeaderElector {
         match self.release().await {
             Ok(true) => info!(lease = %self.cfg.name, "released lease"),
             Ok(false) => {}
-            Err(error) => warn!(%error, "could not release lease; it expires on its own"),
+            Err(error) => {
+                warn!(error = %crate::errors::Chain(&error), "could not release lease; it expires on its own")
+            }
         }
     }
 }

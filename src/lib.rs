@@ -9,6 +9,7 @@ pub mod api;
 pub mod cache;
 pub mod check;
 pub mod core;
+pub mod errors;
 pub mod install;
 pub mod lease;
 pub mod local;

@@ -43,6 +43,17 @@ pub enum LocalError {
     /// Kubeconfig serialization.
     #[error("writing kubeconfig: {0}")]
     Kubeconfig(String),
+    /// Another local-mode server holds the state directory.
+    #[error(
+        "another `serve --local` is using the state directory {} ({holder}): stop it, or give this one \
+         its own with --state-dir DIR", state_dir.display()
+    )]
+    Busy {
+        /// The directory.
+        state_dir: PathBuf,
+        /// What the lock file says of its holder.
+        holder: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
@@ -69,6 +80,40 @@ fn write_pair(dir: &Path, name: &str, pair: &CertPair) -> Result<(), LocalError>
     let cert = dir.join(format!("{name}.crt"));
     std::fs::write(&cert, &pair.cert_pem).map_err(io(&cert))?;
     write_private(&dir.join(format!("{name}.key")), &pair.key_pem)
+}
+
+/// A state directory held by this server: a second local-mode server on the same directory would
+/// rewrite its kubeconfig to another port, so it refuses to start instead. Released on drop (and
+/// by the kernel when the process ends, however it ends).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Takes the state directory for this process, creating it; `owner` (e.g. the listen address) is
+/// written into the lock file so a second server can say which one holds it.
+pub fn lock_state_dir(state_dir: &Path, owner: &str) -> Result<StateLock, LocalError> {
+    use std::io::Write;
+    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+    let path = state_dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(LocalError::Busy { state_dir: state_dir.to_path_buf(), holder: holder.trim().to_string() });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+    }
+    file.set_len(0).map_err(io(&path))?;
+    writeln!(file, "pid {} serving {owner}", std::process::id()).map_err(io(&path))?;
+    Ok(StateLock { _file: file })
 }
 
 /// Loads the state directory's certificates, creating what is missing. The serving certificate is
@@ -186,12 +231,13 @@ impl LocalDir {
                 continue;
             }
             summary.reported += 1;
+            let (file, document) = (p.source.path.display(), p.source.document);
+            // The line of the problem when known, else where the document starts.
+            let line = p.at.map_or(p.source.line, |(line, _)| line);
             match p.severity {
-                Severity::Error => {
-                    tracing::warn!(file = %p.source.path.display(), document = p.source.document, error = %p.message, "rejected document");
-                }
+                Severity::Error => tracing::warn!(%file, line, document, error = %p.message, "rejected document"),
                 Severity::Warning => {
-                    tracing::info!(file = %p.source.path.display(), document = p.source.document, warning = %p.message, "document accepted with a warning")
+                    tracing::info!(%file, line, document, warning = %p.message, "document accepted with a warning")
                 }
             }
         }
@@ -267,6 +313,18 @@ pub async fn watch_dir(cache: Cache, mut dir: LocalDir, every: Duration, stop: C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_server_on_the_same_state_dir_is_refused_with_who_holds_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = lock_state_dir(dir.path(), "https://127.0.0.1:8443").expect("the first server takes the directory");
+        let second = lock_state_dir(dir.path(), "https://127.0.0.1:9443").expect_err("the second is refused");
+        let text = second.to_string();
+        assert!(text.contains("another `serve --local` is using the state directory"), "{text}");
+        assert!(text.contains("serving https://127.0.0.1:8443") && text.contains("--state-dir"), "{text}");
+        drop(first);
+        lock_state_dir(dir.path(), "https://127.0.0.1:9443").expect("free again once the first one stops");
+    }
 
     const TAILNET: &str = "apiVersion: gateway.tailscale.com/v1alpha1\nkind: TailscaleTailnet\nmetadata: {name: corp}\nspec: {oauthSecretRef: {name: oauth}}\n";
 

@@ -28,6 +28,9 @@ enum Command {
     /// Run the server (in a cluster, or with --local DIR on a laptop).
     Serve(Box<runtime::ServeArgs>),
     /// Validate manifests offline with the webhook's rules; exit 1 on any rejected document.
+    #[command(
+        override_usage = "tailscale-gateway check [-n NAMESPACE] [-f] PATH...\n       ... | tailscale-gateway check -f -"
+    )]
     Check {
         /// Files or folders (walked recursively for *.yaml, *.yml, *.json); `-` reads standard
         /// input.
@@ -44,6 +47,9 @@ enum Command {
     Crds,
     /// Print, without a cluster, the Kubernetes objects the reconciler would create for the given
     /// resources (StatefulSets, Services, Secrets with placeholder auth keys, ...), for review in CI.
+    #[command(
+        override_usage = "tailscale-gateway render [-n NAMESPACE] [-f] PATH...\n       ... | tailscale-gateway render -f -"
+    )]
     Render {
         /// Files or folders (walked recursively for *.yaml, *.yml, *.json); `-` reads standard
         /// input.
@@ -96,8 +102,22 @@ fn render(paths: &[PathBuf], namespace: &str, proxy_image: &str) -> ExitCode {
             }
         }
     }
-    print!("{out}");
-    ExitCode::SUCCESS
+    emit(&out)
+}
+
+/// Writes `text` to standard output. A reader that went away (`| head`) ends the command quietly
+/// and successfully, as it does for every Unix tool.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -115,32 +135,12 @@ fn init_tracing(format: &str) {
     }
 }
 
-/// An error and its causes on one line, each said once: some errors (kube's) already spell out
-/// their sources, which `{:#}` would repeat.
-fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Crds => match tailscale_gateway::api::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => emit(&yaml),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
                 let running = match runtime::start(*args).await {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("error: {}", describe(&e));
+                        eprintln!("error: {}", tailscale_gateway::errors::describe(e.as_ref()));
                         return ExitCode::FAILURE;
                     }
                 };

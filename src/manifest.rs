@@ -22,6 +22,30 @@ pub struct Source {
     pub path: PathBuf,
     /// 1-based index of the document in the file.
     pub document: usize,
+    /// 1-based line of the file where the document's text starts (0 for the file as a whole).
+    pub line: usize,
+}
+
+impl Source {
+    /// The file as a whole.
+    pub fn file(path: &Path) -> Self {
+        Source { path: path.to_path_buf(), document: 0, line: 0 }
+    }
+}
+
+/// An I/O error in words, without Rust's "(os error N)".
+pub fn io_message(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -55,6 +79,20 @@ pub struct Problem {
     pub severity: Severity,
     /// What is wrong, naming the field.
     pub message: String,
+    /// The file's line and column the problem was found at, when known (YAML syntax errors).
+    pub at: Option<(usize, usize)>,
+}
+
+impl Problem {
+    /// An error with `source`.
+    pub fn error(source: Source, message: impl Into<String>) -> Self {
+        Problem { source, severity: Severity::Error, message: message.into(), at: None }
+    }
+
+    /// A warning about `source`.
+    pub fn warning(source: Source, message: impl Into<String>) -> Self {
+        Problem { source, severity: Severity::Warning, message: message.into(), at: None }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -63,7 +101,13 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}: {label}: {}", self.source, self.message)
+        match (self.at, self.source.document) {
+            // As compilers print it, so editors and terminals can jump to the place.
+            (Some((line, column)), n) => {
+                write!(f, "{}:{line}:{column} (document {n}): {label}: {}", self.source.path.display(), self.message)
+            }
+            (None, _) => write!(f, "{}: {label}: {}", self.source, self.message),
+        }
     }
 }
 
@@ -116,36 +160,51 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// One document of a YAML stream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Document {
+    /// 1-based index in the stream (empty documents count, so indexes match what an editor shows).
+    pub index: usize,
+    /// 1-based line of the stream where the document's text starts.
+    pub line: usize,
+    /// The document's text.
+    pub text: String,
+}
+
 /// Splits a YAML stream into documents at `---` lines; empty documents are dropped but still
 /// counted, so indexes match what an editor shows.
-pub fn split_documents(text: &str) -> Vec<(usize, String)> {
+pub fn split_documents(text: &str) -> Vec<Document> {
     fn has_content(body: &str) -> bool {
         body.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
     }
     let mut docs = Vec::new();
     let mut current = String::new();
-    let mut index = 1;
-    for line in text.lines() {
+    let (mut index, mut start) = (1, 1);
+    for (n, line) in text.lines().enumerate() {
         if line == "---" || line.starts_with("--- ") || line.starts_with("---\t") {
             let leading = index == 1 && docs.is_empty() && !has_content(&current);
             if !leading {
                 let body = std::mem::take(&mut current);
                 if has_content(&body) {
-                    docs.push((index, body));
+                    docs.push(Document { index, line: start, text: body });
                 }
                 index += 1;
             }
             current.clear();
+            // The next document's text starts on the line after this marker.
+            start = n + 2;
             continue;
         }
         if line == "..." {
+            // Kept as an empty line, so lines within the document stay the file's lines.
+            current.push('\n');
             continue;
         }
         current.push_str(line);
         current.push('\n');
     }
     if has_content(&current) {
-        docs.push((index, current));
+        docs.push(Document { index, line: start, text: current });
     }
     docs
 }
@@ -153,9 +212,9 @@ pub fn split_documents(text: &str) -> Vec<(usize, String)> {
 /// Parses one file into JSON documents (expanding `kind: List`).
 pub fn parse_file(path: &Path, text: &str) -> Vec<Result<(Source, Value), Problem>> {
     let mut out = Vec::new();
-    for (document, body) in split_documents(text) {
-        let source = Source { path: path.to_path_buf(), document };
-        match serde_saphyr::from_str::<Value>(&body) {
+    for doc in split_documents(text) {
+        let source = Source { path: path.to_path_buf(), document: doc.index, line: doc.line };
+        match serde_saphyr::from_str::<Value>(&doc.text) {
             Ok(Value::Null) => {}
             Ok(Value::Object(mut o)) if o.get("kind").and_then(Value::as_str) == Some("List") => {
                 if let Some(Value::Array(items)) = o.remove("items") {
@@ -163,15 +222,29 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<(Source, Value), Proble
                 }
             }
             Ok(v @ Value::Object(_)) => out.push(Ok((source, v))),
-            Ok(other) => out.push(Err(Problem {
+            Ok(other) => out.push(Err(Problem::error(
                 source,
-                severity: Severity::Error,
-                message: format!("want a Kubernetes object (a YAML mapping), got {}", type_name(&other)),
-            })),
-            Err(e) => out.push(Err(Problem { source, severity: Severity::Error, message: format!("YAML: {e}") })),
+                format!("want a Kubernetes object (a YAML mapping), got {}", type_name(&other)),
+            ))),
+            Err(e) => out.push(Err(yaml_problem(source, &e))),
         }
     }
     out
+}
+
+/// A YAML error worded for manifest authors (no Rust type names or API hints), at the file's line
+/// and column.
+fn yaml_problem(source: Source, e: &serde_saphyr::Error) -> Problem {
+    let mut options = serde_saphyr::RenderOptions::new(&serde_saphyr::UserMessageFormatter);
+    options.snippets = serde_saphyr::SnippetMode::Off;
+    let message = e.render_with_options(options);
+    // The location is said by `at`; drop the formatter's own "at line N column M" suffix.
+    let message = match message.rfind(" at line ") {
+        Some(i) if e.location().is_some() => message[..i].to_string(),
+        _ => message,
+    };
+    let at = e.location().map(|l| (source.line + l.line() as usize - 1, l.column() as usize));
+    Problem { at, ..Problem::error(source, format!("YAML: {message}")) }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -244,7 +317,7 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
             }
             None => message,
         };
-        loaded.problems.push(Problem { source, severity: Severity::Error, message });
+        loaded.problems.push(Problem::error(source, message));
     };
     // Every path on its own, so one that does not exist is named and the others still load.
     let mut found = BTreeSet::new();
@@ -256,11 +329,7 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
         }
         match collect_files(std::slice::from_ref(path)) {
             Ok(files) => found.extend(files),
-            Err(e) => loaded.problems.push(Problem {
-                source: Source { path: path.clone(), document: 0 },
-                severity: Severity::Error,
-                message: e.to_string(),
-            }),
+            Err(e) => loaded.problems.push(Problem::error(Source::file(path), io_message(&e))),
         }
     }
     let mut files: Vec<PathBuf> = found.into_iter().collect();
@@ -286,17 +355,13 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                 let from_file: Vec<(Source, Resource)> = previous
                     .range((path.clone(), 0)..)
                     .take_while(|((p, _), _)| p == path)
-                    .map(|((p, document), r)| (Source { path: p.clone(), document: *document }, r.clone()))
+                    .map(|((p, document), r)| (Source { path: p.clone(), document: *document, line: 0 }, r.clone()))
                     .collect();
                 let message = match from_file.len() {
-                    0 => e.to_string(),
-                    n => format!("{e}; still serving the last valid version of its {n} object(s)"),
+                    0 => io_message(e),
+                    n => format!("{}; still serving the last valid version of its {n} object(s)", io_message(e)),
                 };
-                loaded.problems.push(Problem {
-                    source: Source { path: path.clone(), document: 0 },
-                    severity: Severity::Error,
-                    message,
-                });
+                loaded.problems.push(Problem::error(Source::file(path), message));
                 for kept in from_file {
                     fallbacks.insert(parsed.len());
                     parsed.push(kept);
@@ -371,11 +436,8 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
             continue;
         }
         if !seen.insert((res.kind(), key.clone())) {
-            loaded.problems.push(Problem {
-                source,
-                severity: Severity::Error,
-                message: format!("{} {key} is defined more than once; this copy is ignored", res.kind()),
-            });
+            let message = format!("{} {key} is defined more than once; this copy is ignored", res.kind());
+            loaded.problems.push(Problem::error(source, message));
             continue;
         }
         let mut res = res;
@@ -390,22 +452,16 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                 v.errors.is_empty().then_some((prev, v))
             });
             let Some((prev, v)) = fallback else {
-                loaded.problems.push(Problem { source, severity: Severity::Error, message });
+                loaded.problems.push(Problem::error(source, message));
                 continue;
             };
-            loaded.problems.push(Problem {
-                source: source.clone(),
-                severity: Severity::Error,
-                message: format!("{message}; still serving its last valid version"),
-            });
+            loaded
+                .problems
+                .push(Problem::error(source.clone(), format!("{message}; still serving its last valid version")));
             (res, verdict) = (prev, v);
         }
         for w in verdict.warnings {
-            loaded.problems.push(Problem {
-                source: source.clone(),
-                severity: Severity::Warning,
-                message: format!("{} {key}: {w}", res.kind()),
-            });
+            loaded.problems.push(Problem::warning(source.clone(), format!("{} {key}: {w}", res.kind())));
         }
         if let Resource::Services(s) = &res
             && let Some(vip) = vip_service_name(s)
@@ -424,8 +480,8 @@ mod tests {
     #[test]
     fn splits_documents_keeping_indexes() {
         let docs = split_documents("a: 1\n---\n# only a comment\n---\nb: 2\n...\n--- \nc: 3\n");
-        let idx: Vec<usize> = docs.iter().map(|(i, _)| *i).collect();
-        assert_eq!(idx, vec![1, 3, 4]);
+        let idx: Vec<(usize, usize)> = docs.iter().map(|d| (d.index, d.line)).collect();
+        assert_eq!(idx, vec![(1, 1), (3, 5), (4, 8)]);
         let leading = split_documents("---\na: 1\n");
         assert_eq!(leading.len(), 1);
     }

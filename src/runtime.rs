@@ -149,7 +149,14 @@ impl ServeArgs {
 /// A listen address: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT`, or `:PORT` for every interface
 /// (the form Kubernetes components take).
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let want = || format!("{s:?} is no listen address: want IP:PORT, e.g. 0.0.0.0:8443, 127.0.0.1:8443 or :8443");
+    let want = || match s.parse::<u16>() {
+        Ok(port) => format!(
+            "{s:?} is a port alone: want IP:PORT, :PORT or localhost:PORT, e.g. :{port} (every interface) or localhost:{port}"
+        ),
+        Err(_) => format!(
+            "{s:?} is no listen address: want IP:PORT, :PORT or localhost:PORT, e.g. 127.0.0.1:8443, :8443 or localhost:8443"
+        ),
+    };
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -183,6 +190,8 @@ pub struct Running {
     /// Cancel to shut everything down.
     pub stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Local mode: the state directory, held until the server is dropped.
+    _state_lock: Option<crate::local::StateLock>,
 }
 
 impl Running {
@@ -292,14 +301,30 @@ where
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut buffer: Vec<Resource> = Vec::new();
+    let mut failing = WatchFailures::new(kind);
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = stream.next() => e,
         };
+        match &event {
+            Some(Err(error)) => {
+                failing.failed(error);
+                // kube's backoff restarts with every relist it begins, so a watch that always
+                // fails would retry about once a second forever: wait longer each time.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(failing.pause()) => {}
+                }
+            }
+            Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {
+                failing.recovered()
+            }
+            Some(Ok(_)) | None => {}
+        }
         match event {
             None => return,
-            Some(Err(error)) => tracing::warn!(%kind, %error, "watch failed; retrying"),
+            Some(Err(_)) => {}
             Some(Ok(watcher::Event::Init)) => buffer.clear(),
             Some(Ok(watcher::Event::InitApply(o))) => buffer.push(Resource::from(o)),
             Some(Ok(watcher::Event::InitDone)) => cache.reset(kind, std::mem::take(&mut buffer)),
@@ -308,6 +333,56 @@ where
                 let r = Resource::from(o);
                 cache.delete(kind, &r.key());
             }
+        }
+    }
+}
+
+/// What a feeder says of its watch failing: a missing CustomResourceDefinition once, in words
+/// that say how to install it, and any other failure once until it changes (the watcher retries
+/// with backoff; the cache stays not ready, so `/readyz` says so).
+struct WatchFailures {
+    kind: Kind,
+    last: Option<String>,
+    /// Failures since the watch last worked.
+    streak: u32,
+}
+
+impl WatchFailures {
+    /// The longest pause between two attempts.
+    const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+    fn new(kind: Kind) -> Self {
+        Self { kind, last: None, streak: 0 }
+    }
+
+    /// How long to wait before the next attempt: 0.5 s, doubling up to [`Self::MAX_PAUSE`].
+    fn pause(&mut self) -> Duration {
+        self.streak = self.streak.saturating_add(1);
+        Duration::from_millis(250u64.saturating_mul(1 << self.streak.min(10))).min(Self::MAX_PAUSE)
+    }
+
+    fn failed(&mut self, error: &watcher::Error) {
+        let kind = self.kind;
+        let text = match crate::errors::is_api_code(error, 404) {
+            true => format!(
+                "the CustomResourceDefinition {} is not installed; install crds/ with `kubectl apply --server-side -f crds/` \
+                 (or `tailscale-gateway crds | kubectl apply --server-side -f -`); not ready until it is, retrying",
+                crate::api::crd_name(kind)
+            ),
+            false => format!("watching {kind} failed; retrying: {}", crate::errors::Chain(error)),
+        };
+        if self.last.as_deref() == Some(text.as_str()) {
+            tracing::debug!(%kind, "{text}");
+        } else {
+            tracing::error!(%kind, "{text}");
+            self.last = Some(text);
+        }
+    }
+
+    fn recovered(&mut self) {
+        self.streak = 0;
+        if self.last.take().is_some() {
+            tracing::info!(kind = %self.kind, "watching {} again", self.kind);
         }
     }
 }
@@ -331,6 +406,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let listen = args.listen.unwrap_or_else(|| {
         if local { SocketAddr::from(([127, 0, 0, 1], 8443)) } else { SocketAddr::from(([0, 0, 0, 0], 8443)) }
     });
+    // Before anything is bound or written: a second local server on the same state directory
+    // would rewrite the first one's kubeconfig.
+    let state_lock = match local {
+        true => Some(crate::local::lock_state_dir(&args.state_dir, &format!("https://{}", display_addr(listen)))?),
+        false => None,
+    };
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding HTTPS listener on {listen}"))?;
     let https_addr = listener.local_addr()?;
     let xds_listen = args.xds_addr.unwrap_or_else(|| {
@@ -506,7 +587,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let tls_config = tls::server_config(store)?;
     tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
     tracing::info!(%https_addr, %xds_addr, local, "serving");
-    Ok(Running { https_addr, xds_addr, kubeconfig, cache, stop, tasks })
+    Ok(Running { https_addr, xds_addr, kubeconfig, cache, stop, tasks, _state_lock: state_lock })
 }
 
 /// Starts leader election and the reconciler, which runs only while this replica leads.
@@ -586,7 +667,9 @@ mod tests {
         assert_eq!(ok("localhost:0").as_deref(), Ok("127.0.0.1:0"));
         for bad in ["8443", "example.com:8443", ":http", "", "1.2.3.4:70000"] {
             let err = super::parse_listen(bad).err().unwrap_or_default();
-            assert!(err.contains("want IP:PORT, e.g. 0.0.0.0:8443"), "{bad:?}: {err}");
+            assert!(err.contains("want IP:PORT, :PORT or localhost:PORT"), "{bad:?}: {err}");
         }
+        let port = super::parse_listen("18448").err().unwrap_or_default();
+        assert!(port.contains("is a port alone") && port.contains("e.g. :18448"), "{port}");
     }
 }

@@ -476,7 +476,9 @@ impl SelfCert {
                                 store.replace(k);
                                 tracing::info!(secret = %self.cfg.secret_name, "serving certificate reloaded");
                             }
-                            Err(error) => tracing::warn!(%error, "serving certificate in secret is unusable"),
+                            Err(error) => {
+                                tracing::warn!(error = %crate::errors::Chain(&error), "serving certificate in secret is unusable")
+                            }
                         }
                     }
                     if m.bundle != loaded.bundle {
@@ -484,7 +486,9 @@ impl SelfCert {
                     }
                     loaded = m;
                 }
-                Err(error) => tracing::warn!(%error, "checking the certificate secret failed"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::errors::Chain(&error), "checking the certificate secret failed")
+                }
             }
             if !published {
                 match self.publish_ca_bundle(&loaded.bundle).await {
@@ -492,7 +496,9 @@ impl SelfCert {
                         published = true;
                         tracing::debug!(patched = n, "caBundle in sync");
                     }
-                    Err(error) => tracing::warn!(%error, "updating caBundle failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(error = %crate::errors::Chain(&error), "updating caBundle failed; retrying")
+                    }
                 }
             }
             // Someone may edit a registration (kubectl apply drops caBundle): re-check each round.

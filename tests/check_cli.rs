@@ -14,25 +14,17 @@ fn check(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn valid_examples_pass() {
-    let files = [
-        "examples/tailnets.yaml",
-        "examples/endpoints-east.yaml",
-        "examples/endpoints-west.yaml",
-        "examples/services.yaml",
-        "examples/gateway.yaml",
-    ];
-    let mut args = Vec::new();
-    for f in files {
-        args.extend(["-f", f]);
-    }
-    let (code, out) = check(&args);
+    // The whole folder, as `serve --local examples/` and `render examples/` read it: it holds only
+    // working setups (the rejected manifests live in tests/manifests/invalid/).
+    let (code, out) = check(&["examples/"]);
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 0 rejected, 0 warning(s)"), "{out}");
     assert!(out.contains("0 rejected"), "{out}");
 }
 
 #[test]
 fn every_invalid_example_is_rejected_with_its_field() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/invalid");
     let mut files: Vec<_> =
         std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.sort();
@@ -56,15 +48,19 @@ fn every_invalid_example_is_rejected_with_its_field() {
 fn missing_path_is_an_error() {
     let (code, out) = check(&["-f", "does/not/exist.yaml"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("No such file"), "{out}");
+    assert!(out.contains("does/not/exist.yaml: error: no such file or directory\n"), "no Rust error codes: {out}");
+    assert!(out.contains("0 rejected") && out.contains("1 path(s) not read"), "{out}");
 }
 
 #[test]
 fn a_missing_path_is_named_and_the_others_still_load() {
     let (code, out) = check(&["-f", "does/not/exist/", "-f", "examples/tailnets.yaml"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("does/not/exist/: error: No such file"), "the path alone, no document index: {out}");
-    assert!(out.contains("1 file(s): 2 valid object(s), 1 rejected"), "{out}");
+    assert!(
+        out.contains("does/not/exist/: error: no such file or directory"),
+        "the path alone, no document index: {out}"
+    );
+    assert!(out.contains("1 file(s): 2 valid object(s), 0 rejected") && out.contains("1 path(s) not read"), "{out}");
 }
 
 #[test]
@@ -98,7 +94,7 @@ fn standard_input_is_read_with_dash() {
 
 #[test]
 fn misspelt_fields_are_rejected_as_kubectl_apply_would() {
-    let (code, out) = check(&["-f", "examples/invalid/unknown-field.yaml"]);
+    let (code, out) = check(&["-f", "tests/manifests/invalid/unknown-field.yaml"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("TailscaleEndpoints \"default/typo-endpoints\" is invalid: [spec.ports[0].protocl: Unknown field: TailscaleEndpoints gateway.tailscale.com/v1alpha1 has no such field, spec.prots: Unknown field"),
@@ -128,4 +124,54 @@ fn serve_without_a_cluster_says_why_once() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("use --local DIR to run without a cluster"), "{err}");
     assert_eq!(err.matches("missing-kubeconfig").count(), 1, "each cause once: {err}");
+}
+
+#[test]
+fn yaml_errors_point_at_the_files_line_and_column() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("two.yaml");
+    let text = "# a comment\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n\n# second\napiVersion: v1\nkind: ConfigMap\n metadata: [\n";
+    std::fs::write(&file, text).expect("writing the manifest");
+    let (code, out) = check(&["-f", file.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{out}");
+    let want = format!("{}:11:10 (document 2): error: YAML: ", file.display());
+    assert!(out.contains(&want), "file line and column of the error, want {want:?} in: {out}");
+    for rust in ["Option<", "String>", "-->", "<input>"] {
+        assert!(!out.contains(rust), "no Rust type names or snippets ({rust}): {out}");
+    }
+}
+
+#[test]
+fn a_bare_check_shows_how_to_name_files() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+        .arg("check")
+        .output()
+        .expect("running tailscale-gateway check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("check [-n NAMESPACE] [-f] PATH...") && err.contains("check -f -"), "{err}");
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    for args in [&["crds"][..], &["render", "examples/"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tailscale-gateway");
+        // Read one byte, then go away as `head -c1` does.
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut byte = [0u8; 1];
+        stdout.read_exact(&mut byte).expect("some output");
+        drop(stdout);
+        let out = child.wait_with_output().expect("waiting for tailscale-gateway");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{args:?}: {err}");
+    }
 }

@@ -28,7 +28,7 @@ fn render_prints_what_the_reconciler_would_create() {
     assert!(!text.contains("tskey-"), "no real auth key is ever rendered");
 
     let bad = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
-        .args(["render", "-f", "examples/invalid/bad-endpoints.yaml"])
+        .args(["render", "-f", "tests/manifests/invalid/bad-endpoints.yaml"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -698,19 +698,16 @@ fn proxies_are_granted_only_what_we_hold() {
 
 // ---- kustomize ----------------------------------------------------------------------------
 
-fn kustomize(dir: &str) -> Option<Vec<Value>> {
+fn kustomize(dir: &str) -> Vec<Value> {
     let kubectl = Path::new("/usr/bin/kubectl");
-    if !kubectl.exists() {
-        println!("skipping: /usr/bin/kubectl not found, cannot run `kubectl kustomize {dir}`");
-        return None;
-    }
+    assert!(kubectl.exists(), "/usr/bin/kubectl not found: it is needed to run `kubectl kustomize {dir}`");
     let out = std::process::Command::new(kubectl)
         .args(["kustomize", &root().join(dir).to_string_lossy()])
         .output()
         .unwrap_or_else(|e| panic!("running kubectl: {e}"));
     assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Some(serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{dir} output: {e}")))
+    serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{dir} output: {e}"))
 }
 
 fn kinds(docs: &[Value]) -> BTreeMap<String, usize> {
@@ -723,7 +720,7 @@ fn kinds(docs: &[Value]) -> BTreeMap<String, usize> {
 
 #[test]
 fn kustomize_builds_the_default_install() {
-    let Some(docs) = kustomize("deploy") else { return };
+    let docs = kustomize("deploy");
     let k = kinds(&docs);
     for (kind, n) in [
         ("CustomResourceDefinition", 4),
@@ -737,12 +734,18 @@ fn kustomize_builds_the_default_install() {
         assert_eq!(k.get(kind).copied(), Some(n), "{kind} in kubectl kustomize deploy/: {k:?}");
     }
     assert!(!k.contains_key("Certificate"), "no cert-manager objects by default");
+    let images: Vec<&str> = docs
+        .iter()
+        .flat_map(|d| d["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten())
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    assert_eq!(images, [install::IMAGE], "the install runs the release image");
     assert!(!serde_json::to_string(&docs).unwrap_or_default().contains("inject-ca-from"));
 }
 
 #[test]
 fn kustomize_builds_the_cert_manager_variant() {
-    let Some(docs) = kustomize("certs") else { return };
+    let docs = kustomize("certs");
     let k = kinds(&docs);
     assert_eq!(k.get("Certificate"), Some(&2), "{k:?}");
     assert_eq!(k.get("Issuer"), Some(&2), "{k:?}");
@@ -789,4 +792,36 @@ fn kustomize_builds_the_cert_manager_variant() {
     let parsed = Cli::try_parse_from(std::iter::once("tailscale-gateway").chain(args.iter().copied().skip(1)))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(parsed.serve.tls_cert_file.is_some());
+}
+
+#[test]
+fn the_dockerfile_builds_the_image_the_install_references() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("reading the Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("docker build -t {} .", install::IMAGE)),
+        "build command tags {}",
+        install::IMAGE
+    );
+    let version = format!("org.opencontainers.image.version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(dockerfile.contains(&version), "the image's version label is Cargo.toml's: {version}");
+    let mut referenced = BTreeSet::new();
+    for dir in ["deploy", "certs", "examples", "examples/envoy-gateway"] {
+        for (file, doc) in docs(dir) {
+            let pod = &doc["spec"]["template"]["spec"];
+            for c in pod["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(pod["initContainers"].as_array().into_iter().flatten())
+            {
+                if let Some(image) = c["image"].as_str().filter(|i| i.contains("tailscale-gateway")) {
+                    referenced.insert(format!("{file}: {image}"));
+                }
+            }
+        }
+    }
+    assert!(!referenced.is_empty());
+    for r in &referenced {
+        assert!(r.ends_with(&format!(": {}", install::IMAGE)), "{r} is not {}", install::IMAGE);
+    }
 }

@@ -537,7 +537,7 @@ pub async fn follow_authentication_config(delegated: Arc<Delegated>, stop: Cance
         let cm = match event {
             None => return,
             Some(Err(error)) => {
-                tracing::warn!(%error, configmap = name, "watching authentication ConfigMap failed; retrying");
+                tracing::warn!(error = %crate::errors::Chain(&error), configmap = name, "watching authentication ConfigMap failed; retrying");
                 continue;
             }
             Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => cm,
@@ -556,7 +556,9 @@ pub async fn follow_authentication_config(delegated: Arc<Delegated>, stop: Cance
                 );
                 delegated.set_config(cfg);
             }
-            Err(error) => tracing::warn!(%error, configmap = name, "ignoring unusable authentication ConfigMap"),
+            Err(error) => {
+                tracing::warn!(error = %crate::errors::Chain(&error), configmap = name, "ignoring unusable authentication ConfigMap")
+            }
         }
     }
 }

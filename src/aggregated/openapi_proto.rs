@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 /// Generated code of our `openapi.v2` protobuf package (plain messages).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
-    tonic::include_proto!("openapi.v2");
+    include!("generated/openapi.v2.rs");
 }
 
 /// The protobuf media type, and the `Content-Type` of every protobuf answer. kube-openapi answers

@@ -50,3 +50,33 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
     }
     Ok(out)
 }
+
+/// The resource name (plural) of `kind`, as in URLs and `kubectl get` (from its type's CRD).
+pub fn plural(kind: crate::core::Kind) -> String {
+    use crate::core::Kind;
+    use kube::Resource;
+    match kind {
+        Kind::Tailnet => TailscaleTailnet::plural(&()).into_owned(),
+        Kind::Endpoints => TailscaleEndpoints::plural(&()).into_owned(),
+        Kind::Services => TailscaleServices::plural(&()).into_owned(),
+        Kind::Gateway => TailscaleGateway::plural(&()).into_owned(),
+    }
+}
+
+/// The name of `kind`'s CustomResourceDefinition (`<plural>.<group>`).
+pub fn crd_name(kind: crate::core::Kind) -> String {
+    format!("{}.{GROUP}", plural(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Kind;
+
+    #[test]
+    fn plurals_are_the_crds_own() {
+        let names: Vec<String> = crds().into_iter().filter_map(|c| c.metadata.name).collect();
+        let ours: Vec<String> = Kind::ALL.iter().map(|k| crd_name(*k)).collect();
+        assert_eq!(names, ours);
+    }
+}

@@ -269,7 +269,9 @@ mod tests {
     #[test]
     fn examples_have_no_unknown_fields() {
         let mut files = Vec::new();
-        yaml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"), &mut files);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        yaml_files(&root.join("examples"), &mut files);
+        yaml_files(&root.join("tests/manifests/invalid"), &mut files);
         let mut kinds = BTreeSet::new();
         // The one example that is about misspelt fields.
         files.retain(|p| !p.ends_with("invalid/unknown-field.yaml"));

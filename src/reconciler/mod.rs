@@ -323,7 +323,7 @@ impl Context {
                 Ok(devices)
             }
             Err(e) if e.is_transient() && slot.is_some() => {
-                tracing::warn!(tailnet = %handle.name, error = %e, "device list refresh failed; using the last one");
+                tracing::warn!(tailnet = %handle.name, error = %crate::errors::Chain(&e), "device list refresh failed; using the last one");
                 Ok(slot.as_ref().map(|l| l.devices.clone()).unwrap_or_default())
             }
             Err(e) => Err(e),
@@ -350,7 +350,7 @@ impl Context {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(object = %obj.meta().name.clone().unwrap_or_default(), error = %e, "publishing event failed");
+            tracing::warn!(object = %obj.meta().name.clone().unwrap_or_default(), error = %crate::errors::Chain(&e), "publishing event failed");
         }
     }
 
@@ -444,7 +444,7 @@ where
         Ok(_) => ctx.reset_backoff(controller, key),
         Err(e) => {
             timer.fail(e.metric_label());
-            tracing::warn!(controller, object = %key, error = %e, "reconcile failed");
+            tracing::warn!(controller, object = %key, error = %crate::errors::Chain(e), "reconcile failed");
         }
     }
     result
@@ -471,7 +471,7 @@ pub async fn run(ctx: Arc<Context>, mut is_leader: watch::Receiver<bool>, shutdo
         tracing::info!(shutdown = done, "stopping controllers");
         let _ = stop_tx.send(true);
         if let Err(e) = controllers.await {
-            tracing::error!(error = %e, "controllers task failed");
+            tracing::error!(error = %crate::errors::Chain(&e), "controllers task failed");
         }
         if done {
             return;

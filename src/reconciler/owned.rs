@@ -187,7 +187,9 @@ where
                         return;
                     }
                 }
-                Err(error) => tracing::warn!(kind = %K::kind(&()), %error, "watching owned objects failed; retrying"),
+                Err(error) => {
+                    tracing::warn!(kind = %K::kind(&()), error = %crate::errors::Chain(&error), "watching owned objects failed; retrying")
+                }
             }
         }
     });

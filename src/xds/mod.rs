@@ -38,7 +38,7 @@ pub use service::{ExtensionService, HookSettings};
 /// Generated code of the `envoygateway.extension` protobuf package (server and client).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
-    tonic::include_proto!("envoygateway.extension");
+    include!("generated/envoygateway.extension.rs");
 }
 
 /// Full gRPC service name, as Envoy Gateway calls it and as the health service reports it.

@@ -1,0 +1,107 @@
+//! Errors as people read them: one line, every cause said once, and a Kubernetes API error as the
+//! message the API server wrote (kube's own `Display` of one appends a Rust debug dump of the
+//! whole `Status`).
+
+use std::error::Error;
+use std::fmt;
+
+/// Displays an error and its chain of causes on one line, each said once.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(self.0))
+    }
+}
+
+/// `e` and its causes on one line, each said once (see [`Chain`]).
+pub fn describe(e: &(dyn Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(status) = api_status(err) {
+            parts.push(status_text(status));
+            break;
+        }
+        let text = err.to_string();
+        next = err.source();
+        // Many errors end with their cause's text (`"watching: {0}"`): the cause says it.
+        let own = match next.map(|n| n.to_string()) {
+            Some(cause) if text.ends_with(&cause) => text[..text.len() - cause.len()].trim_end_matches([':', ' ']),
+            _ => text.as_str(),
+        };
+        if !own.is_empty() && !parts.iter().any(|p| p.contains(own)) {
+            parts.push(own.to_string());
+        }
+    }
+    parts.join(": ")
+}
+
+/// The `Status` of a Kubernetes API error, if `e` is one.
+pub fn api_status<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a kube::core::Status> {
+    match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status),
+        _ => e.downcast_ref::<kube::core::Status>(),
+    }
+}
+
+/// An API error as `kubectl` says it: the server's message, then its reason and code.
+pub fn status_text(status: &kube::core::Status) -> String {
+    let message = if status.message.is_empty() { "the API server refused the request" } else { &status.message };
+    match (status.reason.as_str(), status.code) {
+        ("", 0) => message.to_string(),
+        ("", code) => format!("{message} ({code})"),
+        (reason, 0) => format!("{message} ({reason})"),
+        (reason, code) => format!("{message} ({reason}, {code})"),
+    }
+}
+
+/// Whether `e` (or one of its causes) is an API error with `code`.
+pub fn is_api_code(e: &(dyn Error + 'static), code: u16) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if api_status(err).is_some_and(|s| s.code == code) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_found() -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            reason: "NotFound".into(),
+            message: "the server could not find the requested resource".into(),
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("watching TailscaleServices: {0}")]
+    struct Wrapped(#[source] kube::Error);
+
+    #[test]
+    fn api_errors_read_as_the_servers_message_without_a_debug_dump() {
+        let e = Wrapped(not_found());
+        let text = describe(&e);
+        assert_eq!(
+            text,
+            "watching TailscaleServices: the server could not find the requested resource (NotFound, 404)"
+        );
+        assert!(!format!("{}", Chain(&e)).contains("Status {"));
+        assert!(is_api_code(&e, 404));
+        assert!(!is_api_code(&e, 403));
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("writing state");
+        assert_eq!(describe(e.as_ref()), "writing state: disk full");
+    }
+}
