@@ -864,6 +864,34 @@ mod tests {
     }
 
     #[test]
+    fn resource_changes_are_logged_only_when_asked() {
+        let cache = Cache::new(100);
+        cache.apply(services("default", "web", json!({"app": "web"}), None));
+        let logged = cache.read().events_since(0).unwrap_or_default();
+        assert!(logged.iter().all(|e| e.view_kind() == ViewKind::Selection), "not logged by default: {logged:?}");
+        let before = cache.read().revision();
+        cache.log_resource_events();
+        assert!(cache.read().events_since(before.saturating_sub(1)).is_err(), "cannot resume from before");
+        cache.apply(services("default", "web", json!({"app": "api"}), None));
+        cache.apply(endpoints("default", "e", json!({"app": "api"}), &["e-0"]));
+        cache.delete(Kind::Services, &ObjectKey::new("default", "web"));
+        let idx = cache.read();
+        let events = idx.events_since(before).unwrap_or_default();
+        let kinds: Vec<(ViewKind, EventType)> = events.iter().map(|e| (e.view_kind(), e.kind)).collect();
+        assert_eq!(kinds[0], (ViewKind::Services, EventType::Modified));
+        assert!(kinds.contains(&(ViewKind::Endpoints, EventType::Added)), "{kinds:?}");
+        assert!(kinds.contains(&(ViewKind::Device, EventType::Added)), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&(ViewKind::Selection, EventType::Deleted)), "{kinds:?}");
+        assert!(kinds.contains(&(ViewKind::Services, EventType::Deleted)), "{kinds:?}");
+        // Entries carry the revision of their last event.
+        let e = idx.endpoints_entry(&ObjectKey::new("default", "e")).unwrap_or_else(|| panic!("missing"));
+        let added = events.iter().find(|ev| ev.view_kind() == ViewKind::Endpoints).map(|ev| ev.revision);
+        assert_eq!(Some(e.revision), added);
+        assert_eq!(idx.endpoints_entries(Some("other")).len(), 0);
+        assert_eq!(idx.services_entries(None).len(), 0);
+    }
+
+    #[test]
     fn live_devices_overlay_status() {
         let cache = Cache::new(100);
         cache.apply(endpoints("default", "e", json!({}), &["e-0"]));

@@ -802,6 +802,29 @@ mod tests {
     }
 
     #[test]
+    fn uids_are_deterministic_unique_uuids() {
+        let a = uid(GROUP, "TailscaleDevice", "default", "web-0");
+        assert_eq!(a, uid(GROUP, "TailscaleDevice", "default", "web-0"));
+        assert_eq!(a.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert_eq!(&a[14..15], "8", "version 8 (custom): {a}");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "RFC 9562 variant: {a}");
+        let others = [
+            uid(GROUP, "SelectedEndpoints", "default", "web-0"),
+            uid(GROUP, "TailscaleDevice", "staging", "web-0"),
+            uid(GROUP, "TailscaleDevice", "default", "web-1"),
+            uid(GROUP, "TailscaleDevice", "defaultweb-0", ""),
+            uid(GROUP, "TailscaleDevice", "", "defaultweb-0"),
+            uid("gateway.tailscale.com", "TailscaleDevice", "default", "web-0"),
+        ];
+        let all: std::collections::BTreeSet<&String> = others.iter().chain([&a]).collect();
+        assert_eq!(all.len(), others.len() + 1);
+        let dev = device();
+        let v = serde_json::to_value(Object::new(&dev, 1)).unwrap_or_default();
+        assert_eq!(v["metadata"]["uid"], uid(GROUP, "TailscaleDevice", "default", "web-0"));
+    }
+
+    #[test]
     fn device_renders_as_kubernetes_object() {
         let dev = device();
         let v = serde_json::to_value(Object::new(&dev, 42)).unwrap_or_default();
