@@ -107,6 +107,13 @@ async fn line_with(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
 
 /// Our CRD kinds, served read-only by local mode.
 async fn exercise_crds(k: &Kubectl<'_>, dir: &Path) {
+    crd_tables(k).await;
+    crd_objects(k).await;
+    crd_watch(k, dir).await;
+}
+
+/// Tables with the CRDs' printer columns, short names, the category, discovery.
+async fn crd_tables(k: &Kubectl<'_>) {
     let svc = k.run(&["get", "tailscaleservices", "-A"]).await;
     let header = svc.lines().next().unwrap_or_default();
     for col in ["NAMESPACE", "NAME", "VIP", "ENDPOINTS", "HEALTHY", "AGE"] {
@@ -144,7 +151,10 @@ async fn exercise_crds(k: &Kubectl<'_>, dir: &Path) {
     for needle in ["tailscaletailnets", "tstailnet", "tailscaleservices", "tssvc", "tsep", "tsgw"] {
         assert!(resources.contains(needle), "api-resources lacks {needle}:\n{resources}");
     }
+}
 
+/// Whole objects (status included), selectors, describe, explain, version, refused writes.
+async fn crd_objects(k: &Kubectl<'_>) {
     let yaml = k.run(&["get", "tssvc", "web-service", "-o", "yaml"]).await;
     for needle in [
         "apiVersion: gateway.tailscale.com/v1alpha1",
@@ -184,8 +194,10 @@ async fn exercise_crds(k: &Kubectl<'_>, dir: &Path) {
     assert!(err.contains("MethodNotAllowed") && err.contains("read-only"), "{err}");
     let err = k.fails(&["label", "tsep", "web-proxy-east", "x=y"]).await;
     assert!(err.contains("MethodNotAllowed"), "{err}");
+}
 
-    // get -w of a CRD kind sees an edit of its file.
+/// `get -w` of a CRD kind sees an edit of its file.
+async fn crd_watch(k: &Kubectl<'_>, dir: &Path) {
     let mut child = k
         .command(&["get", "tssvc", "-w"])
         .stdout(Stdio::piped())
