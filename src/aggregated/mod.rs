@@ -256,12 +256,11 @@ async fn answer(
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let docs = &api.docs;
     let doc = |bytes: &Vec<u8>, group| if read { json_response(bytes.clone()) } else { method_not_allowed(group) };
-    let of = |group| docs.of(group).ok_or(());
     match &target {
         Target::LegacyApi => doc(&docs.api, ApiGroup::Tailnet),
         Target::GroupList => doc(&docs.group_list, ApiGroup::Tailnet),
-        Target::Group(g) => of(*g).map_or_else(|_| not_found(), |d| doc(&d.api_group, *g)),
-        Target::GroupVersion(g) => of(*g).map_or_else(|_| not_found(), |d| doc(&d.resources, *g)),
+        Target::Group(g) => docs.of(*g).map_or_else(not_found, |d| doc(&d.api_group, *g)),
+        Target::GroupVersion(g) => docs.of(*g).map_or_else(not_found, |d| doc(&d.resources, *g)),
         Target::Version => {
             let agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
             doc(&bytes(discovery::version_info(agent)), ApiGroup::Tailnet)
@@ -279,7 +278,7 @@ async fn answer(
         }
         Target::OpenApiV3 => doc(&docs.openapi_v3_root, ApiGroup::Tailnet),
         Target::OpenApiV3GroupVersion(g) => {
-            let Ok(d) = of(*g) else { return not_found() };
+            let Some(d) = docs.of(*g) else { return not_found() };
             let mut resp = doc(&d.openapi_v3, *g);
             if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", d.openapi_v3_hash)) {
                 resp.headers_mut().insert(header::ETAG, etag);
