@@ -29,6 +29,14 @@ pub enum ViewKind {
     Device,
     /// `selectedendpoints`.
     Selection,
+    /// A TailscaleTailnet (logged only with [`Cache::log_resource_events`]).
+    Tailnet,
+    /// A TailscaleEndpoints (likewise).
+    Endpoints,
+    /// A TailscaleServices (likewise).
+    Services,
+    /// A TailscaleGateway (likewise).
+    Gateway,
 }
 
 /// How a view object changed.
@@ -49,6 +57,14 @@ pub enum ViewObject {
     Device(Arc<Device>),
     /// A selection.
     Selection(Arc<Selection>),
+    /// A TailscaleTailnet (logged only with [`Cache::log_resource_events`]).
+    Tailnet(Arc<TailscaleTailnet>),
+    /// A TailscaleEndpoints (likewise).
+    Endpoints(Arc<TailscaleEndpoints>),
+    /// A TailscaleServices (likewise).
+    Services(Arc<TailscaleServices>),
+    /// A TailscaleGateway (likewise).
+    Gateway(Arc<TailscaleGateway>),
 }
 
 /// One change of a view object.
@@ -71,6 +87,10 @@ impl Event {
         match self.object {
             ViewObject::Device(_) => ViewKind::Device,
             ViewObject::Selection(_) => ViewKind::Selection,
+            ViewObject::Tailnet(_) => ViewKind::Tailnet,
+            ViewObject::Endpoints(_) => ViewKind::Endpoints,
+            ViewObject::Services(_) => ViewKind::Services,
+            ViewObject::Gateway(_) => ViewKind::Gateway,
         }
     }
 }
@@ -131,7 +151,7 @@ impl<T> Clone for Stored<T> {
 }
 
 struct CompiledService {
-    object: Arc<TailscaleServices>,
+    stored: Stored<TailscaleServices>,
     /// `None` when the selector is absent or invalid: selects nothing.
     selector: Option<Selector>,
     vip: Option<String>,
@@ -142,10 +162,10 @@ struct CompiledService {
 pub struct Index {
     revision: u64,
     synced: BTreeSet<Kind>,
-    tailnets: BTreeMap<String, Arc<TailscaleTailnet>>,
-    endpoints: BTreeMap<ObjectKey, Arc<TailscaleEndpoints>>,
+    tailnets: BTreeMap<String, Stored<TailscaleTailnet>>,
+    endpoints: BTreeMap<ObjectKey, Stored<TailscaleEndpoints>>,
     services: BTreeMap<ObjectKey, CompiledService>,
-    gateways: BTreeMap<ObjectKey, Arc<TailscaleGateway>>,
+    gateways: BTreeMap<ObjectKey, Stored<TailscaleGateway>>,
     live: HashMap<String, Arc<Vec<LiveDevice>>>,
     selection: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     selected_by: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -157,6 +177,16 @@ pub struct Index {
     log_capacity: usize,
     /// Revision before the oldest event still in the log.
     log_floor: u64,
+    /// Whether changes of our four kinds are logged too (local mode serves them to watchers).
+    log_resources: bool,
+}
+
+/// The entries of a map keyed by namespace and name, in one namespace or all.
+fn entries<V, T>(map: &BTreeMap<ObjectKey, V>, namespace: Option<&str>, f: impl Fn(&V) -> T) -> Vec<T> {
+    match namespace {
+        Some(ns) => ns_range(map, ns).map(|(_, v)| f(v)).collect(),
+        None => map.values().map(f).collect(),
+    }
 }
 
 fn ns_range<'a, V>(map: &'a BTreeMap<ObjectKey, V>, ns: &'a str) -> impl Iterator<Item = (&'a ObjectKey, &'a V)> {
@@ -176,42 +206,42 @@ impl Index {
 
     /// A TailscaleTailnet by name.
     pub fn tailnet(&self, name: &str) -> Option<&Arc<TailscaleTailnet>> {
-        self.tailnets.get(name)
+        self.tailnets.get(name).map(|s| &s.object)
     }
 
     /// All TailscaleTailnets.
     pub fn tailnets(&self) -> impl Iterator<Item = &Arc<TailscaleTailnet>> {
-        self.tailnets.values()
+        self.tailnets.values().map(|s| &s.object)
     }
 
     /// A TailscaleEndpoints by key.
     pub fn endpoints(&self, key: &ObjectKey) -> Option<&Arc<TailscaleEndpoints>> {
-        self.endpoints.get(key)
+        self.endpoints.get(key).map(|s| &s.object)
     }
 
     /// All TailscaleEndpoints.
     pub fn all_endpoints(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleEndpoints>)> {
-        self.endpoints.iter()
+        self.endpoints.iter().map(|(k, s)| (k, &s.object))
     }
 
     /// A TailscaleServices by key.
     pub fn services(&self, key: &ObjectKey) -> Option<&Arc<TailscaleServices>> {
-        self.services.get(key).map(|s| &s.object)
+        self.services.get(key).map(|s| &s.stored.object)
     }
 
     /// All TailscaleServices.
     pub fn all_services(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleServices>)> {
-        self.services.iter().map(|(k, s)| (k, &s.object))
+        self.services.iter().map(|(k, s)| (k, &s.stored.object))
     }
 
     /// A TailscaleGateway by key.
     pub fn gateway(&self, key: &ObjectKey) -> Option<&Arc<TailscaleGateway>> {
-        self.gateways.get(key)
+        self.gateways.get(key).map(|s| &s.object)
     }
 
     /// All TailscaleGateways.
     pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleGateway>)> {
-        self.gateways.iter()
+        self.gateways.iter().map(|(k, s)| (k, &s.object))
     }
 
     /// The TailscaleEndpoints a TailscaleServices selects now.
@@ -270,6 +300,52 @@ impl Index {
         self.selections.get(key).cloned()
     }
 
+    /// TailscaleTailnets with their revisions (`namespace` must be `None`: they are cluster-scoped).
+    pub fn tailnet_entries(&self, namespace: Option<&str>) -> Vec<Stored<TailscaleTailnet>> {
+        if namespace.is_some_and(|ns| !ns.is_empty()) {
+            return Vec::new();
+        }
+        self.tailnets.values().cloned().collect()
+    }
+
+    /// One TailscaleTailnet with its revision.
+    pub fn tailnet_entry(&self, key: &ObjectKey) -> Option<Stored<TailscaleTailnet>> {
+        if !key.namespace.is_empty() {
+            return None;
+        }
+        self.tailnets.get(&key.name).cloned()
+    }
+
+    /// TailscaleEndpoints with their revisions, ordered by namespace and name.
+    pub fn endpoints_entries(&self, namespace: Option<&str>) -> Vec<Stored<TailscaleEndpoints>> {
+        entries(&self.endpoints, namespace, Clone::clone)
+    }
+
+    /// One TailscaleEndpoints with its revision.
+    pub fn endpoints_entry(&self, key: &ObjectKey) -> Option<Stored<TailscaleEndpoints>> {
+        self.endpoints.get(key).cloned()
+    }
+
+    /// TailscaleServices with their revisions, ordered by namespace and name.
+    pub fn services_entries(&self, namespace: Option<&str>) -> Vec<Stored<TailscaleServices>> {
+        entries(&self.services, namespace, |c| c.stored.clone())
+    }
+
+    /// One TailscaleServices with its revision.
+    pub fn services_entry(&self, key: &ObjectKey) -> Option<Stored<TailscaleServices>> {
+        self.services.get(key).map(|c| c.stored.clone())
+    }
+
+    /// TailscaleGateways with their revisions, ordered by namespace and name.
+    pub fn gateway_entries(&self, namespace: Option<&str>) -> Vec<Stored<TailscaleGateway>> {
+        entries(&self.gateways, namespace, Clone::clone)
+    }
+
+    /// One TailscaleGateway with its revision.
+    pub fn gateway_entry(&self, key: &ObjectKey) -> Option<Stored<TailscaleGateway>> {
+        self.gateways.get(key).cloned()
+    }
+
     /// View changes after `revision`, or [`Gone`] when the log no longer reaches back that far.
     pub fn events_since(&self, revision: u64) -> Result<Vec<Event>, Gone> {
         if revision < self.log_floor {
@@ -297,9 +373,33 @@ impl Index {
         (revision, memo)
     }
 
+    /// Logs a change of one of our four kinds when they are logged; else only bumps the revision.
+    fn record_resource(&mut self, old: bool, object: ViewObject) -> (u64, Memo) {
+        let kind = if old { EventType::Modified } else { EventType::Added };
+        if self.log_resources {
+            return self.record(kind, object);
+        }
+        (self.bump(), Memo::default())
+    }
+
+    /// Logs the removal of one of our four kinds (when they are logged); bumps the revision.
+    fn record_removal(&mut self, object: Option<ViewObject>) -> bool {
+        match object {
+            Some(o) if self.log_resources => {
+                self.record(EventType::Deleted, o);
+                true
+            }
+            Some(_) => {
+                self.bump();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn refresh_devices(&mut self, ep_key: &ObjectKey) {
         let new: Vec<Device> = match self.endpoints.get(ep_key) {
-            Some(ep) => views::devices_of(ep, self.live_devices(&ep.spec.tailnet)),
+            Some(ep) => views::devices_of(&ep.object, self.live_devices(&ep.object.spec.tailnet)),
             None => Vec::new(),
         };
         let old_keys = self.devices_by_endpoints.remove(ep_key).unwrap_or_default();
@@ -330,7 +430,7 @@ impl Index {
     }
 
     fn refresh_selection_view(&mut self, svc_key: &ObjectKey) {
-        let Some(svc) = self.services.get(svc_key).map(|s| s.object.clone()) else {
+        let Some(svc) = self.services.get(svc_key).map(|s| s.stored.object.clone()) else {
             if let Some(s) = self.selections.remove(svc_key) {
                 self.record(EventType::Deleted, ViewObject::Selection(s.object));
             }
@@ -339,7 +439,9 @@ impl Index {
         let selected: Vec<(Arc<TailscaleEndpoints>, Vec<Device>)> = self
             .selected_endpoints(svc_key)
             .filter_map(|k| {
-                self.endpoints.get(k).map(|e| (e.clone(), self.devices_of(k).iter().map(|d| (**d).clone()).collect()))
+                self.endpoints
+                    .get(k)
+                    .map(|e| (e.object.clone(), self.devices_of(k).iter().map(|d| (**d).clone()).collect()))
             })
             .collect();
         let pairs: Vec<(&TailscaleEndpoints, &[Device])> =
@@ -360,7 +462,7 @@ impl Index {
         let matches = match (self.services.get(svc_key), self.endpoints.get(ep_key)) {
             (Some(svc), Some(ep)) => svc.selector.as_ref().is_some_and(|s| {
                 let empty = BTreeMap::new();
-                s.matches(ep.metadata.labels.as_ref().unwrap_or(&empty))
+                s.matches(ep.object.metadata.labels.as_ref().unwrap_or(&empty))
             }),
             _ => false,
         };
@@ -427,63 +529,70 @@ impl Index {
         let key = res.key();
         match res {
             Resource::Tailnet(t) => {
-                if self.tailnets.get(&key.name).is_some_and(|o| **o == t) {
+                let old = self.tailnets.get(&key.name);
+                if old.is_some_and(|o| *o.object == t) {
                     return;
                 }
-                self.tailnets.insert(key.name, Arc::new(t));
-                self.bump();
+                let object = Arc::new(t);
+                let (revision, memo) = self.record_resource(old.is_some(), ViewObject::Tailnet(object.clone()));
+                self.tailnets.insert(key.name, Stored { object, revision, memo });
             }
             Resource::Gateway(g) => {
-                if self.gateways.get(&key).is_some_and(|o| **o == g) {
+                let old = self.gateways.get(&key);
+                if old.is_some_and(|o| *o.object == g) {
                     return;
                 }
-                self.gateways.insert(key, Arc::new(g));
-                self.bump();
+                let object = Arc::new(g);
+                let (revision, memo) = self.record_resource(old.is_some(), ViewObject::Gateway(object.clone()));
+                self.gateways.insert(key, Stored { object, revision, memo });
             }
             Resource::Endpoints(e) => {
-                if self.endpoints.get(&key).is_some_and(|o| **o == e) {
+                let old = self.endpoints.get(&key);
+                if old.is_some_and(|o| *o.object == e) {
                     return;
                 }
-                self.endpoints.insert(key.clone(), Arc::new(e));
-                self.bump();
+                let object = Arc::new(e);
+                let (revision, memo) = self.record_resource(old.is_some(), ViewObject::Endpoints(object.clone()));
+                self.endpoints.insert(key.clone(), Stored { object, revision, memo });
                 self.endpoints_changed(&key);
             }
-            Resource::Services(s) => {
-                if self.services.get(&key).is_some_and(|o| *o.object == s) {
-                    return;
-                }
-                let selector = s
-                    .spec
-                    .selector
-                    .as_ref()
-                    .and_then(|sel| Selector::from_label_selector(sel, &FieldPath::new("spec.selector")).ok());
-                let vip = vip_service_name(&s);
-                let old_vip = self.services.get(&key).and_then(|o| o.vip.clone());
-                self.set_vip_claim(&key, old_vip, vip.clone());
-                self.services.insert(key.clone(), CompiledService { object: Arc::new(s), selector, vip });
-                self.bump();
-                self.services_changed(&key);
-            }
+            Resource::Services(s) => self.apply_services(key, s),
         }
+    }
+
+    fn apply_services(&mut self, key: ObjectKey, s: TailscaleServices) {
+        let old = self.services.get(&key);
+        if old.is_some_and(|o| *o.stored.object == s) {
+            return;
+        }
+        let existed = old.is_some();
+        let selector = s
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|sel| Selector::from_label_selector(sel, &FieldPath::new("spec.selector")).ok());
+        let vip = vip_service_name(&s);
+        let old_vip = self.services.get(&key).and_then(|o| o.vip.clone());
+        self.set_vip_claim(&key, old_vip, vip.clone());
+        let object = Arc::new(s);
+        let (revision, memo) = self.record_resource(existed, ViewObject::Services(object.clone()));
+        self.services.insert(key.clone(), CompiledService { stored: Stored { object, revision, memo }, selector, vip });
+        self.services_changed(&key);
     }
 
     fn delete(&mut self, kind: Kind, key: &ObjectKey) {
         let removed = match kind {
-            Kind::Tailnet => self.tailnets.remove(&key.name).is_some(),
-            Kind::Gateway => self.gateways.remove(key).is_some(),
-            Kind::Endpoints => self.endpoints.remove(key).is_some(),
-            Kind::Services => match self.services.remove(key) {
-                Some(old) => {
-                    self.set_vip_claim(key, old.vip, None);
-                    true
-                }
-                None => false,
-            },
+            Kind::Tailnet => self.tailnets.remove(&key.name).map(|s| ViewObject::Tailnet(s.object)),
+            Kind::Gateway => self.gateways.remove(key).map(|s| ViewObject::Gateway(s.object)),
+            Kind::Endpoints => self.endpoints.remove(key).map(|s| ViewObject::Endpoints(s.object)),
+            Kind::Services => self.services.remove(key).map(|old| {
+                self.set_vip_claim(key, old.vip, None);
+                ViewObject::Services(old.stored.object)
+            }),
         };
-        if !removed {
+        if !self.record_removal(removed) {
             return;
         }
-        self.bump();
         match kind {
             Kind::Endpoints => self.endpoints_changed(key),
             Kind::Services => {
@@ -593,6 +702,17 @@ impl Cache {
         });
     }
 
+    /// Logs changes of our four kinds too, for watchers of them (local mode serves them). Until
+    /// now they were not logged, so a watch cannot resume from before this point.
+    pub fn log_resource_events(&self) {
+        self.write(|idx| {
+            if !idx.log_resources {
+                idx.log_resources = true;
+                idx.log_floor = idx.log_floor.max(idx.revision);
+            }
+        });
+    }
+
     /// Marks a kind as loaded (for `/readyz`).
     pub fn mark_synced(&self, kind: Kind) {
         self.write(|idx| {
@@ -610,8 +730,12 @@ impl Cache {
             }
             idx.live.insert(tailnet.to_string(), Arc::new(devices));
             idx.bump();
-            let eps: Vec<ObjectKey> =
-                idx.endpoints.iter().filter(|(_, e)| e.spec.tailnet == tailnet).map(|(k, _)| k.clone()).collect();
+            let eps: Vec<ObjectKey> = idx
+                .endpoints
+                .iter()
+                .filter(|(_, e)| e.object.spec.tailnet == tailnet)
+                .map(|(k, _)| k.clone())
+                .collect();
             for ep in eps {
                 idx.endpoints_changed(&ep);
             }
@@ -737,6 +861,34 @@ mod tests {
         let tail = idx.events_since(before).unwrap_or_default();
         assert_eq!(tail.iter().filter(|e| e.kind == EventType::Deleted).count(), 2);
         assert!(matches!(idx.events_since(0), Err(Gone { .. })));
+    }
+
+    #[test]
+    fn resource_changes_are_logged_only_when_asked() {
+        let cache = Cache::new(100);
+        cache.apply(services("default", "web", json!({"app": "web"}), None));
+        let logged = cache.read().events_since(0).unwrap_or_default();
+        assert!(logged.iter().all(|e| e.view_kind() == ViewKind::Selection), "not logged by default: {logged:?}");
+        let before = cache.read().revision();
+        cache.log_resource_events();
+        assert!(cache.read().events_since(before.saturating_sub(1)).is_err(), "cannot resume from before");
+        cache.apply(services("default", "web", json!({"app": "api"}), None));
+        cache.apply(endpoints("default", "e", json!({"app": "api"}), &["e-0"]));
+        cache.delete(Kind::Services, &ObjectKey::new("default", "web"));
+        let idx = cache.read();
+        let events = idx.events_since(before).unwrap_or_default();
+        let kinds: Vec<(ViewKind, EventType)> = events.iter().map(|e| (e.view_kind(), e.kind)).collect();
+        assert_eq!(kinds[0], (ViewKind::Services, EventType::Modified));
+        assert!(kinds.contains(&(ViewKind::Endpoints, EventType::Added)), "{kinds:?}");
+        assert!(kinds.contains(&(ViewKind::Device, EventType::Added)), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&(ViewKind::Selection, EventType::Deleted)), "{kinds:?}");
+        assert!(kinds.contains(&(ViewKind::Services, EventType::Deleted)), "{kinds:?}");
+        // Entries carry the revision of their last event.
+        let e = idx.endpoints_entry(&ObjectKey::new("default", "e")).unwrap_or_else(|| panic!("missing"));
+        let added = events.iter().find(|ev| ev.view_kind() == ViewKind::Endpoints).map(|ev| ev.revision);
+        assert_eq!(Some(e.revision), added);
+        assert_eq!(idx.endpoints_entries(Some("other")).len(), 0);
+        assert_eq!(idx.services_entries(None).len(), 0);
     }
 
     #[test]

@@ -581,6 +581,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
 
     let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone()).with_metrics(aggregated_metrics);
+    // Local mode has no kube-apiserver to serve our CRD kinds: the aggregated API serves them too.
+    let aggregated = if local { aggregated.with_crds() } else { aggregated };
     let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
     let routes = router(admission.clone(), Arc::new(registry)).merge(crate::aggregated::router(aggregated));
     let app = HttpsApp::new(admission, routes);

@@ -353,3 +353,142 @@ async fn requests_and_open_watches_are_counted_by_verb_resource_and_code() {
         "{text}"
     );
 }
+
+const CRD_GV: &str = "/apis/gateway.tailscale.com/v1alpha1";
+
+fn crd_objects() -> Vec<Resource> {
+    let docs = [
+        json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
+            "metadata": {"name": "corp", "creationTimestamp": "2025-06-25T10:00:00Z"},
+            "spec": {"oauthSecretRef": {"name": "oauth"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ok", "message": "",
+                "lastTransitionTime": "2025-06-25T10:00:00Z"}], "tailnetInfo": {"name": "corp.com"}}}),
+        json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"selector": {"matchLabels": {"tier": "web"}}, "vipService": {"name": "svc:web"}},
+            "status": {"endpointCount": 2, "vipService": {"name": "svc:web", "backendCount": 2, "healthyBackends": 1}}}),
+    ];
+    docs.into_iter().map(|d| Resource::from_value(d).unwrap_or_else(|e| panic!("building object: {e}"))).collect()
+}
+
+fn crd_cache() -> Cache {
+    let cache = Cache::default();
+    for obj in crd_objects() {
+        cache.apply(obj);
+    }
+    cache.apply(endpoints("a", true));
+    cache
+}
+
+#[tokio::test]
+async fn the_crd_group_is_served_only_when_asked_for() {
+    let (api, admin) = local_api(crd_cache());
+    let (_, groups) = send(&api, request("/apis", admin.clone(), &[])).await;
+    assert_eq!(groups["groups"].as_array().map(Vec::len), Some(1), "{groups}");
+    for path in [CRD_GV.to_string(), format!("{CRD_GV}/namespaces/default/tailscaleservices")] {
+        let (status, _) = send(&api, request(&path, admin.clone(), &[])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} without with_crds");
+    }
+    let api = api.with_crds();
+    let (_, groups) = send(&api, request("/apis", admin.clone(), &[])).await;
+    let names: Vec<&str> =
+        groups["groups"].as_array().into_iter().flatten().filter_map(|g| g["name"].as_str()).collect();
+    assert_eq!(names, ["tailnet.gateway.tailscale.com", "gateway.tailscale.com"]);
+    let (status, resources) = send(&api, request(CRD_GV, admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resources["resources"].as_array().map(Vec::len), Some(4));
+    // The tailnet group is unchanged: its views only.
+    let (_, tailnet) = send(&api, request(GV, admin, &[])).await;
+    assert_eq!(tailnet["resources"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn crd_kinds_are_read_only_objects_lists_and_tables() {
+    let (api, admin) = local_api(crd_cache());
+    let api = api.with_crds();
+    let (status, svc) =
+        send(&api, request(&format!("{CRD_GV}/namespaces/default/tailscaleservices/web"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(svc["kind"], "TailscaleServices");
+    assert_eq!(svc["apiVersion"], "gateway.tailscale.com/v1alpha1");
+    assert_eq!(svc["status"]["endpointCount"], 2);
+    assert_eq!(svc["spec"]["vipService"]["name"], "svc:web");
+    let uid = svc["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    assert_eq!(uid.len(), 36, "{uid}");
+    // The same object in another server gets the same uid.
+    let (other, admin2) = local_api(crd_cache());
+    let (_, again) =
+        send(&other.with_crds(), request(&format!("{CRD_GV}/namespaces/default/tailscaleservices/web"), admin2, &[]))
+            .await;
+    assert_eq!(again["metadata"]["uid"], uid.as_str());
+
+    // Cluster-scoped: no namespace in the path or the object.
+    let (status, tn) = send(&api, request(&format!("{CRD_GV}/tailscaletailnets/corp"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(tn["metadata"].get("namespace").is_none(), "{tn}");
+    let (status, _) =
+        send(&api, request(&format!("{CRD_GV}/namespaces/default/tailscaletailnets"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&api, request(&format!("{CRD_GV}/tailscaleservices/web"), admin.clone(), &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+    let (_, t) = send(&api, request(&format!("{CRD_GV}/tailscaletailnets"), admin.clone(), &[("accept", table)])).await;
+    let columns: Vec<&str> =
+        t["columnDefinitions"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(columns, ["Name", "TAILNET", "MAGICDNS", "READY", "AGE"]);
+    assert_eq!(t["rows"][0]["cells"][0], "corp");
+    assert_eq!(t["rows"][0]["cells"][1], "corp.com");
+    assert_eq!(t["rows"][0]["cells"][2], Value::Null);
+    assert_eq!(t["rows"][0]["cells"][3], "True");
+    let (_, list) =
+        send(&api, request(&format!("{CRD_GV}/tailscaleservices?labelSelector=app%3Dweb"), admin.clone(), &[])).await;
+    assert_eq!(list["kind"], "TailscaleServicesList");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let (_, none) = send(
+        &api,
+        request(&format!("{CRD_GV}/tailscaleservices?fieldSelector=metadata.name%3Dother"), admin.clone(), &[]),
+    )
+    .await;
+    assert_eq!(none["items"].as_array().map(Vec::len), Some(0));
+
+    for method in [http::Method::DELETE, http::Method::POST, http::Method::PUT, http::Method::PATCH] {
+        let mut write = request(&format!("{CRD_GV}/namespaces/default/tailscaleservices/web"), admin.clone(), &[]);
+        *write.method_mut() = method.clone();
+        let (status, body) = send(&api, write).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(body["reason"], "MethodNotAllowed");
+    }
+    let (status, version) =
+        send(&api, request("/version", admin, &[("user-agent", "kubectl/v1.30.2 (linux/amd64) kubernetes/x")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version["minor"], "30");
+}
+
+#[tokio::test]
+async fn crd_watches_see_changes_of_their_kind() {
+    let cache = crd_cache();
+    let (api, admin) = local_api(cache.clone());
+    let api = api.with_crds();
+    let path = format!("{CRD_GV}/namespaces/default/tailscaleservices?watch=true");
+    let resp = router(api).oneshot(request(&path, admin, &[])).await.unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let added = next_event(&mut body, &mut buf).await;
+    assert_eq!((added["type"].as_str(), added["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("web")));
+    // A device change is not a TailscaleServices event; the services change is.
+    cache.apply(endpoints("a", false));
+    let mut changed = crd_objects().remove(1);
+    if let Resource::Services(s) = &mut changed {
+        s.spec.tailnet = Some("corp".into());
+    }
+    cache.apply(changed);
+    let modified = next_event(&mut body, &mut buf).await;
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"]["kind"], "TailscaleServices");
+    assert_eq!(modified["object"]["spec"]["tailnet"], "corp");
+    cache.delete(tailscale_gateway::core::Kind::Services, &tailscale_gateway::core::ObjectKey::new("default", "web"));
+    let deleted = next_event(&mut body, &mut buf).await;
+    assert_eq!(deleted["type"], "DELETED");
+}

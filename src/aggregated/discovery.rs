@@ -8,19 +8,28 @@
 
 use serde_json::{Map, Value, json};
 
-use super::resources::{CATEGORY, GROUP, GROUP_VERSION, VERSION, View};
-use crate::core::views::{Device, Selection};
+use super::request::{ApiGroup, KindFn, ResourceKind};
+use super::resources::{KindInfo, View};
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
-/// Prefix of our definition names (reverse-DNS of the group, as Kubernetes names them).
-const DEF_PREFIX: &str = "com.tailscale.gateway.tailnet.v1alpha1";
 
-/// The verbs both kinds support: read-only.
+/// The verbs every kind supports: read-only.
 pub const VERBS: &[&str] = &["get", "list", "watch"];
 
-fn group_version_entry() -> Value {
-    json!({"groupVersion": GROUP_VERSION, "version": VERSION})
+/// Prefix of a group's definition names (reverse-DNS of the group, as Kubernetes names them):
+/// `com.tailscale.gateway.tailnet.v1alpha1`, `com.tailscale.gateway.v1alpha1`.
+fn def_prefix(info: &KindInfo) -> String {
+    let reversed: Vec<&str> = info.group.split('.').rev().collect();
+    format!("{}.{}", reversed.join("."), info.version)
+}
+
+fn definition(info: &KindInfo, kind: &str) -> String {
+    format!("{}.{kind}", def_prefix(info))
+}
+
+fn group_version_entry(group: ApiGroup) -> Value {
+    json!({"groupVersion": group.group_version(), "version": group.version()})
 }
 
 /// `/api`: we serve no core group; an empty version list makes clients skip it.
@@ -29,41 +38,48 @@ pub fn api_versions() -> Value {
 }
 
 /// `/apis/<group>`.
-pub fn api_group() -> Value {
-    json!({"kind": "APIGroup", "apiVersion": "v1", "name": GROUP,
-        "versions": [group_version_entry()], "preferredVersion": group_version_entry()})
+pub fn api_group(group: ApiGroup) -> Value {
+    json!({"kind": "APIGroup", "apiVersion": "v1", "name": group.name(),
+        "versions": [group_version_entry(group)], "preferredVersion": group_version_entry(group)})
 }
 
-/// `/apis`: our one group.
-pub fn api_group_list() -> Value {
-    let mut g = api_group();
-    if let Some(o) = g.as_object_mut() {
-        o.remove("kind");
-        o.remove("apiVersion");
-    }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [g]})
+/// `/apis`: the groups served.
+pub fn api_group_list(groups: &[ApiGroup]) -> Value {
+    let entries: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let mut v = api_group(*g);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("kind");
+                o.remove("apiVersion");
+            }
+            v
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": entries})
 }
 
-fn resource_entry<T: View>() -> Value {
+fn resource_entry(info: &KindInfo) -> Value {
     json!({
-        "name": T::PLURAL,
-        "singularName": T::SINGULAR,
-        "namespaced": true,
-        "kind": T::KIND,
+        "name": info.plural,
+        "singularName": info.singular,
+        "namespaced": info.namespaced,
+        "kind": info.kind,
         "verbs": VERBS,
-        "shortNames": T::SHORT_NAMES,
-        "categories": [CATEGORY],
+        "shortNames": info.short_names,
+        "categories": info.categories,
     })
 }
 
 /// `/apis/<group>/<version>`: the resources, their verbs, short names and categories.
-pub fn api_resource_list() -> Value {
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION,
-        "resources": [resource_entry::<Device>(), resource_entry::<Selection>()]})
+pub fn api_resource_list(group: ApiGroup) -> Value {
+    let resources: Vec<Value> = group.kinds().map(|k| resource_entry(k.info())).collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group.group_version(),
+        "resources": resources})
 }
 
-fn gvk(kind: &str) -> Value {
-    json!([{"group": GROUP, "version": VERSION, "kind": kind}])
+fn gvk(info: &KindInfo, kind: &str) -> Value {
+    json!([{"group": info.group, "version": info.version, "kind": kind}])
 }
 
 fn type_meta_properties(kind_doc: &str) -> Map<String, Value> {
@@ -77,6 +93,7 @@ fn type_meta_properties(kind_doc: &str) -> Map<String, Value> {
 }
 
 fn object_schema<T: View>(refs: &str) -> Value {
+    let info = T::info();
     let mut props =
         type_meta_properties("Kind is a string value representing the REST resource this object represents.");
     props.insert(
@@ -86,11 +103,11 @@ fn object_schema<T: View>(refs: &str) -> Value {
     if let Value::Object(extra) = T::schema_properties() {
         props.extend(extra);
     }
-    json!({"type": "object", "description": T::DESCRIPTION, "properties": props,
-        "x-kubernetes-group-version-kind": gvk(T::KIND)})
+    json!({"type": "object", "description": info.description, "properties": props,
+        "x-kubernetes-group-version-kind": gvk(info, &info.kind)})
 }
 
-fn list_schema<T: View>(refs: &str) -> Value {
+fn list_schema(info: &KindInfo, refs: &str) -> Value {
     let mut props =
         type_meta_properties("Kind is a string value representing the REST resource this object represents.");
     props.insert(
@@ -99,11 +116,11 @@ fn list_schema<T: View>(refs: &str) -> Value {
     );
     props.insert(
         "items".into(),
-        json!({"type": "array", "description": format!("List of {}.", T::PLURAL),
-            "items": {"$ref": format!("{refs}{DEF_PREFIX}.{}", T::KIND)}}),
+        json!({"type": "array", "description": format!("List of {}.", info.plural),
+            "items": {"$ref": format!("{refs}{}", definition(info, &info.kind))}}),
     );
-    json!({"type": "object", "description": format!("{} is a list of {}.", T::LIST_KIND, T::KIND),
-        "required": ["items"], "properties": props, "x-kubernetes-group-version-kind": gvk(T::LIST_KIND)})
+    json!({"type": "object", "description": format!("{} is a list of {}.", info.list_kind, info.kind),
+        "required": ["items"], "properties": props, "x-kubernetes-group-version-kind": gvk(info, &info.list_kind)})
 }
 
 fn meta_schemas() -> [(String, Value); 2] {
@@ -130,19 +147,33 @@ fn meta_schemas() -> [(String, Value); 2] {
     [(OBJECT_META.to_string(), object_meta), (LIST_META.to_string(), list_meta)]
 }
 
-/// Every schema, with `$ref`s under `refs` (`#/definitions/` for v2, `#/components/schemas/`
-/// for v3).
-pub fn schemas(refs: &str) -> Map<String, Value> {
+/// A kind's object and list schemas, added to a map.
+struct SchemasOf<'a> {
+    refs: &'a str,
+    into: &'a mut Map<String, Value>,
+}
+
+impl KindFn for SchemasOf<'_> {
+    type Out = ();
+    fn call<T: View>(self) {
+        let info = T::info();
+        self.into.insert(definition(info, &info.kind), object_schema::<T>(self.refs));
+        self.into.insert(definition(info, &info.list_kind), list_schema(info, self.refs));
+    }
+}
+
+/// Every schema of `kinds`, with `$ref`s under `refs` (`#/definitions/` for v2,
+/// `#/components/schemas/` for v3).
+pub fn schemas(refs: &str, kinds: &[ResourceKind]) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert(format!("{DEF_PREFIX}.{}", Device::KIND), object_schema::<Device>(refs));
-    m.insert(format!("{DEF_PREFIX}.{}", Device::LIST_KIND), list_schema::<Device>(refs));
-    m.insert(format!("{DEF_PREFIX}.{}", Selection::KIND), object_schema::<Selection>(refs));
-    m.insert(format!("{DEF_PREFIX}.{}", Selection::LIST_KIND), list_schema::<Selection>(refs));
+    for kind in kinds {
+        kind.with(SchemasOf { refs, into: &mut m });
+    }
     m.extend(meta_schemas());
     m
 }
 
-fn operation<T: View>(action: &str, response: String, v3: bool) -> Value {
+fn operation(info: &KindInfo, action: &str, response: String, v3: bool) -> Value {
     let schema = json!({"$ref": response});
     let ok = if v3 {
         json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
@@ -150,54 +181,121 @@ fn operation<T: View>(action: &str, response: String, v3: bool) -> Value {
         json!({"description": "OK", "schema": schema})
     };
     let verb = if action == "list" { "list" } else { "read" };
+    let kind = &info.kind;
     json!({"get": {
-        "description": format!("{action} {}", T::KIND),
-        "operationId": format!("{verb}{}{}", T::KIND, if action == "list" { "List" } else { "" }),
+        "description": format!("{action} {kind}"),
+        "operationId": format!("{verb}{kind}{}", if action == "list" { "List" } else { "" }),
         "responses": {"200": ok},
         "x-kubernetes-action": action,
-        "x-kubernetes-group-version-kind": {"group": GROUP, "version": VERSION, "kind": T::KIND},
+        "x-kubernetes-group-version-kind": {"group": info.group, "version": info.version, "kind": kind},
     }})
 }
 
-fn paths_of<T: View>(refs: &str, v3: bool, paths: &mut Map<String, Value>) {
-    let base = format!("/apis/{GROUP_VERSION}");
-    let list = format!("{refs}{DEF_PREFIX}.{}", T::LIST_KIND);
-    let one = format!("{refs}{DEF_PREFIX}.{}", T::KIND);
-    paths.insert(format!("{base}/{}", T::PLURAL), operation::<T>("list", list.clone(), v3));
-    paths.insert(format!("{base}/namespaces/{{namespace}}/{}", T::PLURAL), operation::<T>("list", list, v3));
-    paths.insert(format!("{base}/namespaces/{{namespace}}/{}/{{name}}", T::PLURAL), operation::<T>("get", one, v3));
+fn paths_of(info: &KindInfo, refs: &str, v3: bool, paths: &mut Map<String, Value>) {
+    let base = format!("/apis/{}", info.api_version);
+    let list = format!("{refs}{}", definition(info, &info.list_kind));
+    let one = format!("{refs}{}", definition(info, &info.kind));
+    let plural = &info.plural;
+    paths.insert(format!("{base}/{plural}"), operation(info, "list", list.clone(), v3));
+    if info.namespaced {
+        paths.insert(format!("{base}/namespaces/{{namespace}}/{plural}"), operation(info, "list", list, v3));
+        paths.insert(format!("{base}/namespaces/{{namespace}}/{plural}/{{name}}"), operation(info, "get", one, v3));
+    } else {
+        paths.insert(format!("{base}/{plural}/{{name}}"), operation(info, "get", one, v3));
+    }
 }
 
-/// The read operations of both kinds, each tagged with its group-version-kind (what
+/// The read operations of `kinds`, each tagged with its group-version-kind (what
 /// `kubectl explain` uses to find a resource's schema).
-pub fn paths(refs: &str, v3: bool) -> Map<String, Value> {
+pub fn paths(refs: &str, v3: bool, kinds: &[ResourceKind]) -> Map<String, Value> {
     let mut m = Map::new();
-    paths_of::<Device>(refs, v3, &mut m);
-    paths_of::<Selection>(refs, v3, &mut m);
+    for kind in kinds {
+        paths_of(kind.info(), refs, v3, &mut m);
+    }
     m
 }
 
 fn info() -> Value {
-    json!({"title": "tailscale-gateway aggregated API", "version": VERSION})
+    json!({"title": "tailscale-gateway aggregated API", "version": "v1alpha1"})
 }
 
-/// `/openapi/v2` (JSON; kube-apiserver's aggregator merges it into the cluster's document).
-pub fn openapi_v2() -> Value {
-    json!({"swagger": "2.0", "info": info(), "paths": paths("#/definitions/", false),
-        "definitions": schemas("#/definitions/")})
+fn kinds_of(groups: &[ApiGroup]) -> Vec<ResourceKind> {
+    groups.iter().flat_map(|g| g.kinds()).collect()
+}
+
+/// `/openapi/v2` of the groups served (JSON; kube-apiserver's aggregator merges it into the
+/// cluster's document).
+pub fn openapi_v2(groups: &[ApiGroup]) -> Value {
+    let kinds = kinds_of(groups);
+    json!({"swagger": "2.0", "info": info(), "paths": paths("#/definitions/", false, &kinds),
+        "definitions": schemas("#/definitions/", &kinds)})
 }
 
 /// `/openapi/v3/apis/<group>/<version>`.
-pub fn openapi_v3_group_version() -> Value {
-    json!({"openapi": "3.0.0", "info": info(), "paths": paths("#/components/schemas/", true),
-        "components": {"schemas": schemas("#/components/schemas/")}})
+pub fn openapi_v3_group_version(group: ApiGroup) -> Value {
+    let kinds = kinds_of(&[group]);
+    json!({"openapi": "3.0.0", "info": info(), "paths": paths("#/components/schemas/", true, &kinds),
+        "components": {"schemas": schemas("#/components/schemas/", &kinds)}})
 }
 
 /// `/openapi/v3`: where each group-version document lives, with a content hash so clients can
 /// cache it.
-pub fn openapi_v3_root(hash: &str) -> Value {
-    let path = format!("apis/{GROUP_VERSION}");
-    json!({"paths": {path.clone(): {"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}}})
+pub fn openapi_v3_root(documents: &[(ApiGroup, String)]) -> Value {
+    let mut paths = Map::new();
+    for (group, hash) in documents {
+        let path = format!("apis/{}", group.group_version());
+        paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}));
+    }
+    json!({"paths": paths})
+}
+
+/// The minor version `/version` reports when the client does not tell its own: the Kubernetes
+/// API this server is compiled against (k8s-openapi's `v1_33`).
+pub const DEFAULT_MINOR: u32 = 33;
+
+/// The `major.minor` a client-go User-Agent names (`kubectl/v1.31.2 (linux/amd64) kubernetes/…`,
+/// `kubectl.1.27/v1.27.16 …`), when it is a 1.x version.
+pub fn client_minor(user_agent: &str) -> Option<u32> {
+    let product = user_agent.split_whitespace().next()?;
+    let version = product.rsplit_once('/')?.1.strip_prefix('v')?;
+    let mut parts = version.split('.');
+    if parts.next()? != "1" {
+        return None;
+    }
+    let minor = parts.next()?;
+    let digits = minor.find(|c: char| !c.is_ascii_digit()).map_or(minor, |end| &minor[..end]);
+    digits.parse().ok()
+}
+
+/// `/version`, as kube-apiserver answers it (`version.Info`).
+///
+/// kubectl 1.28 and newer print "WARNING: version difference between client (1.x) and server
+/// (1.y) exceeds the supported minor version skew of +/-1" when the minors differ by more than
+/// one, and no single version is within one of every kubectl from 1.27 to 1.33. There is no
+/// kube-apiserver behind local mode whose version could be reported, and what this server
+/// answers (discovery, OpenAPI v2 and v3, Tables, watches) is the same for every client, so it
+/// reports the minor version of the client asking, read from its User-Agent, else
+/// [`DEFAULT_MINOR`]. The version must stay semantic (`vMAJOR.MINOR.PATCH`): kubectl fails
+/// `kubectl version` on one it cannot parse. The build metadata (`+tailscale-gateway.<version>`)
+/// says what answered.
+pub fn version_info(user_agent: Option<&str>) -> Value {
+    let minor = user_agent.and_then(client_minor).unwrap_or(DEFAULT_MINOR);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    json!({
+        "major": "1",
+        "minor": minor.to_string(),
+        "gitVersion": format!("v1.{minor}.0+tailscale-gateway.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{arch}", std::env::consts::OS),
+    })
 }
 
 /// A stable content hash (FNV-1a 64) for `hash=` query parameters and ETags.
@@ -213,10 +311,11 @@ pub fn content_hash(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregated::resources::GROUP_VERSION;
 
     #[test]
     fn resource_list_has_verbs_short_names_and_categories() {
-        let v = api_resource_list();
+        let v = api_resource_list(ApiGroup::Tailnet);
         assert_eq!(v["groupVersion"], GROUP_VERSION);
         let devices = &v["resources"][0];
         assert_eq!(devices["name"], "tailscaledevices");
@@ -225,15 +324,18 @@ mod tests {
         assert_eq!(devices["categories"][0], "tailscale");
         assert_eq!(devices["verbs"], json!(["get", "list", "watch"]));
         assert_eq!(v["resources"][1]["name"], "selectedendpoints");
-        assert_eq!(api_group_list()["groups"][0]["preferredVersion"]["groupVersion"], GROUP_VERSION);
+        assert_eq!(v["resources"].as_array().map(Vec::len), Some(2));
+        let groups = api_group_list(&[ApiGroup::Tailnet]);
+        assert_eq!(groups["groups"][0]["preferredVersion"]["groupVersion"], GROUP_VERSION);
+        assert_eq!(groups["groups"].as_array().map(Vec::len), Some(1));
         assert_eq!(api_versions()["versions"], json!([]));
     }
 
     #[test]
     fn openapi_documents_resolve_their_refs() {
         for (doc, refs, defs) in [
-            (openapi_v2(), "#/definitions/", "/definitions"),
-            (openapi_v3_group_version(), "#/components/schemas/", "/components/schemas"),
+            (openapi_v2(&[ApiGroup::Tailnet]), "#/definitions/", "/definitions"),
+            (openapi_v3_group_version(ApiGroup::Tailnet), "#/components/schemas/", "/components/schemas"),
         ] {
             let text = doc.to_string();
             let defs = doc.pointer(defs).and_then(Value::as_object).cloned().unwrap_or_default();
@@ -248,12 +350,47 @@ mod tests {
                 ["get"];
             assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "TailscaleDevice");
         }
-        let root = openapi_v3_root("ABC");
+        let root = openapi_v3_root(&[(ApiGroup::Tailnet, "ABC".into())]);
         assert_eq!(
             root["paths"]["apis/tailnet.gateway.tailscale.com/v1alpha1"]["serverRelativeURL"],
             "/openapi/v3/apis/tailnet.gateway.tailscale.com/v1alpha1?hash=ABC"
         );
         assert_eq!(content_hash(b"a"), content_hash(b"a"));
         assert_ne!(content_hash(b"a"), content_hash(b"b"));
+    }
+
+    #[test]
+    fn crd_group_documents_come_from_the_crds() {
+        let v = api_resource_list(ApiGroup::Crds);
+        assert_eq!(v["groupVersion"], "gateway.tailscale.com/v1alpha1");
+        let tailnets = &v["resources"][0];
+        assert_eq!(tailnets["name"], "tailscaletailnets");
+        assert_eq!(tailnets["namespaced"], false);
+        assert_eq!(tailnets["shortNames"], json!(["tstailnet"]));
+        assert_eq!(v["resources"][2]["shortNames"], json!(["tssvc"]));
+        assert_eq!(v["resources"][2]["categories"], json!(["tailscale"]));
+        let doc = openapi_v3_group_version(ApiGroup::Crds);
+        let svc = &doc["components"]["schemas"]["com.tailscale.gateway.v1alpha1.TailscaleServices"];
+        assert!(svc["properties"]["spec"]["properties"]["vipService"].is_object());
+        assert!(svc["properties"]["status"].is_object());
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        assert!(paths.contains_key("/apis/gateway.tailscale.com/v1alpha1/tailscaletailnets/{name}"));
+        assert!(paths.contains_key("/apis/gateway.tailscale.com/v1alpha1/namespaces/{namespace}/tailscaleservices"));
+        let both = openapi_v2(&[ApiGroup::Tailnet, ApiGroup::Crds]);
+        assert!(both["definitions"]["com.tailscale.gateway.v1alpha1.TailscaleGatewayList"].is_object());
+        assert!(both["definitions"]["com.tailscale.gateway.tailnet.v1alpha1.TailscaleDevice"].is_object());
+    }
+
+    #[test]
+    fn version_follows_the_client_within_skew() {
+        assert_eq!(client_minor("kubectl/v1.31.2 (linux/amd64) kubernetes/abc"), Some(31));
+        assert_eq!(client_minor("kubectl.1.27/v1.27.16 (linux/amd64) kubernetes/abc"), Some(27));
+        assert_eq!(client_minor("kubectl/v1.32.4-dispatcher (linux/amd64) kubernetes/abc"), Some(32));
+        assert_eq!(client_minor("curl/8.5.0"), None);
+        assert_eq!(client_minor("Go-http-client/1.1"), None);
+        let v = version_info(Some("kubectl/v1.28.0 (linux/amd64) kubernetes/abc"));
+        assert_eq!(v["minor"], "28");
+        assert!(v["gitVersion"].as_str().unwrap_or_default().starts_with("v1.28.0+tailscale-gateway."));
+        assert_eq!(version_info(None)["minor"], DEFAULT_MINOR.to_string());
     }
 }

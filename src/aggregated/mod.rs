@@ -1,12 +1,16 @@
 //! The aggregated API face: group `tailnet.gateway.tailscale.com/v1alpha1`, read-only
 //! `tailscaledevices` and `selectedendpoints`, served from the shared cache on the HTTPS server.
 //! In a cluster kube-apiserver proxies to it through an APIService; in local mode kubectl talks
-//! to it directly, so it also answers the discovery and OpenAPI requests kubectl makes.
+//! to it directly, so it also answers the discovery, OpenAPI and `/version` requests kubectl
+//! makes, and serves our four CRD kinds (`gateway.tailscale.com/v1alpha1`) read-only from the
+//! same cache, which in a cluster kube-apiserver serves itself.
 //!
 //! This module only parses, checks access, and responds; what the objects, tables, selectors and
 //! documents look like is in the pure submodules.
 
 pub mod auth;
+pub mod columns;
+pub mod crd;
 pub mod discovery;
 pub mod openapi_proto;
 pub mod render;
@@ -28,11 +32,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Attributes, Auth, AuthError, ResourceRequest};
-use self::request::{Format, ListOptions, ResourceKind, Target, negotiate, verb};
-use self::resources::{GROUP, View};
+use self::request::{ApiGroup, Format, KindFn, ListOptions, Target, negotiate, verb};
+use self::resources::View;
 use crate::cache::Cache;
 use crate::core::ObjectKey;
-use crate::core::views::{Device, Selection};
 use crate::metrics::AggregatedMetrics;
 use crate::server::PeerCerts;
 use crate::server::status::status_response;
@@ -45,41 +48,67 @@ pub const DEFAULT_BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 pub struct AggregatedApi {
     cache: Cache,
     auth: Auth,
+    /// Whether the CRD group is served too (local mode).
+    crds: bool,
     docs: Arc<Docs>,
     bookmark_every: Duration,
     stop: CancellationToken,
     metrics: AggregatedMetrics,
 }
 
-/// Pre-serialized discovery and OpenAPI documents (they never change while running).
-struct Docs {
-    api: Vec<u8>,
-    group_list: Vec<u8>,
-    group: Vec<u8>,
+/// Discovery and OpenAPI documents of one group.
+struct GroupDocs {
+    group: ApiGroup,
+    api_group: Vec<u8>,
     resources: Vec<u8>,
-    openapi_v2: Vec<u8>,
-    openapi_v2_protobuf: Vec<u8>,
-    openapi_v3_root: Vec<u8>,
     openapi_v3: Vec<u8>,
     openapi_v3_hash: String,
 }
 
+/// Pre-serialized discovery and OpenAPI documents (they never change while running).
+struct Docs {
+    api: Vec<u8>,
+    group_list: Vec<u8>,
+    groups: Vec<GroupDocs>,
+    openapi_v2: Vec<u8>,
+    openapi_v2_protobuf: Vec<u8>,
+    openapi_v3_root: Vec<u8>,
+}
+
+fn bytes(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
 impl Docs {
-    fn build() -> Self {
-        let bytes = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
-        let openapi_v3 = bytes(discovery::openapi_v3_group_version());
-        let openapi_v3_hash = discovery::content_hash(&openapi_v3);
+    fn build(groups: &[ApiGroup]) -> Self {
+        let groups_docs: Vec<GroupDocs> = groups
+            .iter()
+            .map(|&group| {
+                let openapi_v3 = bytes(discovery::openapi_v3_group_version(group));
+                GroupDocs {
+                    group,
+                    api_group: bytes(discovery::api_group(group)),
+                    resources: bytes(discovery::api_resource_list(group)),
+                    openapi_v3_hash: discovery::content_hash(&openapi_v3),
+                    openapi_v3,
+                }
+            })
+            .collect();
+        let hashes: Vec<(ApiGroup, String)> =
+            groups_docs.iter().map(|g| (g.group, g.openapi_v3_hash.clone())).collect();
+        let openapi_v2 = discovery::openapi_v2(groups);
         Docs {
             api: bytes(discovery::api_versions()),
-            group_list: bytes(discovery::api_group_list()),
-            group: bytes(discovery::api_group()),
-            resources: bytes(discovery::api_resource_list()),
-            openapi_v2: bytes(discovery::openapi_v2()),
-            openapi_v2_protobuf: openapi_proto::encode(&discovery::openapi_v2()),
-            openapi_v3_root: bytes(discovery::openapi_v3_root(&openapi_v3_hash)),
-            openapi_v3,
-            openapi_v3_hash,
+            group_list: bytes(discovery::api_group_list(groups)),
+            groups: groups_docs,
+            openapi_v2_protobuf: openapi_proto::encode(&openapi_v2),
+            openapi_v2: bytes(openapi_v2),
+            openapi_v3_root: bytes(discovery::openapi_v3_root(&hashes)),
         }
+    }
+
+    fn of(&self, group: ApiGroup) -> Option<&GroupDocs> {
+        self.groups.iter().find(|g| g.group == group)
     }
 }
 
@@ -89,7 +118,8 @@ impl AggregatedApi {
         Self {
             cache,
             auth,
-            docs: Arc::new(Docs::build()),
+            crds: false,
+            docs: Arc::new(Docs::build(&[ApiGroup::Tailnet])),
             bookmark_every: DEFAULT_BOOKMARK_EVERY,
             stop,
             metrics: AggregatedMetrics::default(),
@@ -99,6 +129,16 @@ impl AggregatedApi {
     /// Counts requests and open watches into `metrics` (registered by the caller).
     pub fn with_metrics(mut self, metrics: AggregatedMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Serves our four CRD kinds too (group `gateway.tailscale.com`), read-only from the cache:
+    /// local mode, where no kube-apiserver serves them. Changes of those kinds are logged from
+    /// now on, for their watchers.
+    pub fn with_crds(mut self) -> Self {
+        self.cache.log_resource_events();
+        self.crds = true;
+        self.docs = Arc::new(Docs::build(&[ApiGroup::Tailnet, ApiGroup::Crds]));
         self
     }
 
@@ -119,6 +159,7 @@ pub fn router(api: AggregatedApi) -> Router {
         .route("/openapi/v2", any(dispatch))
         .route("/openapi/v3", any(dispatch))
         .route("/openapi/v3/{*rest}", any(dispatch))
+        .route("/version", any(dispatch))
         .with_state(api)
 }
 
@@ -132,10 +173,14 @@ fn not_found() -> Response {
     status_response(StatusCode::NOT_FOUND, "the server could not find the requested resource")
 }
 
-fn method_not_allowed() -> Response {
+fn method_not_allowed(group: ApiGroup) -> Response {
+    let hint = match group {
+        ApiGroup::Tailnet => "",
+        ApiGroup::Crds => " here (local mode serves the manifests' objects: edit the files instead)",
+    };
     let mut resp = status_response(
         StatusCode::METHOD_NOT_ALLOWED,
-        "the server does not allow this method on the requested resource: tailnet.gateway.tailscale.com is read-only",
+        format!("the server does not allow this method on the requested resource: {} is read-only{hint}", group.name()),
     );
     resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     resp
@@ -143,13 +188,13 @@ fn method_not_allowed() -> Response {
 
 fn attributes(target: &Target, verb: String, path: &str) -> Attributes {
     let resource = match target {
-        Target::Collection { resource, namespace } => Some(ResourceRequest {
+        Target::Collection { resource, namespace, .. } => Some(ResourceRequest {
             namespace: namespace.clone().unwrap_or_default(),
             resource: resource.clone(),
             name: String::new(),
             subresource: String::new(),
         }),
-        Target::Object { resource, namespace, name, subresource } => Some(ResourceRequest {
+        Target::Object { resource, namespace, name, subresource, .. } => Some(ResourceRequest {
             namespace: namespace.clone(),
             resource: resource.clone(),
             name: name.clone(),
@@ -162,14 +207,11 @@ fn attributes(target: &Target, verb: String, path: &str) -> Attributes {
 
 /// The `resource` label of a request: one of ours, or `-`.
 fn resource_label(target: &Target) -> &'static str {
-    let resource = match target {
-        Target::Collection { resource, .. } | Target::Object { resource, .. } => resource,
-        _ => return "-",
-    };
-    match Target::kind_of(resource) {
-        Some(ResourceKind::Devices) => <Device as View>::PLURAL,
-        Some(ResourceKind::Selections) => <Selection as View>::PLURAL,
-        None => "-",
+    match target {
+        Target::Collection { group, resource, .. } | Target::Object { group, resource, .. } => {
+            Target::kind_of(*group, resource).map_or("-", |k| k.info().plural.as_str())
+        }
+        _ => "-",
     }
 }
 
@@ -177,7 +219,7 @@ async fn dispatch(State(api): State<AggregatedApi>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let target = Target::parse(&path);
+    let target = Target::parse(&path, api.crds);
     let query: Vec<(String, String)> =
         Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
     let watch = query.iter().any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1" | "True"));
@@ -211,59 +253,77 @@ async fn answer(
     };
     tracing::debug!(path, verb = %attrs.verb, user = %user.username, "aggregated API request");
     let read = matches!(parts.method, Method::GET | Method::HEAD);
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let docs = &api.docs;
-    let doc = |bytes: &Vec<u8>| if read { json_response(bytes.clone()) } else { method_not_allowed() };
+    let doc = |bytes: &Vec<u8>, group| if read { json_response(bytes.clone()) } else { method_not_allowed(group) };
     match &target {
-        Target::LegacyApi => doc(&docs.api),
-        Target::GroupList => doc(&docs.group_list),
-        Target::Group => doc(&docs.group),
-        Target::GroupVersion => doc(&docs.resources),
+        Target::LegacyApi => doc(&docs.api, ApiGroup::Tailnet),
+        Target::GroupList => doc(&docs.group_list, ApiGroup::Tailnet),
+        Target::Group(g) => docs.of(*g).map_or_else(not_found, |d| doc(&d.api_group, *g)),
+        Target::GroupVersion(g) => docs.of(*g).map_or_else(not_found, |d| doc(&d.resources, *g)),
+        Target::Version => {
+            let agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+            doc(&bytes(discovery::version_info(agent)), ApiGroup::Tailnet)
+        }
         Target::OpenApiV2 => {
-            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
             let mut resp = if read && openapi_proto::wants_protobuf(accept) {
                 let mut resp = Body::from(docs.openapi_v2_protobuf.clone()).into_response();
                 resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(openapi_proto::PROTOBUF));
                 resp
             } else {
-                doc(&docs.openapi_v2)
+                doc(&docs.openapi_v2, ApiGroup::Tailnet)
             };
             resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
             resp
         }
-        Target::OpenApiV3 => doc(&docs.openapi_v3_root),
-        Target::OpenApiV3GroupVersion => {
-            let mut resp = doc(&docs.openapi_v3);
-            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", docs.openapi_v3_hash)) {
+        Target::OpenApiV3 => doc(&docs.openapi_v3_root, ApiGroup::Tailnet),
+        Target::OpenApiV3GroupVersion(g) => {
+            let Some(d) = docs.of(*g) else { return not_found() };
+            let mut resp = doc(&d.openapi_v3, *g);
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", d.openapi_v3_hash)) {
                 resp.headers_mut().insert(header::ETAG, etag);
             }
             resp
         }
         Target::NotFound => not_found(),
-        Target::Collection { resource, namespace } => {
-            let Some(kind) = Target::kind_of(resource) else { return not_found() };
-            if !read {
-                return method_not_allowed();
-            }
-            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-            match kind {
-                ResourceKind::Devices => collection::<Device>(api, namespace.clone(), &query, accept),
-                ResourceKind::Selections => collection::<Selection>(api, namespace.clone(), &query, accept),
-            }
+        Target::Collection { group, resource, .. } | Target::Object { group, resource, .. } => {
+            let Some(kind) = Target::kind_of(*group, resource) else { return not_found() };
+            kind.with(Serve { api, group: *group, target: &target, query: &query, accept, read })
         }
-        Target::Object { resource, namespace, name, subresource } => {
-            let Some(kind) = Target::kind_of(resource) else { return not_found() };
-            if subresource.is_some() || namespace.is_empty() {
-                return not_found();
+    }
+}
+
+/// A resource request, once its kind is known.
+struct Serve<'a> {
+    api: &'a AggregatedApi,
+    group: ApiGroup,
+    target: &'a Target,
+    query: &'a [(String, String)],
+    accept: Option<&'a str>,
+    read: bool,
+}
+
+impl KindFn for Serve<'_> {
+    type Out = Response;
+
+    fn call<T: View>(self) -> Response {
+        let namespaced = T::info().namespaced;
+        match self.target {
+            // A cluster-scoped kind has no namespaced paths, and the other way round.
+            Target::Collection { namespace: Some(_), .. } if !namespaced => not_found(),
+            Target::Object { namespace, subresource, .. }
+                if subresource.is_some() || namespace.is_empty() == namespaced =>
+            {
+                not_found()
             }
-            if !read {
-                return method_not_allowed();
+            _ if !self.read => method_not_allowed(self.group),
+            Target::Collection { namespace, .. } => {
+                collection::<T>(self.api, namespace.clone(), self.query, self.accept)
             }
-            let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-            let key = ObjectKey::new(namespace.clone(), name.clone());
-            match kind {
-                ResourceKind::Devices => object::<Device>(api, &key, &query, accept),
-                ResourceKind::Selections => object::<Selection>(api, &key, &query, accept),
+            Target::Object { namespace, name, .. } => {
+                object::<T>(self.api, &ObjectKey::new(namespace.clone(), name.clone()), self.query, self.accept)
             }
+            _ => not_found(),
         }
     }
 }
@@ -295,7 +355,7 @@ fn collection<T: View>(
         return match watch::start::<T>(&api.cache, spec) {
             Ok(rx) => {
                 // Counted as open for as long as the response body lives.
-                let open = api.metrics.watch_opened(T::PLURAL);
+                let open = api.metrics.watch_opened(T::info().plural.as_str());
                 let events = ReceiverStream::new(rx).map(move |event| {
                     let _open = &open;
                     event
@@ -325,11 +385,10 @@ fn object<T: View>(api: &AggregatedApi, key: &ObjectKey, query: &[(String, Strin
     match found {
         Some(s) => json_response(render::object_body(&s, format, opts.include, jiff::Timestamp::now())),
         None => {
-            let mut body = crate::server::status::status_body(
-                StatusCode::NOT_FOUND,
-                &format!("{}.{GROUP} \"{}\" not found", T::PLURAL, key.name),
-            );
-            body["details"] = serde_json::json!({"name": key.name, "group": GROUP, "kind": T::PLURAL});
+            let info = T::info();
+            let body_message = format!("{}.{} \"{}\" not found", info.plural, info.group, key.name);
+            let mut body = crate::server::status::status_body(StatusCode::NOT_FOUND, &body_message);
+            body["details"] = serde_json::json!({"name": key.name, "group": info.group, "kind": info.plural});
             let mut resp = (StatusCode::NOT_FOUND, body.to_string()).into_response();
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp

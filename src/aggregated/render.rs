@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 
 use super::request::{Format, IncludeObject, ListOptions, encode_continue};
-use super::resources::{Cell, Column, GROUP_VERSION, Meta, View, age_since};
+use super::resources::{Cell, Column, Meta, View, age_since};
 use crate::cache::Stored;
 use crate::core::ObjectKey;
 
@@ -105,6 +105,7 @@ impl Cells {
             }
             match cell {
                 Cell::Age(t) => ages.push((json.len(), t.and_then(|t| t.parse::<jiff::Timestamp>().ok()))),
+                Cell::Since(t) => ages.push((json.len(), Some(*t))),
                 c => write_json(&mut json, c),
             }
         }
@@ -201,7 +202,7 @@ impl Writer {
         Writer {
             form,
             now,
-            object_head: head(GROUP_VERSION, T::KIND),
+            object_head: head(T::info().api_version, &T::info().kind),
             metadata_head: head("meta.k8s.io/v1", "PartialObjectMetadata"),
         }
     }
@@ -291,7 +292,7 @@ fn write_table<T: View>(
     out.extend_from_slice(b",\"metadata\":");
     write_json(out, meta);
     out.extend_from_slice(b",\"columnDefinitions\":");
-    write_json(out, if with_columns { T::COLUMNS } else { &[] as &[Column] });
+    write_json(out, if with_columns { T::info().columns.as_slice() } else { &[] as &[Column] });
     out.extend_from_slice(b",\"rows\":");
     w.items(out, rows);
     out.push(b'}');
@@ -336,7 +337,7 @@ pub fn list_body<T: View>(
     match format {
         Format::Json => {
             let w = Writer::new::<T>(Form::Object, now);
-            write_list(&mut out, GROUP_VERSION, T::LIST_KIND, &meta, &page.items, &w);
+            write_list(&mut out, T::info().api_version, &T::info().list_kind, &meta, &page.items, &w);
         }
         Format::Table(v) => {
             write_table(&mut out, v, &meta, true, &page.items, &Writer::new::<T>(Form::Row(include), now))
@@ -388,7 +389,7 @@ pub fn bookmark_line<T: View>(revision: u64, initial_end: bool) -> Vec<u8> {
     if initial_end {
         metadata["annotations"] = serde_json::json!({"k8s.io/initial-events-end": "true"});
     }
-    let object = serde_json::json!({"apiVersion": GROUP_VERSION, "kind": T::KIND, "metadata": metadata});
+    let object = serde_json::json!({"apiVersion": T::info().api_version, "kind": T::info().kind, "metadata": metadata});
     let mut out = to_bytes(&WatchEvent { type_: "BOOKMARK", object });
     out.push(b'\n');
     out
@@ -472,7 +473,7 @@ mod tests {
                 kind: "Table",
                 api_version: format!("meta.k8s.io/{version}"),
                 metadata: meta,
-                column_definitions: if with_columns { T::COLUMNS } else { &[] },
+                column_definitions: if with_columns { &T::info().columns } else { &[] },
                 rows: rows.iter().map(row).collect(),
             }
         }
@@ -487,8 +488,8 @@ mod tests {
             let meta = ListMeta::of(Some(page), revision);
             match format {
                 Format::Json => to_bytes(&List {
-                    api_version: GROUP_VERSION,
-                    kind: T::LIST_KIND,
+                    api_version: T::info().api_version,
+                    kind: &T::info().list_kind,
                     metadata: meta,
                     items: page.items.iter().map(|s| Object::new(&*s.object, s.revision)).collect(),
                 }),

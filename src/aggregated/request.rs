@@ -11,13 +11,119 @@ use super::resources::{GROUP, VERSION, View};
 use crate::core::ObjectKey;
 use crate::core::selector::Selector;
 
-/// The two kinds, by resource name.
+/// An API group this server answers for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiGroup {
+    /// `tailnet.gateway.tailscale.com`: the aggregated views, always.
+    Tailnet,
+    /// `gateway.tailscale.com`: our CRD kinds, in local mode only (in a cluster kube-apiserver
+    /// serves them and proxies only the tailnet group to us).
+    Crds,
+}
+
+impl ApiGroup {
+    /// Group name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiGroup::Tailnet => GROUP,
+            ApiGroup::Crds => crate::api::GROUP,
+        }
+    }
+
+    /// The one version served.
+    pub fn version(self) -> &'static str {
+        match self {
+            ApiGroup::Tailnet => VERSION,
+            ApiGroup::Crds => crate::api::VERSION,
+        }
+    }
+
+    /// `group/version`.
+    pub fn group_version(self) -> &'static str {
+        match self {
+            ApiGroup::Tailnet => super::resources::GROUP_VERSION,
+            ApiGroup::Crds => crate::api::API_VERSION,
+        }
+    }
+
+    /// The kinds of the group.
+    pub fn kinds(self) -> impl Iterator<Item = ResourceKind> {
+        ResourceKind::ALL.into_iter().filter(move |k| k.group() == self)
+    }
+}
+
+/// Every kind served, by resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceKind {
     /// `tailscaledevices`.
     Devices,
     /// `selectedendpoints`.
     Selections,
+    /// `tailscaletailnets` (local mode).
+    Tailnets,
+    /// `tailscaleendpoints` (local mode).
+    Endpoints,
+    /// `tailscaleservices` (local mode).
+    Services,
+    /// `tailscalegateways` (local mode).
+    Gateways,
+}
+
+/// Something done with a kind's [`View`] type: how a handler written once over `T: View` is
+/// called for a [`ResourceKind`] known only at run time.
+pub trait KindFn {
+    /// What it gives.
+    type Out;
+    /// Does it for `T`.
+    fn call<T: View>(self) -> Self::Out;
+}
+
+struct InfoOf;
+
+impl KindFn for InfoOf {
+    type Out = &'static super::resources::KindInfo;
+    fn call<T: View>(self) -> Self::Out {
+        T::info()
+    }
+}
+
+impl ResourceKind {
+    /// Every kind, the aggregated views first.
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::Devices,
+        ResourceKind::Selections,
+        ResourceKind::Tailnets,
+        ResourceKind::Endpoints,
+        ResourceKind::Services,
+        ResourceKind::Gateways,
+    ];
+
+    /// Calls `f` with the kind's [`View`] type.
+    pub fn with<F: KindFn>(self, f: F) -> F::Out {
+        use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+        use crate::core::views::{Device, Selection};
+        match self {
+            ResourceKind::Devices => f.call::<Device>(),
+            ResourceKind::Selections => f.call::<Selection>(),
+            ResourceKind::Tailnets => f.call::<TailscaleTailnet>(),
+            ResourceKind::Endpoints => f.call::<TailscaleEndpoints>(),
+            ResourceKind::Services => f.call::<TailscaleServices>(),
+            ResourceKind::Gateways => f.call::<TailscaleGateway>(),
+        }
+    }
+
+    /// Names, scope and columns of the kind.
+    pub fn info(self) -> &'static super::resources::KindInfo {
+        self.with(InfoOf)
+    }
+
+    /// The group the kind belongs to.
+    pub fn group(self) -> ApiGroup {
+        match self {
+            ResourceKind::Devices | ResourceKind::Selections => ApiGroup::Tailnet,
+            _ => ApiGroup::Crds,
+        }
+    }
 }
 
 /// What a request path names.
@@ -27,22 +133,26 @@ pub enum Target {
     LegacyApi,
     /// `/apis`.
     GroupList,
-    /// `/apis/<our group>`.
-    Group,
-    /// `/apis/<our group>/<our version>`: resource discovery and the aggregator's probe.
-    GroupVersion,
+    /// `/apis/<one of our groups>`.
+    Group(ApiGroup),
+    /// `/apis/<group>/<version>`: resource discovery and the aggregator's probe.
+    GroupVersion(ApiGroup),
     /// A resource collection, in one namespace or all.
     Collection {
+        /// The group of the path.
+        group: ApiGroup,
         /// Resource name as written in the URL (may be unknown).
         resource: String,
         /// Namespace, or `None` for all namespaces.
         namespace: Option<String>,
     },
-    /// One object (always namespaced here).
+    /// One object.
     Object {
+        /// The group of the path.
+        group: ApiGroup,
         /// Resource name as written in the URL (may be unknown).
         resource: String,
-        /// Namespace; empty when the path had none (which a namespaced kind cannot serve).
+        /// Namespace; empty when the path had none.
         namespace: String,
         /// Object name.
         name: String,
@@ -53,58 +163,59 @@ pub enum Target {
     OpenApiV2,
     /// `/openapi/v3`.
     OpenApiV3,
-    /// `/openapi/v3/apis/<our group>/<our version>`.
-    OpenApiV3GroupVersion,
+    /// `/openapi/v3/apis/<group>/<version>`.
+    OpenApiV3GroupVersion(ApiGroup),
+    /// `/version`.
+    Version,
     /// Anything else.
     NotFound,
 }
 
 impl Target {
-    /// Reads a URL path.
-    pub fn parse(path: &str) -> Target {
+    /// Reads a URL path; the CRD group is known only when `crds` (local mode).
+    pub fn parse(path: &str, crds: bool) -> Target {
         let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let group = |g: &str| {
+            [ApiGroup::Tailnet, ApiGroup::Crds].into_iter().find(|a| a.name() == g && (crds || *a == ApiGroup::Tailnet))
+        };
+        let version = |g: &str, v: &str| group(g).filter(|a| a.version() == v);
         match segs.as_slice() {
             ["api"] => Target::LegacyApi,
             ["apis"] => Target::GroupList,
-            ["apis", g] if *g == GROUP => Target::Group,
-            ["apis", g, v] if *g == GROUP && *v == VERSION => Target::GroupVersion,
-            ["apis", g, v, rest @ ..] if *g == GROUP && *v == VERSION => Self::resource_path(rest),
+            ["version"] => Target::Version,
+            ["apis", g] => group(g).map_or(Target::NotFound, Target::Group),
+            ["apis", g, v] => version(g, v).map_or(Target::NotFound, Target::GroupVersion),
+            ["apis", g, v, rest @ ..] => version(g, v).map_or(Target::NotFound, |a| Self::resource_path(a, rest)),
             ["openapi", "v2"] => Target::OpenApiV2,
             ["openapi", "v3"] => Target::OpenApiV3,
-            ["openapi", "v3", "apis", g, v] if *g == GROUP && *v == VERSION => Target::OpenApiV3GroupVersion,
+            ["openapi", "v3", "apis", g, v] => version(g, v).map_or(Target::NotFound, Target::OpenApiV3GroupVersion),
             _ => Target::NotFound,
         }
     }
 
-    fn resource_path(rest: &[&str]) -> Target {
+    fn resource_path(group: ApiGroup, rest: &[&str]) -> Target {
         let s = |x: &&str| x.to_string();
+        let object = |ns: &str, resource, name, subresource| Target::Object {
+            group,
+            resource,
+            namespace: ns.to_string(),
+            name,
+            subresource,
+        };
         match rest {
-            ["namespaces", ns, resource] => Target::Collection { resource: s(resource), namespace: Some(s(ns)) },
-            ["namespaces", ns, resource, name] => {
-                Target::Object { resource: s(resource), namespace: s(ns), name: s(name), subresource: None }
-            }
-            ["namespaces", ns, resource, name, sub] => {
-                Target::Object { resource: s(resource), namespace: s(ns), name: s(name), subresource: Some(s(sub)) }
-            }
-            [resource] => Target::Collection { resource: s(resource), namespace: None },
-            [resource, name] => {
-                Target::Object { resource: s(resource), namespace: String::new(), name: s(name), subresource: None }
-            }
+            ["namespaces", ns, resource] => Target::Collection { group, resource: s(resource), namespace: Some(s(ns)) },
+            ["namespaces", ns, resource, name] => object(ns, s(resource), s(name), None),
+            ["namespaces", ns, resource, name, sub] => object(ns, s(resource), s(name), Some(s(sub))),
+            [resource] => Target::Collection { group, resource: s(resource), namespace: None },
+            [resource, name] => object("", s(resource), s(name), None),
+            [resource, name, sub] => object("", s(resource), s(name), Some(s(sub))),
             _ => Target::NotFound,
         }
     }
 
-    /// The served kind a resource name means (plural only, as kube-apiserver).
-    pub fn kind_of(resource: &str) -> Option<ResourceKind> {
-        use super::resources::View;
-        use crate::core::views::{Device, Selection};
-        if resource == Device::PLURAL {
-            Some(ResourceKind::Devices)
-        } else if resource == Selection::PLURAL {
-            Some(ResourceKind::Selections)
-        } else {
-            None
-        }
+    /// The served kind a resource name of `group` means (plural only, as kube-apiserver).
+    pub fn kind_of(group: ApiGroup, resource: &str) -> Option<ResourceKind> {
+        group.kinds().find(|k| k.info().plural == resource)
     }
 }
 
@@ -225,15 +336,13 @@ impl FieldSelector {
 
     /// Fails with kube-apiserver's message when a term names a field `T` does not support.
     pub fn check<T: View>(&self) -> Result<(), String> {
+        let fields = T::info().fields;
         for r in &self.0 {
             let supported =
-                r.field == "metadata.name" || r.field == "metadata.namespace" || T::FIELDS.contains(&r.field.as_str());
+                r.field == "metadata.name" || r.field == "metadata.namespace" || fields.contains(&r.field.as_str());
             if !supported {
-                return Err(format!(
-                    "field label not supported: {} (supported: metadata.name, metadata.namespace, {})",
-                    r.field,
-                    T::FIELDS.join(", ")
-                ));
+                let all = ["metadata.name", "metadata.namespace"].iter().chain(fields).copied().collect::<Vec<_>>();
+                return Err(format!("field label not supported: {} (supported: {})", r.field, all.join(", ")));
             }
         }
         Ok(())
@@ -423,19 +532,23 @@ mod tests {
 
     #[test]
     fn paths_name_targets() {
-        assert_eq!(Target::parse("/api"), Target::LegacyApi);
-        assert_eq!(Target::parse("/apis"), Target::GroupList);
-        assert_eq!(Target::parse("/apis/tailnet.gateway.tailscale.com"), Target::Group);
-        assert_eq!(Target::parse("/apis/tailnet.gateway.tailscale.com/v1alpha1"), Target::GroupVersion);
-        assert_eq!(Target::parse("/apis/tailnet.gateway.tailscale.com/v2"), Target::NotFound);
-        assert_eq!(Target::parse("/apis/apps/v1"), Target::NotFound);
+        let parse = |p| Target::parse(p, false);
+        let tailnet = ApiGroup::Tailnet;
+        assert_eq!(parse("/api"), Target::LegacyApi);
+        assert_eq!(parse("/apis"), Target::GroupList);
+        assert_eq!(parse("/version"), Target::Version);
+        assert_eq!(parse("/apis/tailnet.gateway.tailscale.com"), Target::Group(tailnet));
+        assert_eq!(parse("/apis/tailnet.gateway.tailscale.com/v1alpha1"), Target::GroupVersion(tailnet));
+        assert_eq!(parse("/apis/tailnet.gateway.tailscale.com/v2"), Target::NotFound);
+        assert_eq!(parse("/apis/apps/v1"), Target::NotFound);
         assert_eq!(
-            Target::parse("/apis/tailnet.gateway.tailscale.com/v1alpha1/tailscaledevices"),
-            Target::Collection { resource: "tailscaledevices".into(), namespace: None }
+            parse("/apis/tailnet.gateway.tailscale.com/v1alpha1/tailscaledevices"),
+            Target::Collection { group: tailnet, resource: "tailscaledevices".into(), namespace: None }
         );
         assert_eq!(
-            Target::parse("/apis/tailnet.gateway.tailscale.com/v1alpha1/namespaces/ns/tailscaledevices/d"),
+            parse("/apis/tailnet.gateway.tailscale.com/v1alpha1/namespaces/ns/tailscaledevices/d"),
             Target::Object {
+                group: tailnet,
                 resource: "tailscaledevices".into(),
                 namespace: "ns".into(),
                 name: "d".into(),
@@ -443,23 +556,49 @@ mod tests {
             }
         );
         assert_eq!(
-            Target::parse("/openapi/v3/apis/tailnet.gateway.tailscale.com/v1alpha1"),
-            Target::OpenApiV3GroupVersion
+            parse("/openapi/v3/apis/tailnet.gateway.tailscale.com/v1alpha1"),
+            Target::OpenApiV3GroupVersion(tailnet)
         );
-        assert_eq!(Target::kind_of("tailscaledevices"), Some(ResourceKind::Devices));
-        assert_eq!(Target::kind_of("tsdev"), None);
+        assert_eq!(Target::kind_of(tailnet, "tailscaledevices"), Some(ResourceKind::Devices));
+        assert_eq!(Target::kind_of(tailnet, "tsdev"), None);
+        assert_eq!(Target::kind_of(tailnet, "tailscaleservices"), None);
+    }
+
+    #[test]
+    fn the_crd_group_is_known_only_in_local_mode() {
+        let crds = ApiGroup::Crds;
+        assert_eq!(Target::parse("/apis/gateway.tailscale.com/v1alpha1", false), Target::NotFound);
+        assert_eq!(Target::parse("/apis/gateway.tailscale.com", false), Target::NotFound);
+        assert_eq!(Target::parse("/apis/gateway.tailscale.com/v1alpha1/tailscaleservices", false), Target::NotFound);
+        assert_eq!(Target::parse("/apis/gateway.tailscale.com/v1alpha1", true), Target::GroupVersion(crds));
+        assert_eq!(
+            Target::parse("/apis/gateway.tailscale.com/v1alpha1/tailscaletailnets/corp", true),
+            Target::Object {
+                group: crds,
+                resource: "tailscaletailnets".into(),
+                namespace: String::new(),
+                name: "corp".into(),
+                subresource: None
+            }
+        );
+        assert_eq!(Target::kind_of(crds, "tailscaleservices"), Some(ResourceKind::Services));
+        assert_eq!(Target::kind_of(crds, "tailscaletailnets"), Some(ResourceKind::Tailnets));
+        assert_eq!(Target::kind_of(crds, "tailscaledevices"), None);
+        assert_eq!(ApiGroup::Crds.kinds().count(), 4);
     }
 
     #[test]
     fn verbs_follow_kube_apiserver() {
-        let coll = Target::Collection { resource: "x".into(), namespace: None };
-        let obj = Target::Object { resource: "x".into(), namespace: "n".into(), name: "a".into(), subresource: None };
+        let group = ApiGroup::Tailnet;
+        let coll = Target::Collection { group, resource: "x".into(), namespace: None };
+        let obj =
+            Target::Object { group, resource: "x".into(), namespace: "n".into(), name: "a".into(), subresource: None };
         assert_eq!(verb(&Method::GET, &coll, false), "list");
         assert_eq!(verb(&Method::GET, &coll, true), "watch");
         assert_eq!(verb(&Method::GET, &obj, false), "get");
         assert_eq!(verb(&Method::DELETE, &coll, false), "deletecollection");
         assert_eq!(verb(&Method::PATCH, &obj, false), "patch");
-        assert_eq!(verb(&Method::GET, &Target::GroupVersion, false), "get");
+        assert_eq!(verb(&Method::GET, &Target::GroupVersion(group), false), "get");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The two kinds the aggregated API serves, as plain functions over the cache's views: how an
-//! object renders as JSON, which fields a `fieldSelector` may name, and the Table columns and
-//! cells kubectl prints. One trait, [`View`], lets every handler (get, list, watch, tables,
-//! discovery, OpenAPI) be written once for both kinds.
+//! The kinds the aggregated API serves, as plain functions over the cache: how an object renders
+//! as JSON, which fields a `fieldSelector` may name, and the Table columns and cells kubectl
+//! prints. One trait, [`View`], lets every handler (get, list, watch, tables, discovery, OpenAPI)
+//! be written once for every kind: the two views of `tailnet.gateway.tailscale.com` here, and in
+//! local mode our four CRD kinds ([`super::crd`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -23,19 +25,51 @@ pub const GROUP_VERSION: &str = "tailnet.gateway.tailscale.com/v1alpha1";
 pub const CATEGORY: &str = "tailscale";
 
 /// One Table column, as in `meta.k8s.io/v1` `TableColumnDefinition`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Column {
     /// Header (kubectl upper-cases it).
-    pub name: &'static str,
-    /// OpenAPI type of the cells.
+    pub name: String,
+    /// OpenAPI type of the cells (`date` for a CRD's age columns, as kube-apiserver says).
     #[serde(rename = "type")]
-    pub type_: &'static str,
+    pub type_: String,
     /// OpenAPI format (`name` marks the name column).
-    pub format: &'static str,
+    pub format: String,
     /// What the column shows.
-    pub description: &'static str,
-    /// 0 = always shown, 1 = only with `-o wide`.
-    pub priority: u8,
+    pub description: String,
+    /// 0 = always shown, 1 and more only with `-o wide`.
+    pub priority: i32,
+}
+
+/// What a served kind is: group, names, scope, columns and selectable fields. Built once per
+/// kind (for CRD kinds from the CRDs themselves) and kept for the life of the process.
+#[derive(Clone, Debug)]
+pub struct KindInfo {
+    /// API group.
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// `group/version`, as written in `apiVersion`.
+    pub api_version: &'static str,
+    /// `kind`.
+    pub kind: String,
+    /// `kind` of a list.
+    pub list_kind: String,
+    /// Resource name in URLs.
+    pub plural: String,
+    /// Singular resource name.
+    pub singular: String,
+    /// Short names for kubectl.
+    pub short_names: Vec<String>,
+    /// Categories (`kubectl get tailscale`).
+    pub categories: Vec<String>,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// What the kind is, for `kubectl explain`.
+    pub description: String,
+    /// Table columns, name first.
+    pub columns: Vec<Column>,
+    /// Field paths a `fieldSelector` may name (besides `metadata.name` and `metadata.namespace`).
+    pub fields: &'static [&'static str],
 }
 
 /// One Table cell, borrowing from the view where it can (tables of 10k rows stay cheap).
@@ -52,6 +86,12 @@ pub enum Cell<'a> {
     /// The time since an RFC 3339 timestamp (`<unknown>` without a valid one). It depends on when
     /// the table is rendered, so it serializes only after [`Cell::at`].
     Age(Option<&'a str>),
+    /// The time since a parsed timestamp (a CRD's `date` column); serializes only after [`Cell::at`].
+    Since(jiff::Timestamp),
+    /// A number (a CRD's `integer` or `number` column).
+    Number(serde_json::Number),
+    /// No value (kubectl prints `<none>`).
+    Null,
 }
 
 impl<'a> Cell<'a> {
@@ -59,6 +99,7 @@ impl<'a> Cell<'a> {
     pub fn at(self, now: jiff::Timestamp) -> Cell<'a> {
         match self {
             Cell::Age(t) => Cell::Text(age(t, now)),
+            Cell::Since(t) => Cell::Text(age_since(Some(t), now)),
             c => c,
         }
     }
@@ -71,7 +112,11 @@ impl Serialize for Cell<'_> {
             Cell::Text(s) => serializer.serialize_str(s),
             Cell::Bool(b) => serializer.serialize_bool(*b),
             Cell::Int(n) => n.serialize(serializer),
-            Cell::Age(_) => Err(serde::ser::Error::custom("an age cell serializes only once rendered at a time")),
+            Cell::Number(n) => n.serialize(serializer),
+            Cell::Null => serializer.serialize_unit(),
+            Cell::Age(_) | Cell::Since(_) => {
+                Err(serde::ser::Error::custom("an age cell serializes only once rendered at a time"))
+            }
         }
     }
 }
@@ -86,38 +131,27 @@ impl PartialEq<&str> for Cell<'_> {
     }
 }
 
-const fn col(name: &'static str, type_: &'static str, description: &'static str, priority: u8) -> Column {
-    Column { name, type_, format: "", description, priority }
+/// A Table column.
+pub fn col(name: &str, type_: &str, description: &str, priority: i32) -> Column {
+    Column { name: name.into(), type_: type_.into(), format: String::new(), description: description.into(), priority }
 }
 
-const NAME_COLUMN: Column = Column {
-    name: "Name",
-    type_: "string",
-    format: "name",
-    description: "Name must be unique within a namespace.",
-    priority: 0,
-};
-const AGE_COLUMN: Column =
-    col("Age", "string", "Time since the object was created (CreationTimestamp in metadata).", 0);
+/// The name column every table starts with (as kube-apiserver words it).
+pub fn name_column() -> Column {
+    Column { format: "name".into(), ..col("Name", "string", "Name must be unique within a namespace.", 0) }
+}
 
-/// A kind served by the aggregated API, backed by one of the cache's views.
+fn age_column() -> Column {
+    col("Age", "string", "Time since the object was created (CreationTimestamp in metadata).", 0)
+}
+
+/// Labels or annotations of an object that has none.
+pub static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// A kind served read-only: one of the aggregated API's views, or (local mode) one of our CRDs.
 pub trait View: Send + Sync + Sized + 'static {
-    /// `kind`.
-    const KIND: &'static str;
-    /// `kind` of a list.
-    const LIST_KIND: &'static str;
-    /// Resource name in URLs.
-    const PLURAL: &'static str;
-    /// Singular resource name.
-    const SINGULAR: &'static str;
-    /// Short names for kubectl.
-    const SHORT_NAMES: &'static [&'static str];
-    /// What the kind is, for `kubectl explain`.
-    const DESCRIPTION: &'static str;
-    /// Table columns, name first.
-    const COLUMNS: &'static [Column];
-    /// Field paths a `fieldSelector` may name (besides `metadata.name` and `metadata.namespace`).
-    const FIELDS: &'static [&'static str];
+    /// Group, names, scope, columns and selectable fields of the kind.
+    fn info() -> &'static KindInfo;
 
     /// The JSON of everything except `apiVersion`, `kind` and `metadata`.
     type Body<'a>: Serialize
@@ -130,8 +164,12 @@ pub trait View: Send + Sync + Sized + 'static {
     fn name(&self) -> &str;
     /// Labels, matched by `labelSelector`.
     fn labels(&self) -> &BTreeMap<String, String>;
+    /// Annotations.
+    fn annotations(&self) -> &BTreeMap<String, String> {
+        &NO_LABELS
+    }
     /// Creation time (RFC 3339).
-    fn created(&self) -> Option<&str>;
+    fn created(&self) -> Option<Cow<'_, str>>;
     /// The value of one of [`View::FIELDS`].
     fn field(&self, path: &str) -> Option<String>;
     /// Table cells, one per column; cells that depend on the time are [`Cell::Age`].
@@ -153,7 +191,7 @@ pub trait View: Send + Sync + Sized + 'static {
         match path {
             "metadata.name" => Some(self.name().to_string()),
             "metadata.namespace" => Some(self.namespace().to_string()),
-            p if Self::FIELDS.contains(&p) => self.field(p),
+            p if Self::info().fields.contains(&p) => self.field(p),
             _ => None,
         }
     }
@@ -165,29 +203,59 @@ pub trait View: Send + Sync + Sized + 'static {
 pub struct Meta<'a> {
     /// Name.
     pub name: &'a str,
-    /// Namespace.
+    /// Namespace (none for a cluster-scoped kind).
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub namespace: &'a str,
+    /// Stable identity: [`uid`] of kind, namespace and name.
+    pub uid: String,
     /// Cache revision of the object's last change.
     pub resource_version: String,
     /// Creation time.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<&'a str>,
+    pub creation_timestamp: Option<Cow<'a, str>>,
     /// Labels.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: &'a BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: &'a BTreeMap<String, String>,
 }
 
 impl<'a> Meta<'a> {
     /// The metadata of `object` at `revision`.
     pub fn of<T: View>(object: &'a T, revision: u64) -> Self {
+        let info = T::info();
         Meta {
             name: object.name(),
             namespace: object.namespace(),
+            uid: uid(info.group, &info.kind, object.namespace(), object.name()),
             resource_version: revision.to_string(),
             creation_timestamp: object.created(),
             labels: object.labels(),
+            annotations: object.annotations(),
         }
     }
+}
+
+/// A deterministic `metadata.uid` in UUID form: the 128-bit FNV-1a hash of group, kind,
+/// namespace and name, with the version (8: custom, RFC 9562) and variant bits set. The same
+/// object gets the same uid on every start and reload; different objects get different ones
+/// (fields are separated by a byte no name contains).
+pub fn uid(group: &str, kind: &str, namespace: &str, name: &str) -> String {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    for (i, part) in [group, kind, namespace, name].iter().enumerate() {
+        if i > 0 {
+            h = (h ^ 0xff).wrapping_mul(PRIME);
+        }
+        for b in part.bytes() {
+            h = (h ^ u128::from(b)).wrapping_mul(PRIME);
+        }
+    }
+    let h = (h & !(0xf << 76) | (0x8 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{h:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// A full object: `apiVersion`, `kind`, `metadata`, then the kind's body. Responses are written
@@ -205,7 +273,13 @@ pub struct Object<'a, T: View> {
 impl<'a, T: View> Object<'a, T> {
     /// Renders `object` at `revision`.
     pub fn new(object: &'a T, revision: u64) -> Self {
-        Object { api_version: GROUP_VERSION, kind: T::KIND, metadata: Meta::of(object, revision), body: object.body() }
+        let info = T::info();
+        Object {
+            api_version: info.api_version,
+            kind: &info.kind,
+            metadata: Meta::of(object, revision),
+            body: object.body(),
+        }
     }
 }
 
@@ -345,28 +419,40 @@ pub struct DeviceBody<'a> {
     status: DeviceStatus<'a>,
 }
 
-impl View for Device {
-    const KIND: &'static str = "TailscaleDevice";
-    const LIST_KIND: &'static str = "TailscaleDeviceList";
-    const PLURAL: &'static str = "tailscaledevices";
-    const SINGULAR: &'static str = "tailscaledevice";
-    const SHORT_NAMES: &'static [&'static str] = &["tsdev"];
-    const DESCRIPTION: &'static str = "TailscaleDevice is a read-only view of one Tailscale device (machine) backing a \
-         TailscaleEndpoints in the same namespace, with its tailnet addresses and connection state.";
-    const COLUMNS: &'static [Column] = &[
-        NAME_COLUMN,
+/// Names and columns shared by both views of `tailnet.gateway.tailscale.com`.
+fn view_info(kind: &str, plural: &str, short_names: &[&str], description: &str) -> KindInfo {
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        api_version: GROUP_VERSION,
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        plural: plural.into(),
+        singular: kind.to_ascii_lowercase(),
+        short_names: short_names.iter().map(|s| s.to_string()).collect(),
+        categories: vec![CATEGORY.into()],
+        namespaced: true,
+        description: description.into(),
+        columns: Vec::new(),
+        fields: &[],
+    }
+}
+
+static DEVICE_INFO: LazyLock<KindInfo> = LazyLock::new(|| KindInfo {
+    columns: vec![
+        name_column(),
         col("Endpoints", "string", "The TailscaleEndpoints the device belongs to.", 0),
         col("Tailnet", "string", "The TailscaleTailnet the device joined.", 0),
         col("IP", "string", "The device's Tailscale IPv4 address (else its first address).", 0),
         col("Online", "boolean", "Whether the device is connected to the tailnet now.", 0),
         col("Last Seen", "string", "Time since the device was last seen by the control plane.", 0),
-        AGE_COLUMN,
+        age_column(),
         col("FQDN", "string", "MagicDNS name of the device.", 1),
         col("Node ID", "string", "Stable Tailscale node ID.", 1),
         col("Tags", "string", "ACL tags of the device.", 1),
         col("Pod", "string", "The proxy Pod running the device.", 1),
-    ];
-    const FIELDS: &'static [&'static str] = &[
+    ],
+    fields: &[
         "spec.hostname",
         "spec.tailnet",
         "spec.endpoints",
@@ -376,7 +462,20 @@ impl View for Device {
         "status.connected",
         "status.os",
         "status.fqdn",
-    ];
+    ],
+    ..view_info(
+        "TailscaleDevice",
+        "tailscaledevices",
+        &["tsdev"],
+        "TailscaleDevice is a read-only view of one Tailscale device (machine) backing a TailscaleEndpoints in the \
+         same namespace, with its tailnet addresses and connection state.",
+    )
+});
+
+impl View for Device {
+    fn info() -> &'static KindInfo {
+        &DEVICE_INFO
+    }
 
     type Body<'a> = DeviceBody<'a>;
 
@@ -392,8 +491,8 @@ impl View for Device {
         &self.labels
     }
 
-    fn created(&self) -> Option<&str> {
-        self.created.as_deref()
+    fn created(&self) -> Option<Cow<'_, str>> {
+        self.created.as_deref().map(Cow::Borrowed)
     }
 
     fn field(&self, path: &str) -> Option<String> {
@@ -487,7 +586,7 @@ impl View for Device {
     fn of_event(object: &ViewObject) -> Option<&Arc<Self>> {
         match object {
             ViewObject::Device(d) => Some(d),
-            ViewObject::Selection(_) => None,
+            _ => None,
         }
     }
 }
@@ -535,23 +634,30 @@ fn endpoint_names(endpoints: &[SelectedEndpoint]) -> Vec<String> {
     endpoints.iter().map(|e| e.name.clone()).collect()
 }
 
-impl View for Selection {
-    const KIND: &'static str = "SelectedEndpoints";
-    const LIST_KIND: &'static str = "SelectedEndpointsList";
-    const PLURAL: &'static str = "selectedendpoints";
-    const SINGULAR: &'static str = "selectedendpoints";
-    const SHORT_NAMES: &'static [&'static str] = &[];
-    const DESCRIPTION: &'static str = "SelectedEndpoints is a read-only view, named after a TailscaleServices, of the \
-         TailscaleEndpoints its selector matches now, their machines, how many are healthy, and the VIP service.";
-    const COLUMNS: &'static [Column] = &[
-        NAME_COLUMN,
+static SELECTION_INFO: LazyLock<KindInfo> = LazyLock::new(|| KindInfo {
+    singular: "selectedendpoints".into(),
+    columns: vec![
+        name_column(),
         col("Endpoints", "string", "The TailscaleEndpoints the selector matches.", 0),
         col("Machines", "integer", "Devices across the selected endpoints.", 0),
         col("Healthy", "integer", "Devices online across the selected endpoints.", 0),
         col("VIP", "string", "Addresses of the VIP service (else its name).", 0),
-        AGE_COLUMN,
-    ];
-    const FIELDS: &'static [&'static str] = &["status.vipService.name"];
+        age_column(),
+    ],
+    fields: &["status.vipService.name"],
+    ..view_info(
+        "SelectedEndpoints",
+        "selectedendpoints",
+        &[],
+        "SelectedEndpoints is a read-only view, named after a TailscaleServices, of the TailscaleEndpoints its \
+         selector matches now, their machines, how many are healthy, and the VIP service.",
+    )
+});
+
+impl View for Selection {
+    fn info() -> &'static KindInfo {
+        &SELECTION_INFO
+    }
 
     type Body<'a> = SelectionBody<'a>;
 
@@ -567,8 +673,8 @@ impl View for Selection {
         &self.labels
     }
 
-    fn created(&self) -> Option<&str> {
-        self.created.as_deref()
+    fn created(&self) -> Option<Cow<'_, str>> {
+        self.created.as_deref().map(Cow::Borrowed)
     }
 
     fn field(&self, path: &str) -> Option<String> {
@@ -650,7 +756,7 @@ impl View for Selection {
     fn of_event(object: &ViewObject) -> Option<&Arc<Self>> {
         match object {
             ViewObject::Selection(s) => Some(s),
-            ViewObject::Device(_) => None,
+            _ => None,
         }
     }
 }
@@ -696,6 +802,29 @@ mod tests {
     }
 
     #[test]
+    fn uids_are_deterministic_unique_uuids() {
+        let a = uid(GROUP, "TailscaleDevice", "default", "web-0");
+        assert_eq!(a, uid(GROUP, "TailscaleDevice", "default", "web-0"));
+        assert_eq!(a.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert_eq!(&a[14..15], "8", "version 8 (custom): {a}");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "RFC 9562 variant: {a}");
+        let others = [
+            uid(GROUP, "SelectedEndpoints", "default", "web-0"),
+            uid(GROUP, "TailscaleDevice", "staging", "web-0"),
+            uid(GROUP, "TailscaleDevice", "default", "web-1"),
+            uid(GROUP, "TailscaleDevice", "defaultweb-0", ""),
+            uid(GROUP, "TailscaleDevice", "", "defaultweb-0"),
+            uid("gateway.tailscale.com", "TailscaleDevice", "default", "web-0"),
+        ];
+        let all: std::collections::BTreeSet<&String> = others.iter().chain([&a]).collect();
+        assert_eq!(all.len(), others.len() + 1);
+        let dev = device();
+        let v = serde_json::to_value(Object::new(&dev, 1)).unwrap_or_default();
+        assert_eq!(v["metadata"]["uid"], uid(GROUP, "TailscaleDevice", "default", "web-0"));
+    }
+
+    #[test]
     fn device_renders_as_kubernetes_object() {
         let dev = device();
         let v = serde_json::to_value(Object::new(&dev, 42)).unwrap_or_default();
@@ -716,13 +845,13 @@ mod tests {
         let now: jiff::Timestamp = "2025-06-25T10:35:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
         let dev = device();
         let cells: Vec<Cell<'_>> = dev.cells().into_iter().map(|c| c.at(now)).collect();
-        assert_eq!(cells.len(), Device::COLUMNS.len());
+        assert_eq!(cells.len(), Device::info().columns.len());
         assert_eq!(cells[3], "100.64.0.1");
         assert_eq!(cells[4], Cell::Bool(true));
         assert_eq!(cells[5], "5m");
         assert_eq!(cells[6], "35m");
         assert_eq!(cells[9], "tag:a,tag:b");
-        assert_eq!(Device::COLUMNS.iter().filter(|c| c.priority == 1).count(), 4);
+        assert_eq!(Device::info().columns.iter().filter(|c| c.priority == 1).count(), 4);
     }
 
     #[test]
@@ -747,7 +876,7 @@ mod tests {
             ..Selection::default()
         };
         let cells: Vec<Cell<'_>> = sel.cells().into_iter().map(|c| c.at(jiff::Timestamp::UNIX_EPOCH)).collect();
-        assert_eq!(cells.len(), Selection::COLUMNS.len());
+        assert_eq!(cells.len(), Selection::info().columns.len());
         assert_eq!(cells[1], "east,west");
         assert_eq!(cells[2], Cell::Int(3));
         assert_eq!(cells[3], Cell::Int(2));
