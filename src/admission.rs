@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::{StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
@@ -472,6 +472,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
+    let mut body = std::pin::pin!(body);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mime = content_type.split(';').next().unwrap_or_default().trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -481,9 +483,8 @@ where
         );
         // Read what the client sends anyway (within the limits) before answering: an HTTP/2
         // stream answered mid-upload is reset, and some clients (curl 7.88) then lose the answer.
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_none_or(|n| n <= MAX_BODY as u64) {
-            let _ = tokio::time::timeout(body_timeout, read_all(Limited::new(body, MAX_BODY))).await;
+            drain(body.as_mut(), MAX_BODY as u64, body_timeout).await;
         }
         return Err(refused);
     }
@@ -493,32 +494,103 @@ where
             format!("request body is larger than the limit of {MAX_BODY} bytes"),
         )
     };
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
+        return Err(refuse_unread(parts.version, body.as_mut(), declared, too_large(), body_timeout).await);
     }
-    let mut read = std::pin::pin!(read_all(Limited::new(body, MAX_BODY)));
-    // A review's body has usually arrived with its headers: only a body still on its way gets
-    // a timer.
-    let read = match futures::poll!(read.as_mut()) {
-        std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(body_timeout, read).await,
+    let read = {
+        let mut read = std::pin::pin!(read_all(body.as_mut(), MAX_BODY));
+        // A review's body has usually arrived with its headers: only a body still on its way gets
+        // a timer.
+        match futures::poll!(read.as_mut()) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => tokio::time::timeout(body_timeout, read).await,
+        }
     };
     match read {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(status_response(StatusCode::BAD_REQUEST, format!("reading request body: {e}"))),
-        Err(_) => Err(status_response(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
+        Ok(Err(ReadError::TooLarge)) => {
+            Err(refuse_unread(parts.version, body.as_mut(), declared, too_large(), body_timeout).await)
+        }
+        Ok(Err(ReadError::Body(e))) => {
+            Err(status_response(StatusCode::BAD_REQUEST, format!("reading request body: {}", e.into())))
+        }
+        Err(_) => Err(closing(status_response(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body"))),
     }
 }
 
-/// Reads a body's data frames; a body that comes in one frame is returned as is, not copied.
-async fn read_all<B: hyper::body::Body<Data = bytes::Bytes>>(body: B) -> Result<bytes::Bytes, B::Error> {
-    let mut body = std::pin::pin!(body);
+/// The most of a refused HTTP/2 upload that is read (and dropped) so that its answer arrives.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Answers `resp` to a request whose body will not be read. HTTP/1 closes the connection, and says
+/// so (`Connection: close`), so the client does not send its next request into a closing socket.
+/// HTTP/2 reads and drops the rest of the upload (up to [`DRAIN_LIMIT`], within `within`): a
+/// stream answered mid-upload is reset, and clients such as curl then lose the answer.
+async fn refuse_unread<B>(
+    version: http::Version,
+    body: std::pin::Pin<&mut B>,
+    declared: Option<u64>,
+    resp: Response,
+    within: Duration,
+) -> Response
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+{
+    if version != http::Version::HTTP_2 {
+        return closing(resp);
+    }
+    if declared.is_none_or(|n| n <= DRAIN_LIMIT) {
+        drain(body, DRAIN_LIMIT, within).await;
+    }
+    resp
+}
+
+/// `resp` with `Connection: close` (HTTP/1: the server closes the connection after it).
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// Reads and drops a body's frames, up to `limit` bytes and for at most `within`.
+async fn drain<B: hyper::body::Body<Data = bytes::Bytes>>(
+    mut body: std::pin::Pin<&mut B>,
+    limit: u64,
+    within: Duration,
+) {
+    let _ = tokio::time::timeout(within, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Why a body could not be read.
+enum ReadError<E> {
+    /// Longer than the limit.
+    TooLarge,
+    /// The body failed.
+    Body(E),
+}
+
+/// Reads a body's data frames, at most `limit` bytes; a body that comes in one frame is returned as
+/// is, not copied.
+async fn read_all<B: hyper::body::Body<Data = bytes::Bytes>>(
+    mut body: std::pin::Pin<&mut B>,
+    limit: usize,
+) -> Result<bytes::Bytes, ReadError<B::Error>> {
     let mut first: Option<bytes::Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue }; // trailers
+        let Ok(data) = frame.map_err(ReadError::Body)?.into_data() else { continue }; // trailers
+        seen += data.len();
+        if seen > limit {
+            return Err(ReadError::TooLarge);
+        }
         match &first {
             None => first = Some(data),
             Some(head) => {
@@ -752,11 +824,11 @@ mod tests {
             StreamBody::new(futures::stream::iter(frames))
         };
         for parts in [&[][..], &["{}"], &["", "{", "", "}"], &["{\"a\":", "1", "}"]] {
-            let got = read_all(frames(parts)).await.unwrap_or_default();
+            let got = read_all(std::pin::pin!(frames(parts)), MAX_BODY).await.unwrap_or_default();
             assert_eq!(got, parts.concat().as_bytes(), "{parts:?}");
         }
         let one = bytes::Bytes::from_static(b"{\"one\":1}");
-        let got = read_all(http_body_util::Full::new(one.clone())).await.unwrap_or_default();
+        let got = read_all(std::pin::pin!(http_body_util::Full::new(one.clone())), MAX_BODY).await.unwrap_or_default();
         assert_eq!(got.as_ptr(), one.as_ptr(), "a one-frame body is not copied");
     }
 

@@ -52,6 +52,7 @@ pub struct Resp {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    pub headers: http::HeaderMap,
 }
 
 impl Resp {
@@ -91,8 +92,9 @@ impl Conn {
         let status = resp.status().as_u16();
         let content_type =
             resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes().to_vec();
-        Resp { status, content_type, body }
+        Resp { status, content_type, body, headers }
     }
 
     /// POSTs JSON.
