@@ -326,3 +326,24 @@ fn webhooks_are_called_by_a_real_apiserver() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "needs the real control plane: run hack/test.sh"]
+fn controller_manager_collects_garbage() {
+    let mut cp = ControlPlane::start();
+    cp.start_controller_manager();
+    cp.kubectl_ok(&["create", "configmap", "owner"]);
+    let uid = cp.kubectl_ok(&["get", "configmap", "owner", "-o", "jsonpath={.metadata.uid}"]);
+    assert!(!uid.is_empty(), "owner has no uid");
+    let dependent = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "dependent", "namespace": "default",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+    apply_ok(&cp, &dependent);
+    cp.kubectl_ok(&["delete", "configmap", "owner", "--wait=true"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cp.kubectl_output(&["get", "configmap", "dependent"], None).status.success() {
+        cp.assert_running();
+        assert!(Instant::now() < deadline, "the garbage collector left the dependent ConfigMap");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
