@@ -22,6 +22,22 @@ const CRDS: [&str; 4] = [
     "tailscalegateways.gateway.tailscale.com",
 ];
 
+#[test]
+fn versions_pin_every_component() {
+    let versions = util::cluster::versions();
+    for key in ["ETCD_VERSION", "KUBERNETES_VERSION", "ENVOY_GATEWAY_VERSION"] {
+        let v = versions.get(key).unwrap_or_else(|| panic!("versions.env lacks {key}"));
+        assert!(v.starts_with('v') && v.split('.').count() == 3, "{key}={v} is no vMAJOR.MINOR.PATCH");
+    }
+}
+
+#[test]
+#[should_panic(expected = "is missing: run hack/control-plane.sh")]
+fn a_missing_binary_fails_naming_the_build_script() {
+    let empty = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    util::cluster::binary_in(empty.path(), "kube-apiserver", "KUBERNETES_VERSION");
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

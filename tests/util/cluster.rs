@@ -47,9 +47,14 @@ pub fn bin_dir() -> PathBuf {
 /// The cached binary `name` at the version `versions.env` pins under `version_key`; panics
 /// naming the build script when it is missing.
 pub fn binary(name: &str, version_key: &str) -> PathBuf {
+    binary_in(&bin_dir(), name, version_key)
+}
+
+/// [`binary`] in the folder `bin`.
+pub fn binary_in(bin: &Path, name: &str, version_key: &str) -> PathBuf {
     let versions = versions();
     let version = versions.get(version_key).unwrap_or_else(|| panic!("versions.env has no {version_key}"));
-    let path = bin_dir().join(format!("{name}-{version}"));
+    let path = bin.join(format!("{name}-{version}"));
     assert!(path.is_file(), "{} is missing: {BUILD_HINT}", path.display());
     path
 }
@@ -63,8 +68,16 @@ pub fn kubectl_binary() -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a free port: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct loopback ports that were free a moment ago (all held open until all are chosen).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
+        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a free port: {e}"))
+    });
+    listeners.map(|l| l.local_addr().unwrap_or_else(|e| panic!("{e}")).port())
 }
 
 /// A child process in its own process group, its output in a log file; the group is killed on drop.
@@ -313,7 +326,7 @@ impl ControlPlane {
 }
 
 fn start_etcd(bin: &Path, dir: &Path) -> (Process, String) {
-    let (client, peer) = (free_port(), free_port());
+    let [client, peer] = free_ports();
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut cmd = Command::new(bin);
