@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${TSGW_CACHE:-$HOME/.cache/tailscale-gateway}"
 bin="$cache/bin"
-# shellcheck source=control-plane/versions.env
+# shellcheck source=hack/control-plane/versions.env
 source "$here/control-plane/versions.env"
 
 die() { echo "control-plane.sh: $*" >&2; exit 1; }
@@ -30,7 +30,7 @@ build() {
   echo "building $name $version (first time: several minutes)…"
   local start=$SECONDS
   (cd "$here/control-plane/$dir" &&
-    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath -mod=readonly" \
+    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath -mod=readonly -buildvcs=false" \
       nice -n "${TSGW_NICE:-10}" go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$package")
   mv "$out.tmp" "$out"
   echo "built $out in $((SECONDS - start))s"
