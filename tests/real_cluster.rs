@@ -301,6 +301,14 @@ fn webhooks_are_called_by_a_real_apiserver() {
     ] {
         assert!(err.contains(field), "kubectl's output lacks {field:?}:\n{err}");
     }
+    // Now that the webhook is in force, a real (not dry-run) apply is denied the same way.
+    let out = apply_stdin(&cp, &bad, &[]);
+    assert!(!out.status.success(), "the bad object was applied");
+    assert!(
+        stderr(&out).contains("spec.loadBalancing.healthCheck.timeout: Invalid value: \"soon\""),
+        "{}",
+        stderr(&out)
+    );
     let listed = cp.kubectl_ok(&["get", "tailscaleservices", "-o", "name"]);
     assert!(listed.trim().is_empty(), "a denied object was stored: {listed}");
 
