@@ -36,9 +36,13 @@ pub struct TailscaleEndpointsSpec {
     /// How the proxies run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Box<ProxySpec>>,
-    /// Ports the proxies serve.
+    /// Ports the proxies serve (at most 128).
+    // The bound lets kube-apiserver accept the uniqueness rule, which is quadratic: without
+    // maxItems its estimated cost is over the budget and the CRD is refused. A port without
+    // `protocol` is TCP (CEL has no value for an absent field).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && q.protocol == p.protocol))").message("ports must be unique"))]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && (has(q.protocol) ? q.protocol : 'TCP') == (has(p.protocol) ? p.protocol : 'TCP')))").message("ports must be unique"))]
     pub ports: Vec<PortSpec>,
 }
 
@@ -82,7 +86,9 @@ pub struct PortSpec {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
     pub port: i32,
     /// `TCP` (default) or `UDP`.
+    // maxLength bounds the string comparisons of the ports uniqueness rule (CEL cost budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub protocol: Option<String>,
 }
 

@@ -2,6 +2,8 @@
 //! started in-process on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: builds (or reuses) the pinned real control plane with hack/control-plane.sh,
+# then runs the whole suite, the real-cluster tests (ignored in plain `cargo test`) included.
+#   hack/test.sh                              everything
+#   hack/test.sh --test real_cluster          cargo's arguments before `--`,
+#   hack/test.sh --test real_cluster -- webhooks   the test binaries' after it
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo_args=()
+test_args=()
+while (($#)); do
+  if [[ "$1" == "--" ]]; then
+    shift
+    test_args=("$@")
+    break
+  fi
+  cargo_args+=("$1")
+  shift
+done
+
+echo "==> hack/control-plane.sh: building or reusing etcd, kube-apiserver, kube-controller-manager, Envoy Gateway"
+bash hack/control-plane.sh
+echo "==> cargo test ${cargo_args[*]} -- --include-ignored ${test_args[*]}"
+exec cargo test "${cargo_args[@]}" -- --include-ignored "${test_args[@]}"
