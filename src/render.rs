@@ -28,9 +28,38 @@ impl Default for RenderOptions {
 
 fn push<T: Serialize>(out: &mut Vec<Value>, obj: &T) {
     match serde_json::to_value(obj) {
-        Ok(v) => out.push(v),
+        Ok(v) => out.push(readable(v)),
         Err(e) => tracing::warn!(error = %e, "cannot encode a rendered object"),
     }
+}
+
+/// A Secret's `data` as `stringData` (decoded text), so a review in CI reads what the proxies
+/// get; values that are not UTF-8 text stay in `data`. The API server takes either form. Auth keys
+/// are placeholders here, never real keys.
+fn readable(mut obj: Value) -> Value {
+    use base64::Engine;
+    if obj["kind"] != "Secret" {
+        return obj;
+    }
+    let Some(Value::Object(data)) = obj.as_object_mut().and_then(|o| o.remove("data")) else { return obj };
+    let (mut text, mut binary) = (serde_json::Map::new(), serde_json::Map::new());
+    for (key, value) in data {
+        let decoded = value
+            .as_str()
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        match decoded {
+            Some(t) => text.insert(key, Value::String(t)),
+            None => binary.insert(key, value),
+        };
+    }
+    if !binary.is_empty() {
+        obj["data"] = Value::Object(binary);
+    }
+    if !text.is_empty() {
+        obj["stringData"] = Value::Object(text);
+    }
+    obj
 }
 
 fn selects_any(svc: &TailscaleServices, endpoints: &[TailscaleEndpoints]) -> bool {
@@ -154,13 +183,22 @@ mod tests {
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "ts:1");
         assert!(sts["metadata"].get("ownerReferences").is_none(), "no UIDs without a cluster");
         let cfg = out.iter().find(|o| o["metadata"]["name"] == "east-1-config").unwrap_or_else(|| panic!("config"));
-        let raw = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            cfg["data"]["cap-107.hujson"].as_str().unwrap_or(""),
-        )
-        .unwrap_or_default();
-        let hujson: Value = serde_json::from_slice(&raw).unwrap_or_default();
-        assert_eq!(hujson["AuthKey"], builders::AUTH_KEY_PLACEHOLDER);
+        assert!(cfg.get("data").is_none(), "printed decoded, as stringData: {cfg}");
+        let hujson: Value =
+            serde_json::from_str(cfg["stringData"]["cap-107.hujson"].as_str().unwrap_or("")).unwrap_or_default();
+        assert_eq!(hujson["AuthKey"], builders::AUTH_KEY_PLACEHOLDER, "auth keys stay placeholders");
+        assert_eq!(hujson["Hostname"], "east-1");
         assert_eq!(render(&input, &RenderOptions::default()).len(), out.len(), "deterministic shape");
+    }
+
+    #[test]
+    fn secrets_print_text_as_string_data_and_keep_binary_data() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"text": "aGVsbG8=", "binary": "/w=="}});
+        let readable = readable(secret);
+        assert_eq!(readable["stringData"], json!({"text": "hello"}));
+        assert_eq!(readable["data"], json!({"binary": "/w=="}));
+        let other = json!({"kind": "ConfigMap", "data": {"a": "aGVsbG8="}});
+        assert_eq!(super::readable(other.clone()), other, "only Secrets");
     }
 }

@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Secret,
-    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -44,6 +46,12 @@ pub const APP_NAME: &str = "tailscale-proxy";
 pub const CAP_VERSION: u32 = 107;
 /// Where the config Secrets are mounted; each pod reads `<dir>/<pod name>`.
 pub const CONFIG_DIR: &str = "/etc/tsconfig";
+/// Where containerboot serves `/healthz` (its default `TS_LOCAL_ADDR_PORT`, set explicitly because
+/// the readiness probe depends on it).
+pub const HEALTH_PORT: i32 = 9002;
+/// The unprivileged user and group the proxies run as: userspace networking needs no root, as in
+/// Tailscale's own userspace sidecar example.
+pub const PROXY_USER: i64 = 1000;
 /// Placeholder auth key printed by `render` instead of a real key.
 pub const AUTH_KEY_PLACEHOLDER: &str = "<auth key created by the reconciler>";
 
@@ -221,7 +229,7 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             ..VolumeMount::default()
         })
         .collect();
-    let ports: Vec<ContainerPort> = ep
+    let mut ports: Vec<ContainerPort> = ep
         .spec
         .ports
         .iter()
@@ -235,6 +243,12 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             }
         })
         .collect();
+    ports.push(ContainerPort {
+        name: Some("health".into()),
+        container_port: HEALTH_PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    });
     let container = Container {
         name: "tailscale".into(),
         image: Some(proxy.image.clone().unwrap_or_else(|| default_image.to_string())),
@@ -246,10 +260,14 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             env("TS_STATE", "kube:$(POD_NAME)"),
             env("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", &format!("{CONFIG_DIR}/$(POD_NAME)")),
             env("TS_USERSPACE", "true"),
+            env("TS_ENABLE_HEALTH_CHECK", "true"),
+            env("TS_LOCAL_ADDR_PORT", &format!("[::]:{HEALTH_PORT}")),
         ]),
-        ports: (!ports.is_empty()).then_some(ports),
+        ports: Some(ports),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
-        resources: proxy.resources.clone(),
+        resources: Some(proxy.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(container_security_context()),
+        readiness_probe: Some(readiness_probe()),
         ..Container::default()
     };
     StatefulSet {
@@ -263,6 +281,7 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
+                    security_context: Some(pod_security_context()),
                     containers: vec![container],
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     node_selector: proxy.node_selector.clone(),
@@ -274,6 +293,55 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             ..StatefulSetSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Requests when the spec sets no resources: a userspace tailscaled on a mid-sized tailnet. No
+/// limits: a CPU limit throttles forwarding, and a memory limit too low for a large netmap kills
+/// the proxy; set them in `spec.proxy.resources` where a quota asks for them.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("50m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The pod's security context: what Pod Security's `restricted` level asks for. Userspace
+/// networking (the only mode the proxies run in) needs neither root nor any capability.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(PROXY_USER),
+        run_as_group: Some(PROXY_USER),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The proxy container's security context (Pod Security `restricted`).
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Ready once containerboot's `/healthz` says the node has a tailnet address. No liveness probe
+/// on it: a proxy waiting for its auth key or the control server is not helped by a restart.
+fn readiness_probe() -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String("health".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Probe::default()
     }
 }
 
@@ -677,12 +745,42 @@ mod tests {
             json!({"name": "tailscaledconfig-1", "mountPath": "/etc/tsconfig/web-1", "readOnly": true})
         );
         assert_eq!(pod["volumes"][0]["secret"]["secretName"], "web-0-config");
-        assert_eq!(c["ports"], json!([{"name": "tcp-80", "containerPort": 80, "protocol": "TCP"}]));
+        assert_eq!(
+            c["ports"],
+            json!([{"name": "tcp-80", "containerPort": 80, "protocol": "TCP"},
+                   {"name": "health", "containerPort": 9002, "protocol": "TCP"}])
+        );
+        assert_eq!(env["TS_ENABLE_HEALTH_CHECK"]["value"], "true");
+        assert_eq!(env["TS_LOCAL_ADDR_PORT"]["value"], "[::]:9002");
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({"path": "/healthz", "port": "health"}),
+            "containerboot's health check"
+        );
+        assert!(c.get("livenessProbe").is_none());
+        assert_eq!(c["resources"], json!({"requests": {"cpu": "50m", "memory": "128Mi"}}), "defaults");
+        // Pod Security `restricted`: non-root, no escalation, no capabilities, RuntimeDefault seccomp.
+        assert_eq!(
+            pod["securityContext"],
+            json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                   "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(c["securityContext"], json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}));
+        assert!(c["securityContext"].get("privileged").is_none());
         // The spec's image wins over the default.
         let mut custom = ep(1);
         if let Some(p) = custom.spec.proxy.as_mut() {
             p.image = Some("my/proxy:1".into());
+            p.resources = Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([("memory".to_string(), Quantity("1Gi".into()))])),
+                ..ResourceRequirements::default()
+            });
         }
+        assert_eq!(
+            to_json(&stateful_set(&custom, "x"))["spec"]["template"]["spec"]["containers"][0]["resources"],
+            json!({"limits": {"memory": "1Gi"}}),
+            "the spec's resources replace the defaults"
+        );
         assert_eq!(
             to_json(&stateful_set(&custom, "x"))["spec"]["template"]["spec"]["containers"][0]["image"],
             "my/proxy:1"
