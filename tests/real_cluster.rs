@@ -149,8 +149,10 @@ fn crd_schemas_and_cel_rules_hold_on_a_real_apiserver() {
     let listed = cp.kubectl_ok(&["get", "tailscaleservices", "-A", "-o", "name"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     // A CEL rule of the CRD itself refuses an object (so the rules compiled and run).
-    let out =
-        cp.kubectl_output(&["apply", "--server-side", "-f", &path("tests/manifests/invalid/missing-selector.yaml")], None);
+    let out = cp.kubectl_output(
+        &["apply", "--server-side", "-f", &path("tests/manifests/invalid/missing-selector.yaml")],
+        None,
+    );
     assert!(!out.status.success(), "missing-selector.yaml was accepted");
     assert!(
         stderr(&out).contains("spec.selector is required unless spec.endpointTemplate is given"),
