@@ -2,6 +2,13 @@
 //! tags, VIP service names and VIP port specs. Each returns `Err(expectation)` so callers can
 //! attach it to a field path.
 
+/// Name of the Service in front of a TailscaleEndpoints' proxies: the stable DNS name Envoy
+/// clusters point at (`<name>-svc.<namespace>.svc`). The reconciler creates it under this name and
+/// the Envoy Gateway extension dials it: one rule for both.
+pub fn proxy_service_name(endpoints: &str) -> String {
+    format!("{endpoints}-svc")
+}
+
 /// Max length of a DNS label.
 pub const DNS_LABEL_MAX: usize = 63;
 

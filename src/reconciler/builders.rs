@@ -55,11 +55,7 @@ pub const PROXY_USER: i64 = 1000;
 /// Placeholder auth key printed by `render` instead of a real key.
 pub const AUTH_KEY_PLACEHOLDER: &str = "<auth key created by the reconciler>";
 
-/// Name of the proxies' Service: the stable DNS name Envoy clusters point at
-/// (`<name>-svc.<namespace>.svc`).
-pub fn proxy_service_name(endpoints: &str) -> String {
-    format!("{endpoints}-svc")
-}
+pub use crate::core::names::proxy_service_name;
 
 /// Name of replica `i`'s state Secret (also its pod name).
 pub fn state_secret_name(endpoints: &str, i: i32) -> String {

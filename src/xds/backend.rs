@@ -119,14 +119,10 @@ pub fn parse_backend(bytes: &[u8]) -> Result<BackendObject, BadResource> {
     }
 }
 
-/// Name of the Service in front of a TailscaleEndpoints' proxies: the one the reconciler
-/// reported in status, else the TailscaleEndpoints' own name (the StatefulSet's Service).
+/// Name of the Service in front of a TailscaleEndpoints' proxies: the one the reconciler creates
+/// ([`crate::core::names::proxy_service_name`]).
 pub fn proxy_service_name(ep: &TailscaleEndpoints) -> String {
-    ep.status
-        .as_ref()
-        .and_then(|s| s.stateful_sets.iter().find_map(|ss| ss.service.clone()))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| ep.metadata.name.clone().unwrap_or_default())
+    crate::core::names::proxy_service_name(ep.metadata.name.as_deref().unwrap_or_default())
 }
 
 fn region_of(ep: &TailscaleEndpoints) -> Option<String> {
@@ -348,8 +344,8 @@ mod tests {
         assert_eq!(
             t,
             vec![
-                ("east", "east.default.svc.cluster.local", false, 1),
-                ("west", "west.default.svc.cluster.local", true, 0)
+                ("east", "east-svc.default.svc.cluster.local", false, 1),
+                ("west", "west-svc.default.svc.cluster.local", true, 0)
             ]
         );
     }
