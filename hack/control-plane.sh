@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned real control plane (etcd, kube-apiserver, kube-controller-manager, Envoy Gateway)
+# and tsconfig-check (tailscale.com's own loaders, for the proxies' generated configs)
 # from the Go module proxy into ${TSGW_CACHE:-$HOME/.cache/tailscale-gateway}/bin/, reusing binaries
 # already there. Versions: hack/control-plane/versions.env; dependency graphs: hack/control-plane/*/go.mod.
 set -euo pipefail
@@ -23,7 +24,10 @@ check_pin() {
 build() {
   local name="$1" version="$2" dir="$3" package="$4" ldflags="${5:-}"
   local out="$bin/$name-$version"
-  if [[ -x "$out" ]]; then
+  # Our own Go sources (tsconfig-check) change without a version bump: rebuild when they are newer.
+  local newer
+  newer="$(find "$here/control-plane/$dir" -name '*.go' -newer "$out" 2>/dev/null | head -1)"
+  if [[ -x "$out" && -z "$newer" ]]; then
     echo "reusing $out"
     return
   fi
@@ -51,12 +55,14 @@ main() {
   check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
   check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
   check_pin envoy-gateway github.com/envoyproxy/gateway "$ENVOY_GATEWAY_VERSION"
+  check_pin tsconfig-check tailscale.com "$TAILSCALE_VERSION"
   build etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3
   build kube-apiserver "$KUBERNETES_VERSION" kubernetes k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
   build kube-controller-manager "$KUBERNETES_VERSION" kubernetes \
     k8s.io/kubernetes/cmd/kube-controller-manager "$(kube_ldflags)"
   build envoy-gateway "$ENVOY_GATEWAY_VERSION" envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway \
     "-X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$ENVOY_GATEWAY_VERSION"
+  build tsconfig-check "$TAILSCALE_VERSION" tsconfig-check .
   echo "control plane ready in $bin"
 }
 
