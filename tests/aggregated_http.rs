@@ -272,6 +272,26 @@ async fn watch_resumes_from_a_remembered_version_and_gets_410_when_too_old() {
 }
 
 #[tokio::test]
+async fn a_watch_timeout_too_large_to_add_is_clamped_and_a_short_one_ends_the_stream() {
+    let cache = Cache::default();
+    cache.apply(endpoints("a", true));
+    let (api, admin) = local_api(cache.clone());
+    // i64::MAX seconds: adding it to now overflowed and panicked the watch task.
+    let huge = format!("{GV}/tailscaledevices?watch=true&timeoutSeconds=9223372036854775807");
+    let resp = router(api.clone()).oneshot(request(&huge, admin.clone(), &[])).await.unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    assert_eq!(next_event(&mut body, &mut buf).await["type"], "ADDED", "the watch runs");
+    cache.apply(endpoints("a", false));
+    assert_eq!(next_event(&mut body, &mut buf).await["type"], "MODIFIED", "and keeps running");
+    let short = format!("{GV}/tailscaledevices?watch=true&timeoutSeconds=1");
+    let resp = router(api).oneshot(request(&short, admin, &[])).await.unwrap_or_else(|e| match e {});
+    let ended = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
+    assert!(ended.is_ok_and(|b| b.is_ok()), "timeoutSeconds=1 ends the stream cleanly");
+}
+
+#[tokio::test]
 async fn watch_with_field_selector_sends_deleted_when_an_object_leaves_it() {
     let cache = Cache::default();
     cache.apply(endpoints("a", true));

@@ -387,6 +387,11 @@ pub struct ListOptions {
     pub include: IncludeObject,
 }
 
+/// The longest a watch lasts: a larger `timeoutSeconds` is clamped to it, and a watch that names
+/// none ends then too (kube-apiserver ends watches after 30 to 60 minutes by default); clients
+/// reconnect from their last resourceVersion.
+pub const MAX_WATCH: Duration = Duration::from_secs(3600);
+
 fn truthy(v: &str) -> bool {
     matches!(v, "true" | "1" | "True")
 }
@@ -413,7 +418,7 @@ impl ListOptions {
                 "sendInitialEvents" => o.send_initial_events = truthy(v),
                 "timeoutSeconds" => {
                     let secs = v.parse::<u64>().map_err(|_| format!("timeoutSeconds: invalid value {v:?}"))?;
-                    o.timeout = Some(Duration::from_secs(secs));
+                    o.timeout = Some(Duration::from_secs(secs).min(MAX_WATCH));
                 }
                 "includeObject" => o.include = IncludeObject::parse(v)?,
                 _ => {}
@@ -528,6 +533,18 @@ pub fn negotiate(accept: Option<&str>) -> Result<Format, NotAcceptable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_watch_timeout_is_clamped_not_overflowed() {
+        let q =
+            |v: &str| vec![("watch".to_string(), "true".to_string()), ("timeoutSeconds".to_string(), v.to_string())];
+        let huge = ListOptions::from_query(&q("9223372036854775807")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(huge.timeout, Some(MAX_WATCH));
+        let short = ListOptions::from_query(&q("5")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(short.timeout, Some(Duration::from_secs(5)));
+        // Adding the clamped timeout to now cannot overflow.
+        let _ = tokio::time::Instant::now() + huge.timeout.unwrap_or_default();
+    }
     use crate::core::views::{Device, Selection};
 
     #[test]

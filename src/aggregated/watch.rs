@@ -192,7 +192,7 @@ async fn run<T: View>(
     if !send_events::<T>(&pending, &mut filter, &tx, format, include, &mut first).await {
         return;
     }
-    let deadline = spec.opts.timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = tokio::time::Instant::now() + spec.opts.timeout.unwrap_or(super::request::MAX_WATCH);
     let mut bookmarks = tokio::time::interval(spec.bookmark_every);
     bookmarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     bookmarks.tick().await;
@@ -200,7 +200,7 @@ async fn run<T: View>(
         tokio::select! {
             _ = spec.stop.cancelled() => return,
             _ = tx.closed() => return,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => return,
+            _ = tokio::time::sleep_until(deadline) => return,
             _ = bookmarks.tick(), if spec.opts.allow_bookmarks => {
                 if !send(bookmark_line::<T>(last, false)).await {
                     return;
