@@ -445,7 +445,12 @@ static DEVICE_INFO: LazyLock<KindInfo> = LazyLock::new(|| KindInfo {
         col("Tailnet", "string", "The TailscaleTailnet the device joined.", 0),
         col("IP", "string", "The device's Tailscale IPv4 address (else its first address).", 0),
         col("Online", "boolean", "Whether the device is connected to the tailnet now.", 0),
-        col("Last Seen", "string", "Time since the device was last seen by the control plane.", 0),
+        col(
+            "Last Seen",
+            "string",
+            "Time since the device was last seen by the control plane; \"now\" while it is online.",
+            0,
+        ),
         age_column(),
         col("FQDN", "string", "MagicDNS name of the device.", 1),
         col("Node ID", "string", "Stable Tailscale node ID.", 1),
@@ -517,7 +522,9 @@ impl View for Device {
             Cell::Str(&self.tailnet),
             Cell::Str(primary_ip(&self.addresses).unwrap_or("<none>")),
             Cell::Bool(self.online),
-            Cell::Age(self.last_seen.as_deref()),
+            // An online device is being seen now (as Tailscale's console says "Connected"); its
+            // lastSeen is when the control plane last recorded it, which can lag by days.
+            if self.online { Cell::Str("now") } else { Cell::Age(self.last_seen.as_deref()) },
             Cell::Age(self.created.as_deref()),
             or_none(&self.fqdn),
             or_none(&self.node_id),
@@ -786,6 +793,18 @@ mod tests {
     }
 
     #[test]
+    fn an_online_device_is_seen_now_and_an_offline_one_says_since_when() {
+        let now: jiff::Timestamp = "2026-12-07T00:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        fn last_seen(d: &Device, now: jiff::Timestamp) -> Option<Cell<'_>> {
+            d.cells().into_iter().nth(5).map(|c| c.at(now))
+        }
+        let online = device();
+        assert_eq!(last_seen(&online, now), Some(Cell::Str("now")), "never `true` next to a year-old time");
+        let offline = Device { online: false, ..device() };
+        assert_eq!(last_seen(&offline, now), Some(Cell::Text("529d".into())));
+    }
+
+    #[test]
     fn human_durations_match_kubectl_style() {
         let d = jiff::SignedDuration::from_secs;
         assert_eq!(human_duration(d(-5)), "<invalid>");
@@ -848,7 +867,7 @@ mod tests {
         assert_eq!(cells.len(), Device::info().columns.len());
         assert_eq!(cells[3], "100.64.0.1");
         assert_eq!(cells[4], Cell::Bool(true));
-        assert_eq!(cells[5], "5m");
+        assert_eq!(cells[5], "now", "online");
         assert_eq!(cells[6], "35m");
         assert_eq!(cells[9], "tag:a,tag:b");
         assert_eq!(Device::info().columns.iter().filter(|c| c.priority == 1).count(), 4);
