@@ -365,7 +365,7 @@ impl WatchFailures {
         let kind = self.kind;
         let text = match crate::errors::is_api_code(error, 404) {
             true => format!(
-                "the CustomResourceDefinition {} is not installed; install crds/ with `kubectl apply --server-side -f crds/` \
+                "the CustomResourceDefinition {} is not installed; install crds/ with `kubectl apply --server-side -k crds/` \
                  (or `tailscale-gateway crds | kubectl apply --server-side -f -`); not ready until it is, retrying",
                 crate::api::crd_name(kind)
             ),

@@ -97,7 +97,7 @@ async fn missing_crds_are_named_once_with_the_install_command_and_the_server_is_
             err.lines().filter(|l| l.contains(&format!("CustomResourceDefinition {crd} is not installed"))).count();
         assert_eq!(lines, 1, "{crd} named once, however often the watch is retried:\n{err}");
     }
-    assert!(err.contains("kubectl apply --server-side -f crds/"), "{err}");
+    assert!(err.contains("kubectl apply --server-side -k crds/"), "{err}");
     for dump in ["Status {", "ApiError", "Some(", "self_link"] {
         assert!(!err.contains(dump), "no Rust debug dump ({dump}) in:\n{err}");
     }

@@ -732,7 +732,7 @@ async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
 }
 
 fn yaml_docs(file: &str) -> Vec<Value> {
-    let path = format!("{}/examples/envoy-gateway/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.split("\n---\n")
         .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
@@ -741,7 +741,7 @@ fn yaml_docs(file: &str) -> Vec<Value> {
 
 #[test]
 fn envoy_gateway_example_matches_what_the_server_serves() {
-    let cm = &yaml_docs("envoy-gateway-config.yaml")[0];
+    let cm = &yaml_docs("examples/envoy-gateway/envoy-gateway-config.yaml")[0];
     let inner = cm.pointer("/data/envoy-gateway.yaml").and_then(Value::as_str).unwrap_or_else(|| panic!("no config"));
     let eg: Value = serde_saphyr::from_str(inner).unwrap_or_else(|e| panic!("{e}"));
     let em = eg.get("extensionManager").unwrap_or_else(|| panic!("no extensionManager"));
@@ -767,17 +767,18 @@ fn envoy_gateway_example_matches_what_the_server_serves() {
     let port = em.pointer("/service/fqdn/port").and_then(Value::as_u64);
     assert_eq!(port, Some(u64::from(XdsOptions::default().addr.port())));
     let host = em.pointer("/service/fqdn/hostname").and_then(Value::as_str).unwrap_or_default();
-    let svc = &yaml_docs("xds-service.yaml")[0];
+    // The Service Envoy Gateway dials is the install's own (deploy/), not a copy.
+    let svc = &yaml_docs("deploy/xds-service.yaml")[0];
     let svc_host = format!(
         "{}.{}.svc.cluster.local",
         svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
         svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
     );
     assert_eq!(host, svc_host, "extensionManager points at the example Service");
-    let rbac = yaml_docs("rbac.yaml");
+    let rbac = yaml_docs("examples/envoy-gateway/rbac.yaml");
     let resources = rbac[0].pointer("/rules/0/resources").cloned().unwrap_or_default();
     assert_eq!(resources, json!(["tailscaleservices", "tailscaleendpoints"]));
-    let routes = yaml_docs("httproute.yaml");
+    let routes = yaml_docs("examples/envoy-gateway/httproute.yaml");
     assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/kind"), Some(&json!("TailscaleServices")));
     assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/group"), Some(&json!("gateway.tailscale.com")));
 }
