@@ -285,7 +285,7 @@ impl LocalDir {
 /// A cheap fingerprint of a folder: every manifest's path, size and modification time.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     manifest::collect_files(&[dir.to_path_buf()])
-        .unwrap_or_default()
+        .files
         .into_iter()
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
@@ -346,6 +346,89 @@ mod tests {
     fn strategy(cache: &Cache, name: &str) -> Option<String> {
         let idx = cache.read();
         idx.services(&ObjectKey::new("default", name))?.spec.load_balancing.as_ref()?.strategy.clone()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_devices_and_huge_files_are_not_read_and_the_rest_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("svc.yaml"), services("web", "web", "round-robin")).expect("writing");
+        let fifo = dir.path().join("x.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("running mkfifo");
+        assert!(made.success());
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("z.yaml")).expect("a link to /dev/zero");
+        let huge = std::fs::File::create(dir.path().join("huge.yaml")).expect("creating");
+        huge.set_len(manifest::MAX_MANIFEST_BYTES + 1).expect("a sparse file over the limit");
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        // On a thread, so a regression (blocking on the FIFO) fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let loader = cache.clone();
+        std::thread::spawn(move || {
+            let summary = local.load(&loader);
+            let _ = tx.send(summary);
+        });
+        let summary = rx.recv_timeout(Duration::from_secs(10)).expect("the load finishes: a FIFO is never opened");
+        assert_eq!((summary.objects, summary.rejected), (1, 1), "web loads; the huge file is refused");
+        let loaded = manifest::load(&[dir.path().to_path_buf()], "default");
+        let said: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "x.yaml: warning: not a regular file (a FIFO): skipped",
+            "z.yaml: warning: not a regular file (a device): skipped",
+            "huge.yaml: error: larger than the limit",
+        ] {
+            assert!(said.iter().any(|p| p.contains(want)), "{want:?} in {said:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_read_keeps_the_last_valid_objects_and_their_claims() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = dir.path().join("manifests");
+        std::fs::create_dir_all(folder.join("sub")).expect("creating folders");
+        let real = dir.path().join("real.yaml");
+        std::fs::write(&real, services("linked", "linked", "round-robin")).expect("writing");
+        std::os::unix::fs::symlink(&real, folder.join("link.yaml")).expect("a link");
+        std::fs::write(folder.join("sub/web.yaml"), services("web", "web", "round-robin")).expect("writing");
+        let cache = Cache::default();
+        let mut local = LocalDir::new(&folder);
+        assert_eq!(local.load(&cache).objects, 2);
+        let claims_web = |cache: &Cache| cache.read().services(&ObjectKey::new("default", "web")).is_some();
+
+        // The link dangles: its object stays, and so does its VIP claim against a new copy.
+        std::fs::remove_file(&real).expect("removing the link's target");
+        std::fs::write(folder.join("copy.yaml"), services("copy", "linked", "round-robin")).expect("writing");
+        let summary = local.load(&cache);
+        assert_eq!(summary.objects, 2, "linked and web stay");
+        assert!(cache.read().services(&ObjectKey::new("default", "linked")).is_some());
+        assert!(cache.read().services(&ObjectKey::new("default", "copy")).is_none(), "the duplicate VIP is refused");
+        let loaded = manifest::load_keeping(std::slice::from_ref(&folder), "default", &local.last_good);
+        assert!(
+            loaded
+                .problems
+                .iter()
+                .any(|p| p.to_string().contains("link.yaml: error: no such file or directory; still serving")),
+            "{:?}",
+            loaded.problems
+        );
+
+        // A subfolder that cannot be listed keeps what was under it.
+        std::fs::remove_file(folder.join("copy.yaml")).expect("removing the copy");
+        let sub = folder.join("sub");
+        std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o000)).expect("chmod");
+        let unreadable = std::fs::read_dir(&sub).is_err(); // root reads it anyway
+        local.load(&cache);
+        std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod back");
+        assert!(claims_web(&cache), "web stays (unreadable folder: {unreadable})");
+
+        // The whole folder briefly gone: everything is kept until it is back.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&folder, &moved).expect("moving the folder away");
+        let summary = local.load(&cache);
+        std::fs::rename(&moved, &folder).expect("moving it back");
+        assert_eq!(summary.objects, 2, "nothing dropped while the folder is away");
+        assert!(claims_web(&cache));
     }
 
     #[test]

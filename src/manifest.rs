@@ -131,33 +131,92 @@ impl Loaded {
     }
 }
 
+/// The most a manifest file may hold: larger ones are refused unread (a link to `/dev/zero` or a
+/// log file named `*.yaml` must not fill memory).
+pub const MAX_MANIFEST_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a walk over the manifest paths found.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Regular files to read, in a stable order: shallower first, then by path.
+    pub files: Vec<PathBuf>,
+    /// Paths that could not be looked at (a dangling link, a folder that vanished, no
+    /// permission), with why: their last valid objects are kept.
+    pub unreadable: Vec<(PathBuf, String)>,
+    /// Paths skipped on purpose (FIFOs, devices, sockets), with why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 /// Manifest files under `paths` (folders are walked recursively), deduplicated, in a stable
 /// order: shallower files first, then by path. Where two documents conflict (a VIP name claimed
-/// twice), the top-level manifests of a folder win over those in its subfolders.
-pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    fn walk(p: &Path, out: &mut BTreeSet<PathBuf>, explicit: bool) -> std::io::Result<()> {
-        let meta = std::fs::metadata(p)?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(p)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with('.') {
-                    continue;
-                }
-                walk(&entry.path(), out, false)?;
-            }
-        } else if explicit || matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-            out.insert(p.to_path_buf());
-        }
-        Ok(())
-    }
-    let mut out = BTreeSet::new();
+/// twice), the top-level manifests of a folder win over those in its subfolders. A path that
+/// cannot be read is reported and the walk goes on; only regular files are read.
+pub fn collect_files(paths: &[PathBuf]) -> Collected {
+    let mut found = BTreeSet::new();
+    let mut out = Collected::default();
     for p in paths {
-        walk(p, &mut out, true)?;
+        walk(p, true, &mut found, &mut out);
     }
-    let mut files: Vec<PathBuf> = out.into_iter().collect();
-    files.sort_by_key(|p| p.components().count());
-    Ok(files)
+    out.files = found.into_iter().collect();
+    out.files.sort_by_key(|p| p.components().count());
+    out
+}
+
+fn walk(p: &Path, explicit: bool, found: &mut BTreeSet<PathBuf>, out: &mut Collected) {
+    let manifest_name = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
+    // Following links, as reading does.
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => return out.unreadable.push((p.to_path_buf(), io_message(&e))),
+    };
+    if meta.is_dir() {
+        let entries = match std::fs::read_dir(p) {
+            Ok(entries) => entries,
+            Err(e) => return out.unreadable.push((p.to_path_buf(), io_message(&e))),
+        };
+        for entry in entries {
+            match entry {
+                Ok(entry) if entry.file_name().to_string_lossy().starts_with('.') => {}
+                Ok(entry) => walk(&entry.path(), false, found, out),
+                Err(e) => out.unreadable.push((p.to_path_buf(), io_message(&e))),
+            }
+        }
+    } else if (explicit || manifest_name) && meta.is_file() {
+        found.insert(p.to_path_buf());
+    } else if explicit || manifest_name {
+        out.skipped.push((p.to_path_buf(), format!("not a regular file ({}): skipped", file_type(&meta))));
+    }
+}
+
+fn file_type(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    let _ = meta;
+    "not a file or folder"
+}
+
+/// Reads a manifest file of at most [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| io_message(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(|e| io_message(&e))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!("larger than the limit of {MAX_MANIFEST_BYTES} bytes for a manifest: not read"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// One document of a YAML stream.
@@ -320,29 +379,36 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
         loaded.problems.push(Problem::error(source, message));
     };
     // Every path on its own, so one that does not exist is named and the others still load.
-    let mut found = BTreeSet::new();
+    let mut collected = Collected::default();
     let mut stdin = false;
     for path in paths {
         if path.as_os_str() == "-" {
             stdin = true;
             continue;
         }
-        match collect_files(std::slice::from_ref(path)) {
-            Ok(files) => found.extend(files),
-            Err(e) => loaded.problems.push(Problem::error(Source::file(path), io_message(&e))),
-        }
+        // Every path on its own, so one that does not exist is named and the others still load.
+        let one = collect_files(std::slice::from_ref(path));
+        collected.files.extend(one.files);
+        collected.unreadable.extend(one.unreadable);
+        collected.skipped.extend(one.skipped);
     }
-    let mut files: Vec<PathBuf> = found.into_iter().collect();
+    let mut files: Vec<PathBuf> = collected.files.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
     files.sort_by_key(|p| p.components().count());
-    let mut texts: Vec<(PathBuf, std::io::Result<String>)> = Vec::with_capacity(files.len() + 1);
-    if stdin {
-        texts.push((PathBuf::from(STDIN), std::io::read_to_string(std::io::stdin())));
+    for (path, why) in collected.skipped {
+        loaded.problems.push(Problem::warning(Source::file(&path), why));
     }
+    let mut texts: Vec<(PathBuf, Result<String, String>)> = Vec::with_capacity(files.len() + 1);
+    if stdin {
+        texts.push((PathBuf::from(STDIN), std::io::read_to_string(std::io::stdin()).map_err(|e| io_message(&e))));
+    }
+    // A path that could not be looked at is treated as an unreadable file: what was under it keeps
+    // its last valid version.
+    texts.extend(collected.unreadable.into_iter().map(|(p, why)| (p, Err(why))));
     texts.extend(files.into_iter().map(|p| {
-        let text = std::fs::read_to_string(&p);
+        let text = read_manifest(&p);
         (p, text)
     }));
-    loaded.files = texts.len();
+    loaded.files = texts.iter().filter(|(_, t)| t.is_ok()).count();
     let mut parsed: Vec<(Source, Resource)> = Vec::new();
     // Where `parsed` holds last valid versions kept for documents that no longer say which object
     // they are (unreadable file, broken YAML). They keep their place (and so their VIP claims), but
@@ -352,14 +418,15 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
         let text = match text {
             Ok(t) => t,
             Err(e) => {
+                // The file's documents, or everything that was under a folder that could not be read.
                 let from_file: Vec<(Source, Resource)> = previous
-                    .range((path.clone(), 0)..)
-                    .take_while(|((p, _), _)| p == path)
+                    .iter()
+                    .filter(|((p, _), _)| p.starts_with(path))
                     .map(|((p, document), r)| (Source { path: p.clone(), document: *document, line: 0 }, r.clone()))
                     .collect();
                 let message = match from_file.len() {
-                    0 => io_message(e),
-                    n => format!("{}; still serving the last valid version of its {n} object(s)", io_message(e)),
+                    0 => e.clone(),
+                    n => format!("{e}; still serving the last valid version of its {n} object(s)"),
                 };
                 loaded.problems.push(Problem::error(Source::file(path), message));
                 for kept in from_file {
