@@ -14,6 +14,32 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
+/// The most of one text that goes into a log field: a peer-controlled string (an object's kind
+/// or name in a gRPC call) must not turn one warning into megabytes of log.
+pub const MAX_LOG_FIELD: usize = 256;
+
+/// Displays a text cut to [`MAX_LOG_FIELD`] bytes (at a character boundary), saying how long the
+/// original was.
+pub struct Clipped<'a>(pub &'a str);
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&clip(self.0))
+    }
+}
+
+/// `s` cut to [`MAX_LOG_FIELD`] bytes, with `… (N bytes)` when it was longer.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_LOG_FIELD {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_LOG_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..end], s.len()))
+}
+
 /// `e` and its causes on one line, each said once (see [`Chain`]).
 pub fn describe(e: &(dyn Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -96,6 +122,16 @@ mod tests {
         assert!(!format!("{}", Chain(&e)).contains("Status {"));
         assert!(is_api_code(&e, 404));
         assert!(!is_api_code(&e, 403));
+    }
+
+    #[test]
+    fn long_texts_are_clipped_at_a_character_boundary_saying_their_length() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(1000);
+        let clipped = clip(&long);
+        assert!(clipped.ends_with("… (2000 bytes)"), "{clipped}");
+        assert!(clipped.len() < MAX_LOG_FIELD + 20);
+        assert_eq!(Clipped(&long).to_string(), clipped);
     }
 
     #[test]

@@ -53,7 +53,8 @@ impl ExtensionService {
     /// Counts a bad resource, and logs it the first time this object (at this version) is seen.
     fn report(&self, hook: &'static str, bytes: &[u8], err: &BadResource) {
         self.metrics.error(hook, err.reason());
-        let id = backend::identity(bytes);
+        // Clipped before it is kept or logged: the object's identity comes from the peer.
+        let id = crate::errors::clip(&backend::identity(bytes)).into_owned();
         let first = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() >= SEEN_CAPACITY {
@@ -62,7 +63,9 @@ impl ExtensionService {
             seen.insert(id.clone())
         };
         if first {
-            tracing::warn!(hook, object = %id, reason = err.reason(), error = %err, "extension resource left unchanged");
+            let error = err.to_string();
+            let error = crate::errors::Clipped(&error);
+            tracing::warn!(hook, object = %id, reason = err.reason(), %error, "extension resource left unchanged");
         } else {
             tracing::debug!(hook, object = %id, reason = err.reason(), "extension resource left unchanged (again)");
         }
