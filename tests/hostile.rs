@@ -11,17 +11,13 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
 use tailscale_gateway::xds::pb::{ExtensionResource, PostClusterExtensionContext, PostClusterModifyRequest};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10_mib_kind_in_a_grpc_call_makes_a_short_log_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).expect("creating the folder");
     util::copy_examples(&manifests);
-    let (https, xds) = (free_port(), free_port());
+    let [https, xds] = util::cluster::free_ports();
     let server = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
         .args(["serve", "--local"])
         .arg(&manifests)
@@ -32,7 +28,7 @@ async fn a_10_mib_kind_in_a_grpc_call_makes_a_short_log_line() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting serve");
-    let mut server = KillOnDrop(server);
+    let mut server = util::KillOnDrop(server);
     let mut client = None;
     for _ in 0..100 {
         if let Ok(c) = EnvoyGatewayExtensionClient::connect(format!("http://127.0.0.1:{xds}")).await {
@@ -65,12 +61,4 @@ async fn a_10_mib_kind_in_a_grpc_call_makes_a_short_log_line() {
     assert!(warning.contains(" bytes)"), "the clipped text says how long it was: {warning}");
     let longest = log.lines().map(str::len).max().unwrap_or_default();
     assert!(longest < 2048, "a log line of {longest} bytes");
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
 }

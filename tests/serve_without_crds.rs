@@ -39,10 +39,6 @@ async fn empty_api_server() -> std::net::SocketAddr {
     addr
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_crds_are_named_once_with_the_install_command_and_the_server_is_not_ready() {
     let api = empty_api_server().await;
@@ -57,7 +53,7 @@ async fn missing_crds_are_named_once_with_the_install_command_and_the_server_is_
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &pair.cert_pem).expect("writing the certificate");
     std::fs::write(&key, &pair.key_pem).expect("writing the key");
-    let port = free_port();
+    let port = util::cluster::free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
         .args(["serve", "--listen", &listen, "--xds-addr", "127.0.0.1:0", "--self-managed-certs=false"])
@@ -72,7 +68,7 @@ async fn missing_crds_are_named_once_with_the_install_command_and_the_server_is_
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting serve");
-    let mut child = KillOnDrop(child);
+    let mut child = util::KillOnDrop(child);
 
     // Let the watchers fail and retry a few times.
     let cfg = util::client_config(&[&ca.pair().cert_pem], None);
@@ -100,13 +96,5 @@ async fn missing_crds_are_named_once_with_the_install_command_and_the_server_is_
     assert!(err.contains("kubectl apply --server-side -k crds/"), "{err}");
     for dump in ["Status {", "ApiError", "Some(", "self_link"] {
         assert!(!err.contains(dump), "no Rust debug dump ({dump}) in:\n{err}");
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
     }
 }

@@ -142,3 +142,13 @@ pub fn review(operation: &str, object: serde_json::Value, old: Option<serde_json
         }
     })
 }
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
