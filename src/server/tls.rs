@@ -45,15 +45,30 @@ pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
+/// A PEM error in words: rustls prints markers and lines as byte arrays (`[45, 45, ...]`).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("no \"-----END {}-----\" line", String::from_utf8_lossy(end_marker))
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("illegal section start {:?}", crate::errors::clip(&String::from_utf8_lossy(line)))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Parses a PEM certificate chain and private key into a signing key for rustls.
 pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem(format!("certificate PEM: {e}")))?;
+        .map_err(|e| TlsError::Pem(format!("certificate PEM: {}", pem_error(&e))))?;
     if chain.is_empty() {
         return Err(TlsError::Pem("certificate PEM holds no CERTIFICATE block".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem(format!("private key PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TlsError::Pem(format!("private key PEM: {}", pem_error(&e))))?;
     Ok(CertifiedKey::from_der(chain, key, &provider())?)
 }
 
@@ -61,7 +76,7 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Tl
 pub fn ca_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem(format!("CA PEM: {e}")))?;
+        .map_err(|e| TlsError::Pem(format!("CA PEM: {}", pem_error(&e))))?;
     if certs.is_empty() {
         return Err(TlsError::Pem("CA PEM holds no CERTIFICATE block".into()));
     }
@@ -208,6 +223,13 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_errors_name_markers_in_text_not_bytes() {
+        let e = ca_certs(b"-----BEGIN CERTIFICATE-----\nMIIB\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no \"-----END CERTIFICATE-----\" line"), "{e}");
+        assert!(!e.contains("[45, 45"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_rotation_before_the_reloader_starts_is_not_missed() {
