@@ -373,7 +373,7 @@ impl Delegated {
         let result = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| AuthError::Failed(format!("TokenReview failed: {e}")))?;
+            .map_err(|e| AuthError::Failed(format!("TokenReview failed: {}", crate::errors::Chain(&e))))?;
         let status = result.status.unwrap_or_default();
         let outcome = match (status.authenticated, status.user) {
             (Some(true), Some(u)) => Ok(UserInfo {
@@ -400,7 +400,7 @@ impl Delegated {
         let result = api
             .create(&PostParams::default(), &subject_access_review(user, attrs))
             .await
-            .map_err(|e| AuthError::Failed(format!("SubjectAccessReview failed: {e}")))?;
+            .map_err(|e| AuthError::Failed(format!("SubjectAccessReview failed: {}", crate::errors::Chain(&e))))?;
         let status = result.status.unwrap_or_default();
         let decision = if status.allowed { Ok(()) } else { Err(status.reason.unwrap_or_default()) };
         let ttl = if decision.is_ok() { ALLOW_TTL } else { DENY_TTL };

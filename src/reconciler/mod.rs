@@ -586,13 +586,13 @@ async fn owned_synced(stores: &owned::OwnedStores, mut stop: watch::Receiver<boo
     }
 }
 
-fn log_result<K: Resource, E: std::fmt::Display>(
+fn log_result<K: Resource, E: std::error::Error + 'static>(
     controller: &'static str,
     r: Result<(kube::runtime::reflector::ObjectRef<K>, Action), E>,
 ) {
     match r {
         Ok((obj, _)) => tracing::trace!(controller, object = %obj, "reconciled"),
-        Err(e) => tracing::debug!(controller, error = %e, "controller error"),
+        Err(e) => tracing::debug!(controller, error = %crate::errors::Chain(&e), "controller error"),
     }
 }
 
