@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -149,8 +149,10 @@ fn crd_schemas_and_cel_rules_hold_on_a_real_apiserver() {
     let listed = cp.kubectl_ok(&["get", "tailscaleservices", "-A", "-o", "name"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     // A CEL rule of the CRD itself refuses an object (so the rules compiled and run).
-    let out =
-        cp.kubectl_output(&["apply", "--server-side", "-f", &path("tests/manifests/invalid/missing-selector.yaml")], None);
+    let out = cp.kubectl_output(
+        &["apply", "--server-side", "-f", &path("tests/manifests/invalid/missing-selector.yaml")],
+        None,
+    );
     assert!(!out.status.success(), "missing-selector.yaml was accepted");
     assert!(
         stderr(&out).contains("spec.selector is required unless spec.endpointTemplate is given"),
@@ -170,17 +172,28 @@ fn crd_schemas_and_cel_rules_hold_on_a_real_apiserver() {
 struct Gateway {
     process: Process,
     url: String,
+    port: u16,
     ca_pem: String,
+    /// `ca_pem` as a file.
+    ca_file: PathBuf,
 }
 
 impl Gateway {
     /// Starts `tailscale-gateway serve` with a serving certificate for 127.0.0.1 from a fresh
     /// CA, the admin kubeconfig, and no reconciler; waits until `/readyz` passes.
     fn start(cp: &ControlPlane) -> Gateway {
+        Gateway::start_with_names(cp, &[])
+    }
+
+    /// [`Gateway::start`] with `extra` DNS names in the serving certificate (the aggregator
+    /// checks the name `SERVICE.NAMESPACE.svc` of the APIService's Service).
+    fn start_with_names(cp: &ControlPlane, extra: &[&str]) -> Gateway {
         let dir = cp.dir().join("gateway");
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let ca = Ca::generate("tsgw-test-webhook-ca").unwrap_or_else(|e| panic!("{e}"));
-        let serving = ca.issue_server(&["127.0.0.1".into(), "localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(extra.iter().map(|n| n.to_string()));
+        let serving = ca.issue_server(&names).unwrap_or_else(|e| panic!("{e}"));
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
         std::fs::write(&cert, &serving.cert_pem).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&key, &serving.key_pem).unwrap_or_else(|e| panic!("{e}"));
@@ -196,14 +209,20 @@ impl Gateway {
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info");
         let process = Process::spawn("tailscale-gateway", cmd, dir.join("server.log"));
-        let mut gw = Gateway { process, url: format!("https://127.0.0.1:{port}"), ca_pem: ca.pair().cert_pem.clone() };
-        gw.wait_ready(cp, &dir.join("ca.crt"));
+        let mut gw = Gateway {
+            process,
+            url: format!("https://127.0.0.1:{port}"),
+            port,
+            ca_pem: ca.pair().cert_pem.clone(),
+            ca_file: dir.join("ca.crt"),
+        };
+        gw.wait_ready(cp);
         gw
     }
 
-    fn wait_ready(&mut self, cp: &ControlPlane, ca: &Path) {
+    fn wait_ready(&mut self, cp: &ControlPlane) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let ca_flag = format!("--certificate-authority={}", ca.display());
+        let ca_flag = format!("--certificate-authority={}", self.ca_file.display());
         loop {
             self.process.assert_running();
             let out = cp.kubectl_output(&["--server", &self.url, &ca_flag, "get", "--raw", "/readyz"], None);
@@ -370,4 +389,275 @@ fn controller_manager_collects_garbage() {
         assert!(Instant::now() < deadline, "the garbage collector left the dependent ConfigMap");
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+const APISERVICE: &str = "v1alpha1.tailnet.gateway.tailscale.com";
+const DEVICES: &str = "/apis/tailnet.gateway.tailscale.com/v1alpha1/tailscaledevices";
+
+/// `apiservice/apiservice.yaml` pointed at `gw` on loopback: its Service becomes an ExternalName
+/// `localhost` with the server's port (kube-apiserver dials it as `--enable-aggregator-routing=false`
+/// allows), and the caBundle is our CA.
+fn apiservice_objects(gw: &Gateway) -> Value {
+    let text = std::fs::read_to_string(root().join("apiservice/apiservice.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut apiservice: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("apiservice.yaml: {e}"));
+    apiservice["spec"]["service"]["port"] = json!(gw.port);
+    apiservice["spec"]["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(&gw.ca_pem));
+    let service_ref = apiservice["spec"]["service"].clone();
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": service_ref["name"], "namespace": service_ref["namespace"]},
+        "spec": {"type": "ExternalName", "externalName": "localhost",
+            "ports": [{"name": "https", "port": gw.port, "protocol": "TCP"}]}});
+    json!({"apiVersion": "v1", "kind": "List", "items": [service, apiservice]})
+}
+
+/// Applies the example tailnets, endpoints and services, then the endpoints' status (where the
+/// devices are) through the status subresource.
+fn apply_examples_with_status(cp: &ControlPlane) {
+    cp.kubectl_ok(&["create", "namespace", "staging"]);
+    for file in ["tailnets.yaml", "endpoints-east.yaml", "endpoints-west.yaml", "services.yaml"] {
+        cp.kubectl_ok(&["apply", "--server-side", "-f", &path(&format!("examples/{file}"))]);
+    }
+    for file in ["endpoints-east.yaml", "endpoints-west.yaml"] {
+        let out = cp.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "-f",
+            &path(&format!("examples/{file}")),
+        ]);
+        assert!(out.contains("serverside-applied"), "{out}");
+    }
+    let stored =
+        cp.kubectl_ok(&["get", "tailscaleendpoints", "web-proxy-west", "-o", "jsonpath={.status.deviceCount}"]);
+    assert_eq!(stored, "2", "the status subresource did not take the devices");
+}
+
+/// `kubectl args` until it succeeds (the aggregator, RBAC aggregation and our cache all catch up
+/// asynchronously); returns its stdout.
+fn kubectl_eventually(cp: &ControlPlane, args: &[&str], want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cp.kubectl_output(args, None);
+        if out.status.success() && want(&stdout(&out)) {
+            return stdout(&out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?} never gave what was wanted:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// A request straight to our HTTPS port with curl: HTTP status and body.
+fn curl(gw: &Gateway, path: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&gw.ca_file)
+        .args(args)
+        .arg(format!("{}{path}", gw.url))
+        .output()
+        .unwrap_or_else(|e| panic!("running curl: {e}"));
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text}{}", stderr(&out)));
+    (code.trim().parse().unwrap_or_else(|e| panic!("curl status {code:?}: {e}; {}", stderr(&out))), body.to_string())
+}
+
+#[test]
+#[ignore = "needs the real control plane: run hack/test.sh"]
+fn aggregated_api_through_the_real_aggregator() {
+    let mut cp = ControlPlane::start();
+    // ClusterRole aggregation (our tailscale-gateway:view into view) is kube-controller-manager's.
+    cp.start_controller_manager();
+    install_crds(&cp);
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &path("deploy/namespace.yaml")]);
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &path("deploy/rbac.yaml")]);
+    let mut gw = Gateway::start_with_names(&cp, &["tailscale-gateway.tailscale-gateway.svc"]);
+    apply_ok(&cp, &apiservice_objects(&gw));
+    let waited = cp.kubectl_output(
+        &["wait", "--for=condition=Available", "--timeout=60s", &format!("apiservice/{APISERVICE}")],
+        None,
+    );
+    assert!(
+        waited.status.success(),
+        "the APIService never became Available: {}\n{}",
+        stderr(&waited),
+        cp.kubectl_ok(&["get", "apiservice", APISERVICE, "-o", "yaml"])
+    );
+    apply_examples_with_status(&cp);
+
+    // Through kube-apiserver, which authenticates, authorizes and proxies with its front-proxy
+    // client certificate; our server trusts the headers only on such a connection.
+    let all = kubectl_eventually(&cp, &["get", "tailscaledevices", "-A"], |o| o.lines().count() == 7);
+    let header = all.lines().next().unwrap_or_default();
+    for col in ["NAMESPACE", "NAME", "ENDPOINTS", "TAILNET", "IP", "ONLINE", "LAST SEEN", "AGE"] {
+        assert!(header.contains(col), "missing column {col}:\n{all}");
+    }
+    assert!(!header.contains("FQDN"), "FQDN is a wide column:\n{all}");
+    for device in ["web-proxy-east-0", "web-proxy-east-1", "api-proxy-east-0", "web-proxy-west-0", "web-proxy-west-1"] {
+        let line = lines_with(&all, device);
+        assert_eq!(line.len(), 1, "{device}:\n{all}");
+        assert!(line[0].starts_with("default"), "{all}");
+    }
+    assert!(lines_with(&all, "web-proxy-staging-0")[0].starts_with("staging"), "{all}");
+    assert!(lines_with(&all, "web-proxy-west-1")[0].contains("false"), "{all}");
+    assert!(lines_with(&all, "web-proxy-east-0")[0].contains("100.68.203.214"), "{all}");
+
+    let wide = cp.kubectl_ok(&["get", "tsdev", "-o", "wide"]);
+    for col in ["FQDN", "NODE ID", "TAGS", "POD"] {
+        assert!(wide.lines().next().unwrap_or_default().contains(col), "wide lacks {col}:\n{wide}");
+    }
+    assert!(lines_with(&wide, "web-proxy-east-0")[0].contains("web-proxy-east-0.tail8eff9.ts.net"), "{wide}");
+
+    let yaml = cp.kubectl_ok(&["get", "tailscaledevice", "web-proxy-east-0", "-o", "yaml"]);
+    for needle in [
+        "apiVersion: tailnet.gateway.tailscale.com/v1alpha1",
+        "kind: TailscaleDevice",
+        "namespace: default",
+        "resourceVersion:",
+        "nodeID: n123456789abcdef",
+        "region: east",
+    ] {
+        assert!(yaml.contains(needle), "-o yaml lacks {needle}:\n{yaml}");
+    }
+
+    let west = cp.kubectl_ok(&["get", "tsdev", "-l", "region=west", "-o", "name"]);
+    assert_eq!(
+        west.lines().collect::<Vec<_>>(),
+        [
+            "tailscaledevice.tailnet.gateway.tailscale.com/web-proxy-west-0",
+            "tailscaledevice.tailnet.gateway.tailscale.com/web-proxy-west-1"
+        ],
+        "{west}"
+    );
+    let api = cp.kubectl_ok(&["get", "tsdev", "-l", "service-type=api,region in (east)", "-o", "name"]);
+    assert_eq!(api.trim(), "tailscaledevice.tailnet.gateway.tailscale.com/api-proxy-east-0", "{api}");
+    let none = cp.kubectl_output(&["get", "tsdev", "-l", "region=north"], None);
+    assert!(none.status.success() && stdout(&none).is_empty(), "{}{}", stdout(&none), stderr(&none));
+    assert!(stderr(&none).contains("No resources found in default namespace."), "{}", stderr(&none));
+    let err = cp.kubectl_output(&["get", "tsdev", "nope"], None);
+    assert!(!err.status.success(), "a missing device was found");
+    assert!(
+        stderr(&err).contains("tailscaledevices.tailnet.gateway.tailscale.com \"nope\" not found"),
+        "{}",
+        stderr(&err)
+    );
+
+    let selected = cp.kubectl_ok(&["get", "selectedendpoints"]);
+    for col in ["NAME", "ENDPOINTS", "MACHINES", "HEALTHY", "VIP", "AGE"] {
+        assert!(
+            selected.lines().next().unwrap_or_default().contains(col),
+            "selectedendpoints lacks {col}:\n{selected}"
+        );
+    }
+    assert_eq!(lines_with(&selected, "web-service").len(), 1, "{selected}");
+    assert_eq!(lines_with(&selected, "api-service").len(), 1, "{selected}");
+    let staging = cp.kubectl_ok(&["get", "selectedendpoints", "-n", "staging", "-o", "name"]);
+    assert_eq!(staging.trim(), "selectedendpoints.tailnet.gateway.tailscale.com/web-staging", "{staging}");
+
+    // explain reads the OpenAPI that kube-apiserver aggregated from ours.
+    let explain = kubectl_eventually(&cp, &["explain", "tailscaledevices"], |o| o.contains("TailscaleDevice"));
+    for needle in
+        ["KIND:", "VERSION:", "v1alpha1", "TailscaleDevice is a read-only view of one Tailscale device", "status"]
+    {
+        assert!(explain.contains(needle), "explain lacks {needle:?}:\n{explain}");
+    }
+    let field = cp.kubectl_ok(&["explain", "tsdev.status.online"]);
+    assert!(field.contains("online <boolean>"), "{field}");
+
+    watch_sees_a_status_change(&cp);
+    rbac_and_front_proxy_authentication(&mut cp, &gw);
+    gw.process.assert_running();
+}
+
+/// `kubectl get tsdev -w` through the aggregator streams a change of a TailscaleEndpoints' status.
+fn watch_sees_a_status_change(cp: &ControlPlane) {
+    use std::io::BufRead;
+    let mut child = cp
+        .kubectl()
+        .args(["get", "tsdev", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning kubectl -w: {e}"));
+    let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("kubectl -w: no {what} within 30s: {e}"))
+    };
+    // Header and the five devices of namespace default.
+    for i in 0..6 {
+        next(&format!("line {i} of the initial list"));
+    }
+    let text = std::fs::read_to_string(root().join("examples/endpoints-west.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let flipped = text.replace("connected: false, online: false", "connected: true, online: true");
+    assert_ne!(flipped, text, "test fixture changed: cannot flip web-proxy-west-1");
+    let out = cp.kubectl_output(&["apply", "--server-side", "--subresource=status", "-f", "-"], Some(&flipped));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let event = loop {
+        let line = next("event after the status change");
+        if line.contains("web-proxy-west-1") {
+            break line;
+        }
+    };
+    assert!(event.contains("true") && !event.contains("false"), "web-proxy-west-1 should now be online: {event}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Authorization is the user's RBAC (delegated to kube-apiserver with SubjectAccessReviews), and
+/// front-proxy headers count only on a connection with the front-proxy client certificate.
+fn rbac_and_front_proxy_authentication(cp: &mut ControlPlane, gw: &Gateway) {
+    // `view` has our resources through the aggregated ClusterRole tailscale-gateway:view.
+    cp.kubectl_ok(&["create", "clusterrolebinding", "alice-view", "--clusterrole=view", "--user=alice"]);
+    let listed =
+        kubectl_eventually(cp, &["get", "tsdev", "-A", "--as=alice", "-o", "name"], |o| o.lines().count() == 6);
+    assert!(listed.contains("tailscaledevice.tailnet.gateway.tailscale.com/web-proxy-east-0"), "{listed}");
+    let view = cp.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"]);
+    assert!(view.contains("tailscaledevices"), "view did not aggregate tailscale-gateway:view:\n{view}");
+    let out = cp.kubectl_output(&["get", "tsdev", "-A", "--as=mallory"], None);
+    assert!(!out.status.success(), "a user without RBAC listed devices: {}", stdout(&out));
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)")
+            && stderr(&out).contains(
+                "User \"mallory\" cannot list resource \"tailscaledevices\" in API group \"tailnet.gateway.tailscale.com\" at the cluster scope"
+            ),
+        "{}",
+        stderr(&out)
+    );
+
+    // Straight to our port. The front-proxy headers without its client certificate: 401.
+    let forged = ["-H", "X-Remote-User: alice", "-H", "X-Remote-Group: system:masters"];
+    let (code, body) = curl(gw, DEVICES, &forged);
+    assert_eq!(code, 401, "forged X-Remote-User accepted:\n{body}");
+    assert!(body.contains("\"reason\":\"Unauthorized\""), "{body}");
+    // With kube-apiserver's front-proxy client certificate, the headers name the user, and our
+    // server asks kube-apiserver (SubjectAccessReview) whether that user may.
+    let f = &cp.files;
+    let (cert, key) = (f.proxy_client_cert.display().to_string(), f.proxy_client_key.display().to_string());
+    let proxied =
+        |user: &str| curl(gw, DEVICES, &["--cert", &cert, "--key", &key, "-H", &format!("X-Remote-User: {user}")]);
+    let (code, body) = proxied("alice");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("web-proxy-east-0"), "{body}");
+    let (code, body) = proxied("mallory");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("\"reason\":\"Forbidden\"")
+            && body.contains("User \\\"mallory\\\" cannot list resource \\\"tailscaledevices\\\""),
+        "{body}"
+    );
 }
