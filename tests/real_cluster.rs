@@ -661,3 +661,114 @@ fn rbac_and_front_proxy_authentication(cp: &mut ControlPlane, gw: &Gateway) {
         "{body}"
     );
 }
+
+/// `tailscale-gateway serve` in cluster mode with `args` (no serving certificate given: the
+/// self-managed default), logging to `NAME.log`; returns the process and its HTTPS port.
+fn spawn_server(cp: &ControlPlane, name: &str, args: &[&str]) -> (Process, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"));
+    cmd.arg("serve")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--xds-addr=127.0.0.1:0")
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("RUST_LOG", "info,tailscale_gateway=debug");
+    (Process::spawn(name, cmd, cp.dir().join(format!("{name}.log"))), port)
+}
+
+/// Waits until the server on `port` answers `/readyz` with `ok` (TLS unverified: which CA signed
+/// the certificate is what the caller checks).
+fn wait_server_ready(server: &mut Process, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        server.assert_running();
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5"])
+            .arg(format!("https://127.0.0.1:{port}/readyz"))
+            .output()
+            .unwrap_or_else(|e| panic!("running curl: {e}"));
+        if stdout(&out).trim() == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server on {port} not ready:\n{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `key` of the Secret's data, decoded.
+fn secret_value(cp: &ControlPlane, namespace: &str, name: &str, key: &str) -> String {
+    let secret: Value = serde_json::from_str(&cp.kubectl_ok(&["get", "secret", name, "-n", namespace, "-o", "json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b64 = secret["data"][key].as_str().unwrap_or_else(|| panic!("secret {name} has no {key}: {secret:#}"));
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The caBundles (base64, as stored) of our two webhook configurations' webhooks and of the
+/// APIService.
+fn published_ca_bundles(cp: &ControlPlane) -> Vec<String> {
+    let mut bundles = Vec::new();
+    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
+        let jsonpath = "jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{\"\\n\"}{end}";
+        let out = cp.kubectl_ok(&["get", kind, "tailscale-gateway", "-o", jsonpath]);
+        bundles.extend(out.lines().map(str::to_string));
+    }
+    bundles.push(cp.kubectl_ok(&["get", "apiservice", APISERVICE, "-o", "jsonpath={.spec.caBundle}"]));
+    bundles
+}
+
+#[test]
+#[ignore = "needs the real control plane: run hack/test.sh"]
+fn self_managed_certificates_are_shared_and_published() {
+    let cp = ControlPlane::start();
+    install_crds(&cp);
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &path("deploy/namespace.yaml")]);
+    // Our registrations as shipped: no caBundle anywhere.
+    cp.kubectl_ok(&["apply", "--server-side", "-k", &path("webhooks")]);
+    cp.kubectl_ok(&["apply", "--server-side", "-k", &path("apiservice")]);
+    let before = published_ca_bundles(&cp);
+    assert_eq!(before.len(), 3, "two webhooks and the APIService: {before:?}");
+    assert!(before.iter().all(String::is_empty), "caBundle set before any server ran: {before:?}");
+
+    // Two replicas racing at start for the one Secret.
+    let args = ["--no-reconciler", "--namespace=tailscale-gateway"];
+    let (mut a, port_a) = spawn_server(&cp, "replica-a", &args);
+    let (mut b, port_b) = spawn_server(&cp, "replica-b", &args);
+    wait_server_ready(&mut a, port_a);
+    wait_server_ready(&mut b, port_b);
+
+    let written: usize = [&a, &b].iter().map(|p| p.log().matches("certificate secret written").count()).sum();
+    assert_eq!(written, 1, "the Secret was written {written} times:\n{}\n{}", a.log_tail(), b.log_tail());
+    let ca = secret_value(&cp, "tailscale-gateway", "tailscale-gateway-tls", "ca.crt");
+    let bundle = secret_value(&cp, "tailscale-gateway", "tailscale-gateway-tls", "ca-bundle.crt");
+    assert!(bundle.contains(ca.trim()), "the bundle lacks the signing CA");
+    let ca_file = cp.dir().join("self-managed-ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap_or_else(|e| panic!("{e}"));
+    // Both serve a certificate from the Secret's CA, for the Service's DNS name.
+    let host = "tailscale-gateway.tailscale-gateway.svc";
+    for port in [port_a, port_b] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca_file)
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg(format!("https://{host}:{port}/readyz"))
+            .output()
+            .unwrap_or_else(|e| panic!("running curl: {e}"));
+        assert_eq!(stdout(&out).trim(), "ok", "replica on {port} with the Secret's CA: {}", stderr(&out));
+    }
+
+    // The caBundle of every registration is patched to the Secret's bundle.
+    let want = base64::engine::general_purpose::STANDARD.encode(&bundle);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bundles = published_ca_bundles(&cp);
+        if bundles.len() == 3 && bundles.iter().all(|b| *b == want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caBundles not published: {bundles:?}\n{}\n{}", a.log_tail(), b.log_tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    a.assert_running();
+    b.assert_running();
+}
