@@ -772,3 +772,126 @@ fn self_managed_certificates_are_shared_and_published() {
     a.assert_running();
     b.assert_running();
 }
+
+/// `spec.holderIdentity` of our leader Lease, if it exists.
+fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    let out = cp.kubectl_output(
+        &[
+            "get",
+            "lease",
+            "tailscale-gateway-reconciler",
+            "-n",
+            "tailscale-gateway",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    out.status.success().then(|| stdout(&out)).filter(|h| !h.is_empty())
+}
+
+/// A MicroTime field of our leader Lease's spec.
+fn lease_time(cp: &ControlPlane, field: &str) -> time::OffsetDateTime {
+    let jsonpath = format!("jsonpath={{.spec.{field}}}");
+    let text =
+        cp.kubectl_ok(&["get", "lease", "tailscale-gateway-reconciler", "-n", "tailscale-gateway", "-o", &jsonpath]);
+    time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("Lease {field} {text:?}: {e}"))
+}
+
+#[test]
+#[ignore = "needs the real control plane: run hack/test.sh"]
+fn leader_election_hands_over_a_real_lease() {
+    let cp = ControlPlane::start();
+    install_crds(&cp);
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &path("deploy/namespace.yaml")]);
+    let timings = [
+        "--lease-duration=3s",
+        "--lease-renew-interval=1s",
+        "--lease-retry-interval=500ms",
+        "--lease-renew-deadline=2s",
+    ];
+    let mut replicas = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let mut args = vec!["--namespace=tailscale-gateway", "--self-managed-certs=false"];
+        let pod = format!("--pod-name={name}");
+        args.push(&pod);
+        args.extend(timings);
+        let (process, port) = spawn_server(&cp, name, &args);
+        replicas.push((name, process, port));
+    }
+    for (_, process, port) in &mut replicas {
+        wait_server_ready(process, *port);
+    }
+
+    // Exactly one holds the Lease, and it stays so while both run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some(h) = lease_holder(&cp) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no replica took the Lease");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(holder == "replica-a" || holder == "replica-b", "holder {holder:?}");
+    let lease: Value = serde_json::from_str(&cp.kubectl_ok(&[
+        "get",
+        "lease",
+        "tailscale-gateway-reconciler",
+        "-n",
+        "tailscale-gateway",
+        "-o",
+        "json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 3, "{lease:#}");
+    let transitions = lease["spec"]["leaseTransitions"].as_i64().unwrap_or_default();
+    for _ in 0..20 {
+        assert_eq!(lease_holder(&cp).as_deref(), Some(holder.as_str()), "the Lease changed hands while both ran");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let leading: Vec<&str> =
+        replicas.iter().filter(|(_, p, _)| p.log().contains("leading=true")).map(|(name, _, _)| *name).collect();
+    assert_eq!(leading, [holder.as_str()], "exactly the holder leads");
+
+    // Kill the holder (no release): the other takes over once the Lease expires.
+    let index = replicas.iter().position(|(name, _, _)| *name == holder).unwrap_or_else(|| panic!("no {holder}"));
+    let (_, killed, _) = replicas.remove(index);
+    drop(killed);
+    let killed_at = Instant::now();
+    let last_renewal = lease_time(&cp, "renewTime");
+    let (survivor, mut process, _) = replicas.pop().unwrap_or_else(|| panic!("no second replica"));
+    let deadline = killed_at + Duration::from_secs(30);
+    while lease_holder(&cp).as_deref() != Some(survivor) {
+        process.assert_running();
+        assert!(Instant::now() < deadline, "{survivor} never took over:\n{}", process.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let handover = killed_at.elapsed();
+    eprintln!("handover to {survivor} after {handover:?}");
+    // Never early: the survivor takes the Lease only once the holder's last renewal is a full
+    // lease duration old. And soon after: it judges expiry from when it saw that renewal (at
+    // most one retry interval after it) and checks every retry interval, so it takes over
+    // within the lease duration plus two retry intervals of the last renewal (plus the time of
+    // its API calls).
+    let acquired = lease_time(&cp, "acquireTime");
+    let gap = acquired - last_renewal;
+    assert!(gap >= time::Duration::seconds(3), "taken over {gap} after the last renewal: before the Lease expired");
+    assert!(gap <= time::Duration::milliseconds(4500), "taken over {gap} after the last renewal");
+    assert!(handover <= Duration::from_millis(4500), "handover took {handover:?} after the kill");
+    let after = cp.kubectl_ok(&[
+        "get",
+        "lease",
+        "tailscale-gateway-reconciler",
+        "-n",
+        "tailscale-gateway",
+        "-o",
+        "jsonpath={.spec.leaseTransitions}",
+    ]);
+    assert_eq!(after, (transitions + 1).to_string(), "leaseTransitions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process.log().contains("leading=true") {
+        assert!(Instant::now() < deadline, "{survivor} holds the Lease but does not lead:\n{}", process.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
