@@ -895,3 +895,159 @@ fn leader_election_hands_over_a_real_lease() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `kubectl get ... -o json` as a Value.
+fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&cp.kubectl_ok(&all)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls `kubectl get ARGS -o json` until `want` holds; returns the object.
+fn get_until(cp: &ControlPlane, server: &mut Process, args: &[&str], want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend(["-o", "json"]);
+        let out = cp.kubectl_output(&all, None);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+            if want(&v) {
+                return v;
+            }
+        }
+        server.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "kubectl get {args:?} never as wanted:\n{}{}\n{}",
+            stdout(&out),
+            stderr(&out),
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+#[test]
+#[ignore = "needs the real control plane: run hack/test.sh"]
+fn reconciler_creates_owned_objects_on_a_real_apiserver() {
+    use tailscale_gateway::tailscale::fake::FakeTailscale;
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let fake = rt.block_on(FakeTailscale::start()).unwrap_or_else(|e| panic!("{e}"));
+    let creds = fake.client_config();
+
+    let cp = ControlPlane::start();
+    install_crds(&cp);
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &path("deploy/namespace.yaml")]);
+    let oauth = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tailscale-oauth", "namespace": "tailscale-gateway"},
+        "stringData": {"client_id": creds.client_id, "client_secret": creds.client_secret}});
+    apply_ok(&cp, &oauth);
+    let tailnet = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
+        "metadata": {"name": "fake-tailnet"},
+        "spec": {"tailnet": "-", "apiURL": fake.url(),
+            "oauthSecretRef": {"name": "tailscale-oauth", "namespace": "tailscale-gateway"}, "tags": ["tag:k8s-proxy"]}});
+    apply_ok(&cp, &tailnet);
+    let endpoints = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"tailnet": "fake-tailnet", "tags": ["tag:k8s-proxy"], "proxy": {"replicas": 2},
+            "ports": [{"port": 80, "protocol": "TCP"}]}});
+    apply_ok(&cp, &endpoints);
+    let uid = cp.kubectl_ok(&["get", "tailscaleendpoints", "web", "-o", "jsonpath={.metadata.uid}"]);
+
+    let args = ["--namespace=tailscale-gateway", "--self-managed-certs=false", "--pod-name=reconciler-0"];
+    let (mut server, port) = spawn_server(&cp, "reconciler", &args);
+    wait_server_ready(&mut server, port);
+
+    // The tailnet is checked against the (fake) Tailscale API.
+    let t = get_until(&cp, &mut server, &["tailscaletailnet", "fake-tailnet"], |t| {
+        condition(t, "Ready").is_some_and(|c| c["status"] == "True")
+    });
+    assert_eq!(condition(&t, "Ready").map(|c| &c["reason"]), Some(&json!("Connected")), "{t:#}");
+
+    // Every owned object exists, owned by the TailscaleEndpoints as its controller.
+    let owned = [
+        ("serviceaccount", "web".to_string()),
+        ("role.rbac.authorization.k8s.io", "web".to_string()),
+        ("rolebinding.rbac.authorization.k8s.io", "web".to_string()),
+        ("statefulset", "web".to_string()),
+        ("service", "web-svc".to_string()),
+        ("secret", "web-0-config".to_string()),
+        ("secret", "web-1-config".to_string()),
+        ("secret", "web-0".to_string()),
+        ("secret", "web-1".to_string()),
+    ];
+    for (kind, name) in &owned {
+        let obj = get_until(&cp, &mut server, &[kind, name, "-n", "default"], |_| true);
+        let refs = obj.pointer("/metadata/ownerReferences").cloned().unwrap_or_default();
+        assert_eq!(
+            refs,
+            json!([{"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints", "name": "web",
+                "uid": uid, "controller": true, "blockOwnerDeletion": true}]),
+            "{kind}/{name}"
+        );
+    }
+    let sts = get_json(&cp, &["statefulset", "web"]);
+    assert_eq!(sts["spec"]["replicas"], 2, "{sts:#}");
+    assert_eq!(sts["spec"]["serviceName"], "web-svc", "{sts:#}");
+
+    // Status: no kubelet runs the proxies, so no device joins: not Ready, waiting for 2.
+    let ep = get_until(&cp, &mut server, &["tailscaleendpoints", "web"], |e| condition(e, "Ready").is_some());
+    let ready = condition(&ep, "Ready").cloned().unwrap_or_default();
+    assert_eq!(ready["status"], "False", "{ep:#}");
+    assert_eq!(ready["reason"], "WaitingForDevices", "{ep:#}");
+    assert_eq!(ready["message"], "0/2 devices registered in the tailnet", "{ep:#}");
+    assert_eq!(ready["observedGeneration"], ep["metadata"]["generation"], "{ep:#}");
+    assert_eq!(ep["status"]["deviceCount"], 0, "{ep:#}");
+    assert_eq!(ep["status"]["statefulSets"][0]["name"], "web", "{ep:#}");
+    assert_eq!(ep["status"]["statefulSets"][0]["service"], "web-svc", "{ep:#}");
+    assert_eq!(ep["metadata"]["finalizers"], json!(["gateway.tailscale.com/tailnet-devices"]), "{ep:#}");
+    // One auth key per replica was minted from the (fake) Tailscale API with the object's tags.
+    let keys = fake.auth_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        assert_eq!(key.request.tags, ["tag:k8s-proxy"], "{keys:?}");
+        assert!(!key.request.reusable && key.request.preauthorized, "{keys:?}");
+    }
+    // ... and each landed in its replica's config Secret.
+    let configs: String = ["web-0-config", "web-1-config"]
+        .iter()
+        .flat_map(|name| {
+            let secret = get_json(&cp, &["secret", name]);
+            let data = secret["data"].as_object().cloned().unwrap_or_default();
+            data.values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for key in &keys {
+        assert_eq!(
+            configs.matches(key.key.as_str()).count(),
+            1,
+            "auth key {} not in exactly one config Secret",
+            key.id
+        );
+    }
+
+    // A deleted StatefulSet comes back.
+    let old_uid = sts["metadata"]["uid"].clone();
+    cp.kubectl_ok(&["delete", "statefulset", "web", "--wait=false"]);
+    let back = get_until(&cp, &mut server, &["statefulset", "web"], |s| s["metadata"]["uid"] != old_uid);
+    assert_eq!(back["spec"]["replicas"], 2, "{back:#}");
+
+    // Deleting the TailscaleEndpoints: the reconciler's finalizer lets it go.
+    let out = cp.kubectl_output(&["delete", "tailscaleendpoints", "web", "--timeout=60s"], None);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), server.log_tail());
+    let gone = cp.kubectl_output(&["get", "tailscaleendpoints", "web"], None);
+    assert!(!gone.status.success(), "still there: {}", stdout(&gone));
+    server.assert_running();
+    drop(rt);
+}
