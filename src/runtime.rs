@@ -193,6 +193,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The User-Agent of our requests to kube-apiserver, so audit logs and metrics tell them apart
+/// (kube's client sends none of its own).
+pub const KUBE_USER_AGENT: &str = concat!("tailscale-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// A Kubernetes client from the environment (in-cluster or kubeconfig) that names itself.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((header::USER_AGENT, http::HeaderValue::from_static(KUBE_USER_AGENT)));
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Leader election works only with renew interval < renew deadline < lease duration (whole
 /// seconds, as the Lease stores it): a leader must stop before anyone else may start.
 fn check_lease_timings(args: &ServeArgs) -> anyhow::Result<()> {
@@ -456,11 +467,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let kube_client = match &args.local {
         Some(_) => None,
-        None => Some(
-            kube::Client::try_default()
-                .await
-                .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?,
-        ),
+        None => {
+            Some(kube_client().await.context("connecting to Kubernetes (use --local DIR to run without a cluster)")?)
+        }
     };
 
     // Serving certificate: files (reloaded on change), local-mode PKI, self-managed in a
