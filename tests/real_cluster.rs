@@ -1043,6 +1043,61 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
     let back = get_until(&cp, &mut server, &["statefulset", "web"], |s| s["metadata"]["uid"] != old_uid);
     assert_eq!(back["spec"]["replicas"], 2, "{back:#}");
 
+    // Steady state: once everything is in place, the server writes nothing (counted from
+    // kube-apiserver's audit log; the leader Lease's renewals aside).
+    // Our server names itself: the StatefulSet was written with its User-Agent.
+    let agent = json!(tailscale_gateway::runtime::KUBE_USER_AGENT);
+    let sts_writers: Vec<Value> = cp
+        .audit_events()
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "statefulsets" && e["verb"] != "get" && e["verb"] != "list")
+        .filter(|e| e["verb"] != "watch")
+        .map(|e| e["userAgent"].clone())
+        .collect();
+    assert!(sts_writers.contains(&agent), "the StatefulSet's writers: {sts_writers:?}");
+    let writes = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["userAgent"] == agent)
+            .filter(|e| ["create", "update", "patch", "delete"].contains(&e["verb"].as_str().unwrap_or_default()))
+            .filter(|e| e["objectRef"]["resource"] != "leases")
+            .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (quiet_from, settled) = loop {
+        let before = cp.audit_events().len();
+        std::thread::sleep(Duration::from_secs(3));
+        let events = cp.audit_events();
+        if writes(&events[before..]).is_empty() {
+            break (before, events.len());
+        }
+        assert!(Instant::now() < deadline, "still writing: {:?}", writes(&events[before..]));
+    };
+    assert!(!writes(&cp.audit_events()[..quiet_from]).is_empty(), "the audit log shows none of the server's writes");
+    std::thread::sleep(Duration::from_secs(10));
+    let events = cp.audit_events();
+    assert_eq!(writes(&events[settled..]), Vec::<String>::new(), "writes in the steady state");
+
+    // Scale down to one replica: the StatefulSet follows and the surplus Secrets go.
+    cp.kubectl_ok(&[
+        "patch",
+        "tailscaleendpoints",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"proxy":{"replicas":1}}}"#,
+    ]);
+    get_until(&cp, &mut server, &["statefulset", "web"], |s| s["spec"]["replicas"] == 1);
+    for name in ["web-1-config", "web-1"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cp.kubectl_output(&["get", "secret", name], None).status.success() {
+            assert!(Instant::now() < deadline, "secret {name} survived the scale-down:\n{}", server.log_tail());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    assert!(cp.kubectl_output(&["get", "secret", "web-0-config"], None).status.success(), "web-0-config went too");
+
     // Deleting the TailscaleEndpoints: the reconciler's finalizer lets it go.
     let out = cp.kubectl_output(&["delete", "tailscaleendpoints", "web", "--timeout=60s"], None);
     assert!(out.status.success(), "{}\n{}", stderr(&out), server.log_tail());
