@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// A leader that could not renew for this long stops reconciling (less than --lease-duration).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub lease_renew_deadline: Duration,
+    /// Longest a tailnet's device list (from the Tailscale API) is reused before it is fetched again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub device_refresh: Duration,
     /// Default Tailscale proxy image for TailscaleEndpoints that name none.
     #[arg(long, env = "TSGW_PROXY_IMAGE", default_value = "tailscale/tailscale:stable")]
     pub proxy_image: String,
@@ -150,6 +153,7 @@ impl ServeArgs {
             lease_renew_interval: Duration::from_secs(5),
             lease_retry_interval: Duration::from_secs(2),
             lease_renew_deadline: Duration::from_secs(10),
+            device_refresh: Duration::from_secs(60),
             proxy_image: "tailscale/tailscale:stable".into(),
             cluster_id: "default".into(),
             no_reconciler: true,
@@ -659,6 +663,7 @@ fn spawn_reconciler(
         namespace: args.namespace.clone(),
         proxy_image: args.proxy_image.clone(),
         cluster_id: args.cluster_id.clone(),
+        device_refresh: args.device_refresh,
         ..Config::default()
     };
     let metrics = Arc::new(ReconcilerMetrics::new(registry));
