@@ -961,7 +961,12 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
     apply_ok(&cp, &endpoints);
     let uid = cp.kubectl_ok(&["get", "tailscaleendpoints", "web", "-o", "jsonpath={.metadata.uid}"]);
 
-    let args = ["--namespace=tailscale-gateway", "--self-managed-certs=false", "--pod-name=reconciler-0"];
+    let args = [
+        "--namespace=tailscale-gateway",
+        "--self-managed-certs=false",
+        "--pod-name=reconciler-0",
+        "--device-refresh=2s",
+    ];
     let (mut server, port) = spawn_server(&cp, "reconciler", &args);
     wait_server_ready(&mut server, port);
 
@@ -1043,6 +1048,25 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
     let back = get_until(&cp, &mut server, &["statefulset", "web"], |s| s["metadata"]["uid"] != old_uid);
     assert_eq!(back["spec"]["replicas"], 2, "{back:#}");
 
+    // The proxies join the tailnet (no kubelet runs them: the test does what they would, register
+    // with the tailnet and record the device in their state Secret): Ready 2/2.
+    let mut registered = Vec::new();
+    for i in 0..2 {
+        let device = fake.register_device(&format!("web-{i}"), &["tag:k8s-proxy"]);
+        let state = json!({"stringData": {"device_id": device.node_id, "device_fqdn": format!("{}.", device.name),
+            "device_ips": serde_json::to_string(&device.addresses).unwrap_or_default()}});
+        cp.kubectl_ok(&["patch", "secret", &format!("web-{i}"), "--type=merge", "-p", &state.to_string()]);
+        registered.push(device);
+    }
+    let ep = get_until(&cp, &mut server, &["tailscaleendpoints", "web"], |e| {
+        condition(e, "Ready").is_some_and(|c| c["status"] == "True")
+    });
+    assert_eq!(condition(&ep, "Ready").map(|c| &c["reason"]), Some(&json!("DevicesReady")), "{ep:#}");
+    assert_eq!(ep["status"]["deviceCount"], 2, "{ep:#}");
+    let hostnames: Vec<&Value> =
+        ep["status"]["devices"].as_array().into_iter().flatten().map(|d| &d["hostname"]).collect();
+    assert_eq!(hostnames, [&json!("web-0"), &json!("web-1")], "{ep:#}");
+
     // Steady state: once everything is in place, the server writes nothing (counted from
     // kube-apiserver's audit log; the leader Lease's renewals aside).
     // Our server names itself: the StatefulSet was written with its User-Agent.
@@ -1097,12 +1121,17 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
         }
     }
     assert!(cp.kubectl_output(&["get", "secret", "web-0-config"], None).status.success(), "web-0-config went too");
+    // ... and the surplus device left the tailnet.
+    let ids =
+        |devices: Vec<tailscale_gateway::tailscale::Device>| devices.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(fake.devices()), [registered[0].id.clone()], "devices after the scale-down");
 
     // Deleting the TailscaleEndpoints: the reconciler's finalizer lets it go.
     let out = cp.kubectl_output(&["delete", "tailscaleendpoints", "web", "--timeout=60s"], None);
     assert!(out.status.success(), "{}\n{}", stderr(&out), server.log_tail());
     let gone = cp.kubectl_output(&["get", "tailscaleendpoints", "web"], None);
     assert!(!gone.status.success(), "still there: {}", stdout(&gone));
+    assert_eq!(ids(fake.devices()), Vec::<String>::new(), "devices after the delete");
     server.assert_running();
     drop(rt);
 }
