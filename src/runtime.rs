@@ -85,6 +85,21 @@ pub struct ServeArgs {
     /// Name of the Lease that elects the one replica that reconciles.
     #[arg(long, default_value = "tailscale-gateway-reconciler")]
     pub lease_name: String,
+    /// How long the leader holds the Lease without renewing it (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews the Lease.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
+    /// How often a replica that does not lead checks whether it can take over.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_interval: Duration,
+    /// A leader that could not renew for this long stops reconciling (less than --lease-duration).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// Longest a tailnet's device list (from the Tailscale API) is reused before it is fetched again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub device_refresh: Duration,
     /// Default Tailscale proxy image for TailscaleEndpoints that name none.
     #[arg(long, env = "TSGW_PROXY_IMAGE", default_value = "tailscale/tailscale:stable")]
     pub proxy_image: String,
@@ -134,6 +149,11 @@ impl ServeArgs {
             namespace: "default".into(),
             pod_name: None,
             lease_name: "tailscale-gateway-reconciler".into(),
+            lease_duration: Duration::from_secs(15),
+            lease_renew_interval: Duration::from_secs(5),
+            lease_retry_interval: Duration::from_secs(2),
+            lease_renew_deadline: Duration::from_secs(10),
+            device_refresh: Duration::from_secs(60),
             proxy_image: "tailscale/tailscale:stable".into(),
             cluster_id: "default".into(),
             no_reconciler: true,
@@ -175,6 +195,32 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err(format!("{s:?} is no interval: want a duration longer than 0s, e.g. \"2s\"")),
         d => Ok(d),
     }
+}
+
+/// The User-Agent of our requests to kube-apiserver, so audit logs and metrics tell them apart
+/// (kube's client sends none of its own).
+pub const KUBE_USER_AGENT: &str = concat!("tailscale-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// A Kubernetes client from the environment (in-cluster or kubeconfig) that names itself.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((header::USER_AGENT, http::HeaderValue::from_static(KUBE_USER_AGENT)));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Leader election works only with renew interval < renew deadline < lease duration (whole
+/// seconds, as the Lease stores it): a leader must stop before anyone else may start.
+fn check_lease_timings(args: &ServeArgs) -> anyhow::Result<()> {
+    let (duration, renew, deadline) = (args.lease_duration, args.lease_renew_interval, args.lease_renew_deadline);
+    if duration.subsec_nanos() != 0 {
+        anyhow::bail!("--lease-duration {duration:?}: want whole seconds (the Lease stores leaseDurationSeconds)");
+    }
+    if !(renew < deadline && deadline < duration) {
+        anyhow::bail!(
+            "leader election needs --lease-renew-interval ({renew:?}) < --lease-renew-deadline ({deadline:?}) < --lease-duration ({duration:?})"
+        );
+    }
+    Ok(())
 }
 
 /// A started server.
@@ -397,6 +443,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let xds_metrics = crate::xds::XdsMetrics::register(&mut registry);
     let aggregated_metrics = crate::metrics::AggregatedMetrics::register(&mut registry);
 
+    check_lease_timings(&args)?;
     if let Some(dir) = &args.local {
         std::fs::metadata(dir).with_context(|| {
             format!("--local {}: want a folder (or file) of manifests, e.g. examples/", dir.display())
@@ -424,11 +471,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let kube_client = match &args.local {
         Some(_) => None,
-        None => Some(
-            kube::Client::try_default()
-                .await
-                .context("connecting to Kubernetes (use --local DIR to run without a cluster)")?,
-        ),
+        None => {
+            Some(kube_client().await.context("connecting to Kubernetes (use --local DIR to run without a cluster)")?)
+        }
     };
 
     // Serving certificate: files (reloaded on change), local-mode PKI, self-managed in a
@@ -604,16 +649,21 @@ fn spawn_reconciler(
     use crate::reconciler::{Config, Context, HttpsApiFactory, ReconcilerMetrics};
     let identity = args.pod_name.clone().unwrap_or_else(|| format!("tailscale-gateway-{}", std::process::id()));
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
-    let elector = crate::lease::LeaderElector::new(
-        client.clone(),
-        crate::lease::LeaseConfig::new(args.namespace.clone(), args.lease_name.clone(), identity.clone()),
-    );
+    let lease = crate::lease::LeaseConfig {
+        lease_duration: args.lease_duration,
+        renew_interval: args.lease_renew_interval,
+        retry_interval: args.lease_retry_interval,
+        renew_deadline: args.lease_renew_deadline,
+        ..crate::lease::LeaseConfig::new(args.namespace.clone(), args.lease_name.clone(), identity.clone())
+    };
+    let elector = crate::lease::LeaderElector::new(client.clone(), lease);
     let lease_stop = stop.clone();
     tasks.spawn(async move { elector.run(leader_tx, async move { lease_stop.cancelled().await }).await });
     let config = Config {
         namespace: args.namespace.clone(),
         proxy_image: args.proxy_image.clone(),
         cluster_id: args.cluster_id.clone(),
+        device_refresh: args.device_refresh,
         ..Config::default()
     };
     let metrics = Arc::new(ReconcilerMetrics::new(registry));
@@ -658,6 +708,23 @@ mod tests {
             assert!(err.contains("longer than 0s"), "{zero}: {err}");
         }
         assert!(super::parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn lease_timings_must_let_a_leader_stop_before_another_starts() {
+        let mut args = super::ServeArgs::local("examples", ".state", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert!(super::check_lease_timings(&args).is_ok(), "the defaults");
+        args.lease_duration = std::time::Duration::from_secs(3);
+        args.lease_renew_interval = std::time::Duration::from_millis(500);
+        args.lease_retry_interval = std::time::Duration::from_millis(250);
+        args.lease_renew_deadline = std::time::Duration::from_secs(2);
+        assert!(super::check_lease_timings(&args).is_ok(), "short timings");
+        args.lease_renew_deadline = std::time::Duration::from_secs(3);
+        let err = super::check_lease_timings(&args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--lease-renew-deadline (3s) < --lease-duration (3s)"), "{err}");
+        args.lease_duration = std::time::Duration::from_millis(3500);
+        let err = super::check_lease_timings(&args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("want whole seconds"), "{err}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ async fn subject_access_review_denial_is_a_403_status_and_is_cached() {
     assert!(message.contains("User \"bob\" cannot list resource \"tailscaledevices\""), "{message}");
     assert!(message.contains("no RBAC policy matched"), "{message}");
     assert_eq!(sar["spec"]["user"], "bob");
-    assert_eq!(sar["spec"]["groups"], json!(["dev"]));
+    assert_eq!(sar["spec"]["groups"], json!(["dev", "system:authenticated"]));
     assert_eq!(sar["spec"]["extra"]["scopes"], json!(["read"]));
     assert_eq!(sar["spec"]["resourceAttributes"]["verb"], "list");
     assert_eq!(sar["spec"]["resourceAttributes"]["namespace"], "default");

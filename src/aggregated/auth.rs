@@ -281,7 +281,11 @@ impl RequestHeaderConfig {
                 }
             }
         }
-        Some(UserInfo { username, uid, groups, extra })
+        // Like every authenticated user (the generic apiserver's AuthenticatedGroupAdder): the
+        // front proxy forwards kube-apiserver's own requests (OpenAPI, discovery) as
+        // `system:aggregator` with no group, and system:authenticated is what lets them read
+        // /openapi/v2 and /apis under the default RBAC (system:discovery).
+        Some(UserInfo { username, uid, groups: with_authenticated(groups), extra })
     }
 }
 
@@ -597,7 +601,7 @@ mod tests {
         let good = front.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
         let user = rh.authenticate(&chain(&good.cert_pem), &headers).unwrap_or_else(|| panic!("not authenticated"));
         assert_eq!(user.username, "alice");
-        assert_eq!(user.groups, vec!["dev".to_string(), "ops".to_string()]);
+        assert_eq!(user.groups, ["dev", "ops", "system:authenticated"].map(String::from));
         assert_eq!(user.extra.get("scopes/a"), Some(&vec!["s1".to_string()]));
 
         let wrong_cn = front.issue_client("someone-else", &[]).unwrap_or_else(|e| panic!("{e}"));

@@ -319,6 +319,13 @@ impl ControlPlane {
         }
     }
 
+    /// kube-apiserver's audit events so far (`--audit-log-path`, level Metadata, one per
+    /// answered request).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
     /// The log of component `name` (e.g. "kube-apiserver").
     pub fn log(&self, name: &str) -> String {
         self.processes.iter().find(|p| p.name == name).map(Process::log).unwrap_or_default()
@@ -341,8 +348,13 @@ fn start_etcd(bin: &Path, dir: &Path) -> (Process, String) {
     (Process::spawn("etcd", cmd, dir.join("etcd.log")), client_url)
 }
 
+/// Every request's metadata (who, user agent, verb, object) once answered, one JSON line each.
+const AUDIT_POLICY: &str = r#"{"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+ "omitStages": ["RequestReceived", "ResponseStarted"], "rules": [{"level": "Metadata"}]}"#;
+
 fn start_apiserver(bin: &Path, dir: &Path, f: &PkiFiles, etcd_url: &str, port: u16) -> Process {
     let file = |flag: &str, p: &Path| format!("--{flag}={}", p.display());
+    let policy = write(dir, "audit-policy.json", AUDIT_POLICY);
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--etcd-servers={etcd_url}"))
         .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
@@ -361,7 +373,9 @@ fn start_apiserver(bin: &Path, dir: &Path, f: &PkiFiles, etcd_url: &str, port: u
         .args(["--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-"])
         .arg(file("proxy-client-cert-file", &f.proxy_client_cert))
         .arg(file("proxy-client-key-file", &f.proxy_client_key))
-        .args(["--allow-privileged=true", "--profiling=false", "--v=1"]);
+        .arg(file("audit-policy-file", &policy))
+        .arg(file("audit-log-path", &dir.join("audit.log")))
+        .args(["--audit-log-mode=blocking", "--allow-privileged=true", "--profiling=false", "--v=1"]);
     Process::spawn("kube-apiserver", cmd, dir.join("kube-apiserver.log"))
 }
 
