@@ -48,7 +48,18 @@ kube_ldflags() {
     "-X $p.buildDate=1970-01-01T00:00:00Z"
 }
 
+# wanted NAME: whether NAME is among the components asked for (all when none are named).
+wanted() {
+  [[ ${#components[@]} -eq 0 ]] && return 0
+  local c
+  for c in "${components[@]}"; do [[ "$c" == "$1" ]] && return 0; done
+  return 1
+}
+
+# Usage: hack/control-plane.sh [COMPONENT...]   (etcd kube-apiserver kube-controller-manager envoy-gateway
+# tsconfig-check; all when none are named)
 main() {
+  components=("$@")
   command -v go >/dev/null || die "needs Go (1.26 or newer) on PATH"
   mkdir -p "$bin"
   echo "control plane cache: $bin ($(go version))"
@@ -56,13 +67,19 @@ main() {
   check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
   check_pin envoy-gateway github.com/envoyproxy/gateway "$ENVOY_GATEWAY_VERSION"
   check_pin tsconfig-check tailscale.com "$TAILSCALE_VERSION"
-  build etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3
-  build kube-apiserver "$KUBERNETES_VERSION" kubernetes k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
-  build kube-controller-manager "$KUBERNETES_VERSION" kubernetes \
-    k8s.io/kubernetes/cmd/kube-controller-manager "$(kube_ldflags)"
-  build envoy-gateway "$ENVOY_GATEWAY_VERSION" envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway \
-    "-X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$ENVOY_GATEWAY_VERSION"
-  build tsconfig-check "$TAILSCALE_VERSION" tsconfig-check .
+  if wanted etcd; then build etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3; fi
+  if wanted kube-apiserver; then
+    build kube-apiserver "$KUBERNETES_VERSION" kubernetes k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
+  fi
+  if wanted kube-controller-manager; then
+    build kube-controller-manager "$KUBERNETES_VERSION" kubernetes \
+      k8s.io/kubernetes/cmd/kube-controller-manager "$(kube_ldflags)"
+  fi
+  if wanted envoy-gateway; then
+    build envoy-gateway "$ENVOY_GATEWAY_VERSION" envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway \
+      "-X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$ENVOY_GATEWAY_VERSION"
+  fi
+  if wanted tsconfig-check; then build tsconfig-check "$TAILSCALE_VERSION" tsconfig-check .; fi
   echo "control plane ready in $bin"
 }
 
