@@ -63,11 +63,7 @@ fn install_crds(cp: &ControlPlane) {
             "{out}"
         );
     }
-    let names: Vec<String> = CRDS.iter().map(|c| format!("crd/{c}")).collect();
-    let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-    args.extend(names.iter().map(String::as_str));
-    let waited = cp.kubectl_ok(&args);
-    assert_eq!(waited.matches("condition met").count(), CRDS.len(), "{waited}");
+    cp.wait_established(&CRDS);
 }
 
 /// The objects kustomization `dir` renders, as kubectl names them (`kind.group/name`).
@@ -130,8 +126,7 @@ fn install_manifests_are_accepted_by_a_real_apiserver() {
     // certs/ adds cert-manager objects: the server knows their kinds only with cert-manager's
     // CRDs, for which a stand-in without schema is installed here.
     apply_ok(&cp, &cert_manager_stand_in());
-    cp.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"]);
-    cp.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/issuers.cert-manager.io"]);
+    cp.wait_established(&["certificates.cert-manager.io", "issuers.cert-manager.io"]);
     server_dry_run(&cp, "certs");
 }
 

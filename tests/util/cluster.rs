@@ -319,6 +319,23 @@ impl ControlPlane {
         }
     }
 
+    /// Waits until every CRD in `names` is Established. Polled rather than `kubectl wait`, which
+    /// fails outright ("accessor error: <nil>") when it reads a CRD before it has any conditions.
+    pub fn wait_established(&self, names: &[&str]) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for name in names {
+            let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+            loop {
+                let out = self.kubectl_output(&["get", "crd", name, "-o", jsonpath], None);
+                if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "CRD {name} not Established after {READY_TIMEOUT:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     /// kube-apiserver's audit events so far (`--audit-log-path`, level Metadata, one per
     /// answered request).
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
