@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
 use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+use crate::core::dataplane;
 use crate::core::selector::Selector;
 use crate::core::validate::ClusterView;
 use crate::core::views::{self, Device, LiveDevice, Selection};
@@ -252,6 +253,36 @@ impl Index {
     /// The TailscaleServices selecting a TailscaleEndpoints now.
     pub fn selecting_services(&self, endpoints: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
         self.selected_by.get(endpoints).into_iter().flatten()
+    }
+
+    /// The MagicDNS name of a TailscaleServices' VIP service: from its status, else built from
+    /// the VIP name and the MagicDNS suffix of its tailnet (its own, else that of the first
+    /// TailscaleEndpoints it selects).
+    pub fn vip_dns_name(&self, svc: &TailscaleServices) -> Option<String> {
+        if let Some(dns) = svc.status.as_ref().and_then(|s| s.vip_service.as_ref()).and_then(|v| v.dns_name.as_ref()) {
+            return Some(dns.trim_end_matches('.').to_string()).filter(|d| !d.is_empty());
+        }
+        let label = vip_service_name(svc)?.strip_prefix("svc:")?.to_string();
+        let tailnet = svc.spec.tailnet.clone().or_else(|| {
+            let key = ObjectKey::of(&svc.metadata);
+            self.selected_endpoints(&key).find_map(|k| self.endpoints(k)).map(|e| e.spec.tailnet.clone())
+        })?;
+        let suffix = self.tailnet(&tailnet)?.status.as_ref()?.tailnet_info.as_ref()?.magic_dns_suffix.clone()?;
+        Some(format!("{label}.{}", suffix.trim_matches('.')))
+    }
+
+    /// What the proxies of a TailscaleEndpoints carry now (see [`dataplane::proxy_plan`]): the
+    /// reconciler writes it into their ConfigMap, the extension points Envoy at its match ports.
+    pub fn proxy_plan(&self, endpoints: &ObjectKey, place: &dataplane::Placement) -> Option<dataplane::ProxyPlan> {
+        let ep = self.endpoints(endpoints)?;
+        let services: Vec<(&TailscaleServices, Option<String>)> = self
+            .selecting_services(endpoints)
+            .filter_map(|k| self.services(k))
+            .map(|s| (s.as_ref(), self.vip_dns_name(s)))
+            .collect();
+        let selecting: Vec<dataplane::Selecting<'_>> =
+            services.iter().map(|(s, dns)| dataplane::Selecting { services: s, dns_name: dns.as_deref() }).collect();
+        Some(dataplane::proxy_plan(ep, &selecting, place))
     }
 
     /// The TailscaleServices claiming a VIP service name.

@@ -64,11 +64,18 @@ enum Command {
         /// Default Tailscale proxy image.
         #[arg(long, default_value = "tailscale/tailscale:stable")]
         proxy_image: String,
+        /// Kubernetes cluster DNS domain of the backends' Service names.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Namespace of Envoy Gateway's controller (where a served Gateway's Service lives).
+        #[arg(long, default_value = tailscale_gateway::core::dataplane::DEFAULT_ENVOY_GATEWAY_NAMESPACE)]
+        envoy_gateway_namespace: String,
     },
 }
 
 /// `render`: load and validate like `check`, then print what the reconciler would create.
-fn render(paths: &[PathBuf], namespace: &str, proxy_image: &str) -> ExitCode {
+fn render(paths: &[PathBuf], opts: tailscale_gateway::render::RenderOptions) -> ExitCode {
+    let namespace = opts.namespace.as_str();
     let loaded = tailscale_gateway::manifest::load(paths, namespace);
     for p in &loaded.problems {
         eprintln!("{p}");
@@ -78,10 +85,6 @@ fn render(paths: &[PathBuf], namespace: &str, proxy_image: &str) -> ExitCode {
         return ExitCode::from(1);
     }
     let resources: Vec<_> = loaded.resources.into_iter().map(|(_, r)| r).collect();
-    let opts = tailscale_gateway::render::RenderOptions {
-        namespace: namespace.to_string(),
-        proxy_image: proxy_image.to_string(),
-    };
     let objects = tailscale_gateway::render::render(&resources, &opts);
     if objects.is_empty() {
         eprintln!(
@@ -146,9 +149,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Render { mut paths, more, namespace, proxy_image } => {
+        Command::Render { mut paths, more, namespace, proxy_image, cluster_domain, envoy_gateway_namespace } => {
             paths.extend(more);
-            render(&paths, &namespace, &proxy_image)
+            let placement = tailscale_gateway::core::dataplane::Placement {
+                cluster_domain,
+                envoy_gateway_namespace,
+                ..Default::default()
+            };
+            render(&paths, tailscale_gateway::render::RenderOptions { namespace, proxy_image, placement })
         }
         Command::Check { paths, more, namespace } => {
             match check::run(&[paths.as_slice(), more.as_slice()].concat(), &namespace, &mut std::io::stdout()) {

@@ -134,6 +134,14 @@ pub const PERMISSIONS: &[Permission] = &[
     },
     Permission {
         group: "",
+        resource: "configmaps",
+        verbs: &["get", "list", "watch", "create", "patch"],
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "proxy data-plane ConfigMaps (serve config, egress targets)",
+    },
+    Permission {
+        group: "",
         resource: "services",
         verbs: &["get", "list", "watch", "create", "patch"],
         resource_names: &[],
@@ -427,7 +435,8 @@ mod tests {
             name: Some(install::AUTH_CONFIGMAP_NAME.into()),
         };
         assert!(allowed_by(&cm, "tsgw").is_some());
-        assert!(allowed_by(&Attributes { name: Some("coredns".into()), ..cm }, "tsgw").is_none());
+        let write = Attributes { verb: "update".into(), ..cm.clone() };
+        assert!(allowed_by(&Attributes { name: Some("coredns".into()), ..write }, "tsgw").is_none());
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! `tailscale-gateway render -f PATH...`: the Kubernetes objects the reconciler would create for
 //! some resources, computed without a cluster by the same pure builders the controllers use, so
-//! CI can review them. Auth keys are placeholders; no replica is registered yet, so no VIP
-//! service is advertised.
+//! CI can review them. Auth keys are placeholders. The data plane is shown as it is once the
+//! VIP services exist and the replicas are registered: every VIP service a TailscaleServices
+//! names is taken to exist (its MagicDNS name from its status, else from its tailnet's status,
+//! else `<name>.<tailnet>.ts.net`), each replica advertises what its proxies serve.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{TailscaleEndpoints, TailscaleServices};
-use crate::core::Resource;
+use crate::cache::Cache;
+use crate::core::dataplane::{self, Placement};
 use crate::core::selector::Selector;
+use crate::core::{ObjectKey, Resource};
 use crate::reconciler::{builders, provision};
 
 /// What `render` needs besides the resources.
@@ -18,12 +22,40 @@ pub struct RenderOptions {
     pub namespace: String,
     /// Default proxy image (the server's `--proxy-image`).
     pub proxy_image: String,
+    /// Cluster domain and Envoy Gateway's namespace.
+    pub placement: Placement,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { namespace: "default".into(), proxy_image: crate::reconciler::Config::default().proxy_image }
+        Self {
+            namespace: "default".into(),
+            proxy_image: crate::reconciler::Config::default().proxy_image,
+            placement: Placement::default(),
+        }
     }
+}
+
+/// A TailscaleServices as it is once its VIP service exists: a VIP name and MagicDNS name in
+/// its status when it has none.
+fn with_vip(mut svc: TailscaleServices, resources: &[Resource]) -> TailscaleServices {
+    let Some(vip) = crate::core::resource::vip_service_name(&svc) else { return svc };
+    let status = svc.status.get_or_insert_with(Default::default);
+    let v = status.vip_service.get_or_insert_with(Default::default);
+    v.name.get_or_insert_with(|| vip.clone());
+    if v.dns_name.is_none() {
+        let tailnet =
+            svc.spec.tailnet.clone().or_else(|| svc.spec.endpoint_template.as_ref().map(|t| t.tailnet.clone()));
+        let suffix = resources.iter().find_map(|r| match r {
+            Resource::Tailnet(t) if Some(t.metadata.name.as_deref().unwrap_or_default()) == tailnet.as_deref() => {
+                t.status.as_ref()?.tailnet_info.as_ref()?.magic_dns_suffix.clone()
+            }
+            _ => None,
+        });
+        let suffix = suffix.unwrap_or_else(|| format!("{}.ts.net", tailnet.as_deref().unwrap_or("tailnet")));
+        v.dns_name = Some(format!("{}.{suffix}", vip.trim_start_matches("svc:")));
+    }
+    svc
 }
 
 fn push<T: Serialize>(out: &mut Vec<Value>, obj: &T) {
@@ -74,8 +106,8 @@ fn selects_any(svc: &TailscaleServices, endpoints: &[TailscaleEndpoints]) -> boo
 }
 
 /// The objects the reconciler would create for `resources`: auto-provisioned TailscaleEndpoints
-/// first, then per TailscaleEndpoints its ServiceAccount, Role, RoleBinding, per-replica config
-/// and state Secrets, StatefulSet and Service. Pure; same input, same output.
+/// first, then per TailscaleEndpoints its ServiceAccount, Role, RoleBinding, data-plane
+/// ConfigMap, per-replica config and state Secrets, StatefulSet and Service. Pure; same input, same output.
 pub fn render(resources: &[Resource], opts: &RenderOptions) -> Vec<Value> {
     let mut resources: Vec<Resource> = resources.to_vec();
     for r in &mut resources {
@@ -99,13 +131,28 @@ pub fn render(resources: &[Resource], opts: &RenderOptions) -> Vec<Value> {
         }
     }
     endpoints.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    let cache = Cache::new(0);
+    for r in &resources {
+        match r {
+            Resource::Services(s) => cache.apply(Resource::Services(with_vip(s.clone(), &resources))),
+            Resource::Endpoints(_) => {}
+            other => cache.apply(other.clone()),
+        }
+    }
+    for ep in &endpoints {
+        cache.apply(Resource::Endpoints(ep.clone()));
+    }
     for ep in &endpoints {
         let name = ep.metadata.name.clone().unwrap_or_default();
+        let plan = cache.read().proxy_plan(&ObjectKey::of(&ep.metadata), &opts.placement).unwrap_or_default();
+        let advertise: Vec<String> = plan.servable().into_iter().collect();
         push(&mut out, &builders::service_account(ep));
         push(&mut out, &builders::role(ep));
         push(&mut out, &builders::role_binding(ep));
+        push(&mut out, &builders::config_map(ep, &plan, &dataplane::serve_config(&plan.serve)));
         for i in 0..builders::replicas(ep) {
-            let config = builders::tailscaled_config(&name, i, Some(builders::AUTH_KEY_PLACEHOLDER.into()), &[]);
+            let key = Some(builders::AUTH_KEY_PLACEHOLDER.into());
+            let config = builders::tailscaled_config(&name, i, key, &advertise);
             match builders::config_secret(ep, i, &config) {
                 Ok(secret) => push(&mut out, &secret),
                 Err(e) => tracing::warn!(error = %e, "cannot encode a config secret"),
@@ -113,7 +160,7 @@ pub fn render(resources: &[Resource], opts: &RenderOptions) -> Vec<Value> {
             push(&mut out, &builders::state_secret(ep, i));
         }
         push(&mut out, &builders::stateful_set(ep, &opts.proxy_image));
-        push(&mut out, &builders::service(ep));
+        push(&mut out, &builders::service(ep, &plan));
     }
     out
 }
@@ -141,7 +188,10 @@ mod tests {
                 "metadata": {"name": "api", "namespace": "apps"}, "spec": {"selector": {"matchLabels": {"app": "api"}},
                 "endpointTemplate": {"tailnet": "corp", "proxy": {"replicas": 1}}}})),
         ];
-        let out = render(&input, &RenderOptions { namespace: "prod".into(), proxy_image: "ts:1".into() });
+        let out = render(
+            &input,
+            &RenderOptions { namespace: "prod".into(), proxy_image: "ts:1".into(), ..RenderOptions::default() },
+        );
         let kinds: Vec<String> = out
             .iter()
             .map(|o| {
@@ -160,6 +210,7 @@ mod tests {
                 "ServiceAccount/apps/api-endpoints",
                 "Role/apps/api-endpoints",
                 "RoleBinding/apps/api-endpoints",
+                "ConfigMap/apps/api-endpoints-proxies",
                 "Secret/apps/api-endpoints-0-config",
                 "Secret/apps/api-endpoints-0",
                 "StatefulSet/apps/api-endpoints",
@@ -167,6 +218,7 @@ mod tests {
                 "ServiceAccount/prod/east",
                 "Role/prod/east",
                 "RoleBinding/prod/east",
+                "ConfigMap/prod/east-proxies",
                 "Secret/prod/east-0-config",
                 "Secret/prod/east-0",
                 "Secret/prod/east-1-config",

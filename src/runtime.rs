@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Kubernetes cluster DNS domain used in proxy Service names.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Namespace of Envoy Gateway's controller: a TailscaleServices that serves a Gateway forwards
+    /// to the Service Envoy Gateway runs that Gateway behind, in this namespace.
+    #[arg(long, default_value = crate::core::dataplane::DEFAULT_ENVOY_GATEWAY_NAMESPACE)]
+    pub envoy_gateway_namespace: String,
     /// Namespace the server runs in (leader Lease, default namespace of OAuth Secrets).
     #[arg(long, env = "POD_NAMESPACE", default_value = "tailscale-gateway")]
     pub namespace: String,
@@ -128,6 +132,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Where this installation runs, as the reconciler and the extension name things.
+    pub fn placement(&self) -> crate::core::dataplane::Placement {
+        crate::core::dataplane::Placement {
+            cluster_domain: self.cluster_domain.clone(),
+            local_region: self.xds_local_region.clone(),
+            envoy_gateway_namespace: self.envoy_gateway_namespace.clone(),
+        }
+    }
+
     /// Arguments for local mode on `dir` with everything else defaulted (tests, examples).
     pub fn local(dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         Self {
@@ -146,6 +159,7 @@ impl ServeArgs {
             xds_max_message_size: crate::xds::DEFAULT_MAX_MESSAGE_SIZE,
             xds_local_region: None,
             cluster_domain: "cluster.local".into(),
+            envoy_gateway_namespace: crate::core::dataplane::DEFAULT_ENVOY_GATEWAY_NAMESPACE.into(),
             namespace: "default".into(),
             pod_name: None,
             lease_name: "tailscale-gateway-reconciler".into(),
@@ -594,13 +608,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             reload_interval: args.tls_reload_interval,
         }),
         max_message_size: args.xds_max_message_size,
-        hooks: crate::xds::HookSettings {
-            placement: crate::xds::backend::Placement {
-                cluster_domain: args.cluster_domain.clone(),
-                local_region: args.xds_local_region.clone(),
-            },
-            ..crate::xds::HookSettings::default()
-        },
+        hooks: crate::xds::HookSettings { placement: args.placement(), ..crate::xds::HookSettings::default() },
     };
     // Fail at start-up, not in the background, when the TLS files are unusable.
     if let Some(files) = &xds_options.tls {
@@ -664,6 +672,7 @@ fn spawn_reconciler(
         proxy_image: args.proxy_image.clone(),
         cluster_id: args.cluster_id.clone(),
         device_refresh: args.device_refresh,
+        placement: args.placement(),
         ..Config::default()
     };
     let metrics = Arc::new(ReconcilerMetrics::new(registry));

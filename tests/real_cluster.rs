@@ -296,7 +296,9 @@ fn webhooks_are_called_by_a_real_apiserver() {
         json!({
             "selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]},
             "vipService": {"name": "svc:Web", "ports": ["tcp:80", "http:80", "tcp:80", "tcp:70000"], "tags": ["web"]},
-            "loadBalancing": {"strategy": "fastest", "healthCheck": {"path": "health", "interval": "500ms", "timeout": "soon"}}
+            "loadBalancing": {"strategy": "fastest", "healthCheck": {"path": "health", "interval": "500ms", "timeout": "soon"}},
+            "serve": [{"port": 8443, "backendRef": {"kind": "Pod", "name": "web", "port": 80}},
+                      {"port": 80, "backendRef": {"name": "web", "namespace": "elsewhere", "port": 80}}]
         }),
     );
     let err = apply_denied(&cp, &bad);
@@ -312,6 +314,9 @@ fn webhooks_are_called_by_a_real_apiserver() {
         "spec.loadBalancing.healthCheck.path: Invalid value: \"health\"",
         "spec.loadBalancing.healthCheck.interval: Invalid value: \"500ms\"",
         "spec.loadBalancing.healthCheck.timeout: Invalid value: \"soon\"",
+        "spec.serve[0].port: Invalid value: \"8443\": not a TCP port of spec.vipService.ports",
+        "spec.serve[0].backendRef.kind: Invalid value: \"Pod\"",
+        "spec.serve[1].backendRef.namespace: Invalid value: \"elsewhere\"",
     ] {
         assert!(err.contains(field), "kubectl's output lacks {field:?}:\n{err}");
     }
@@ -329,7 +334,8 @@ fn webhooks_are_called_by_a_real_apiserver() {
     let good = services(
         "defaults-me",
         json!({"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:443"]},
-            "loadBalancing": {"healthCheck": {"path": "/healthz"}}}),
+            "loadBalancing": {"healthCheck": {"path": "/healthz"}},
+            "serve": [{"port": 443, "backendRef": {"kind": "Gateway", "name": "eg", "port": 443}}]}),
     );
     dry_run_until_mutated(&cp, &good, "/spec/vipService/name");
     apply_ok(&cp, &good);
@@ -337,7 +343,13 @@ fn webhooks_are_called_by_a_real_apiserver() {
         serde_json::from_str(&cp.kubectl_ok(&["get", "tailscaleservices", "defaults-me", "-o", "json"]))
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stored.pointer("/spec/vipService/name"), Some(&json!("svc:defaults-me")), "{stored:#}");
-    assert_eq!(stored.pointer("/spec/loadBalancing/strategy"), Some(&json!("round-robin")), "{stored:#}");
+    assert_eq!(stored.pointer("/spec/loadBalancing/strategy"), None, "Envoy Gateway's policy is kept: {stored:#}");
+    assert_eq!(
+        stored.pointer("/spec/serve/0"),
+        Some(&json!({"port": 443, "protocol": "TCP",
+            "backendRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg", "port": 443}})),
+        "{stored:#}"
+    );
     assert_eq!(stored.pointer("/spec/loadBalancing/healthCheck/interval"), Some(&json!("10s")), "{stored:#}");
     assert_eq!(
         stored.pointer("/metadata/labels/app.kubernetes.io~1managed-by"),

@@ -1,5 +1,7 @@
-//! The proxies' pods against a real kube-apiserver's PodSecurity admission: what `render` produces
-//! for every example is admitted into a namespace that enforces the `restricted` level. Ignored in
+//! The proxies' pods against a real kube-apiserver's PodSecurity admission, for what `render`
+//! produces for every example: ingress proxies (userspace) are admitted where the `restricted`
+//! level is enforced; egress proxies (kernel networking) are refused under `baseline` and admitted
+//! under `privileged`, as the README says. Ignored in
 //! plain `cargo test`: `hack/test.sh` builds the control plane and runs it.
 
 mod util;
@@ -21,44 +23,55 @@ fn rendered_stateful_sets() -> Vec<Value> {
     sets
 }
 
+/// The pod the StatefulSet controller would make from `sts`, in `namespace`.
+fn pod_of(sts: &Value, namespace: &str) -> Value {
+    let template = &sts["spec"]["template"];
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{}-0", sts["metadata"]["name"].as_str().unwrap_or_default()),
+                     "namespace": namespace, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"]})
+}
+
+/// Applies `pod` with a server-side dry run (PodSecurity enforces on Pods, and there is no
+/// kubelet): whether it was admitted, and what the server said.
+fn admit(cp: &ControlPlane, pod: &Value) -> (bool, String) {
+    // The ServiceAccount admission plugin wants the pod's account to exist.
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": pod["spec"]["serviceAccountName"], "namespace": pod["metadata"]["namespace"]}});
+    let out = cp.kubectl_output(&["apply", "-f", "-"], Some(&account.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cp.kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(&pod.to_string()));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
 #[test]
 #[ignore = "needs the real control plane: run hack/test.sh"]
-fn proxy_pods_are_admitted_under_pod_security_restricted() {
+fn ingress_proxies_run_under_restricted_and_egress_proxies_need_privileged() {
     let cp = ControlPlane::start();
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "restricted",
-        "labels": {"pod-security.kubernetes.io/enforce": "restricted",
-                   "pod-security.kubernetes.io/enforce-version": "latest"}}});
-    let out = cp.kubectl_output(&["apply", "-f", "-"], Some(&ns.to_string()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut checked = 0;
-    let mut account_name = Value::Null;
-    for sts in rendered_stateful_sets() {
-        // PodSecurity only warns about workload objects; it enforces on Pods: make the pod the
-        // StatefulSet controller would make, and have the server admit it (dry run: no kubelet).
-        let template = &sts["spec"]["template"];
-        // The ServiceAccount admission plugin wants the pod's account to exist.
-        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": template["spec"]["serviceAccountName"], "namespace": "restricted"}});
-        let out = cp.kubectl_output(&["apply", "-f", "-"], Some(&account.to_string()));
+    for level in ["restricted", "baseline", "privileged"] {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": level,
+            "labels": {"pod-security.kubernetes.io/enforce": level,
+                       "pod-security.kubernetes.io/enforce-version": "latest"}}});
+        let out = cp.kubectl_output(&["apply", "-f", "-"], Some(&ns.to_string()));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        account_name = template["spec"]["serviceAccountName"].clone();
-        let pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("{}-0", sts["metadata"]["name"].as_str().unwrap_or_default()),
-                         "namespace": "restricted", "labels": template["metadata"]["labels"]},
-            "spec": template["spec"]});
-        let out = cp.kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(&pod.to_string()));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: refused under restricted: {text}", pod["metadata"]["name"]);
-        assert!(!text.contains("Warning"), "{}: admitted with warnings: {text}", pod["metadata"]["name"]);
-        checked += 1;
     }
-    // The check can fail: a privileged pod is refused by the same namespace.
-    let privileged = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged", "namespace": "restricted"},
-        "spec": {"serviceAccountName": account_name,
-                 "containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": true}}]}});
-    let out = cp.kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(&privileged.to_string()));
-    assert!(!out.status.success(), "PodSecurity enforces in this namespace");
-    let refused = String::from_utf8_lossy(&out.stderr);
-    assert!(refused.contains("violates PodSecurity \"restricted:latest\""), "{refused}");
-    assert!(checked >= 3, "{checked}");
+    let (mut ingress, mut egress) = (0, 0);
+    for sts in rendered_stateful_sets() {
+        let mode = sts["spec"]["template"]["metadata"]["labels"]["tailscale-gateway.com/connection-type"].clone();
+        let name = sts["metadata"]["name"].clone();
+        if mode == "ingress" {
+            let (ok, text) = admit(&cp, &pod_of(&sts, "restricted"));
+            assert!(ok, "{name}: refused under restricted: {text}");
+            assert!(!text.contains("Warning"), "{name}: admitted with warnings: {text}");
+            ingress += 1;
+        } else {
+            let (ok, text) = admit(&cp, &pod_of(&sts, "baseline"));
+            assert!(!ok && text.contains("violates PodSecurity \"baseline:latest\""), "{name} ({mode}): {text}");
+            assert!(text.contains("privileged"), "{name}: the refusal names privileged: {text}");
+            let (ok, text) = admit(&cp, &pod_of(&sts, "privileged"));
+            assert!(ok, "{name} ({mode}): refused under privileged: {text}");
+            egress += 1;
+        }
+    }
+    assert!(ingress >= 3 && egress >= 1, "ingress {ingress}, egress {egress}");
 }

@@ -145,7 +145,7 @@ async fn mutates_with_defaults_once() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(patched.pointer("/spec/vipService/name"), Some(&json!("svc:defaults-me")));
-    assert_eq!(patched.pointer("/spec/loadBalancing/strategy"), Some(&json!("round-robin")));
+    assert_eq!(patched.pointer("/spec/loadBalancing/strategy"), None, "unset: Envoy Gateway's policy is kept");
     assert_eq!(patched.pointer("/spec/loadBalancing/healthCheck/interval"), Some(&json!("10s")));
     assert_eq!(patched.pointer("/metadata/labels/app.kubernetes.io~1managed-by"), Some(&json!("tailscale-gateway")));
     let again = response(&c.post_json("/mutate", &review("CREATE", patched, None)).await);

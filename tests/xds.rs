@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use prost::Message;
 use serde_json::{Value, json};
 use tailscale_gateway::cache::Cache;
-use tailscale_gateway::core::{Kind, Resource};
+use tailscale_gateway::core::{Kind, ObjectKey, Resource};
 use tailscale_gateway::xds::backend::Placement;
 use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
 use tailscale_gateway::xds::pb::*;
@@ -34,7 +34,7 @@ fn res(v: Value) -> Resource {
     Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn endpoints(name: &str, region: &str, online: &[bool]) -> Value {
+fn endpoints(name: &str, region: &str, online: &[bool], connection_type: &str) -> Value {
     let devices: Vec<Value> = online
         .iter()
         .enumerate()
@@ -47,7 +47,7 @@ fn endpoints(name: &str, region: &str, online: &[bool]) -> Value {
         "metadata": {"name": name, "namespace": "default", "generation": 1,
                      "labels": {"service-type": "web", "environment": "production", "region": region}},
         "spec": {"tailnet": "company-tailnet", "tags": ["tag:k8s-proxy"],
-                 "proxy": {"replicas": online.len(), "connectionType": "bidirectional"},
+                 "proxy": {"replicas": online.len(), "connectionType": connection_type},
                  "ports": [{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]},
         "status": {"devices": devices,
                    "statefulSets": [{"name": name, "namespace": "default", "replicas": online.len(),
@@ -72,6 +72,7 @@ fn web_service_json() -> Value {
         "spec": {
             "selector": {"matchLabels": {"service-type": "web", "environment": "production"}},
             "vipService": {"name": "svc:web-service", "ports": ["tcp:80", "tcp:443"], "tags": ["tag:web-service"]},
+            "serve": [{"port": 80, "protocol": "HTTP", "backendRef": {"name": "web", "port": 8080}}],
             "loadBalancing": {"strategy": "least-request",
                               "healthCheck": {"path": "/health", "interval": "10s", "timeout": "2s",
                                               "unhealthyThreshold": 4, "healthyThreshold": 1}}
@@ -88,9 +89,9 @@ fn fill_cache(cache: &Cache) {
     cache.apply(res(json!({"apiVersion": API, "kind": "TailscaleTailnet", "metadata": {"name": "company-tailnet"},
         "spec": {"oauthSecretRef": {"name": "oauth"}},
         "status": {"tailnetInfo": {"name": "company-tailnet", "magicDNSSuffix": "tail8eff9.ts.net"}}})));
-    cache.apply(res(endpoints("web-proxy-east", "east", &[true, true])));
-    cache.apply(res(endpoints("web-proxy-west", "west", &[true])));
-    cache.apply(res(endpoints("web-proxy-east-b", "east", &[false, false])));
+    cache.apply(res(endpoints("web-proxy-east", "east", &[true, true], "ingress")));
+    cache.apply(res(endpoints("web-proxy-west", "west", &[true], "egress")));
+    cache.apply(res(endpoints("web-proxy-east-b", "east", &[false, false], "bidirectional")));
     cache.apply(res(web_service_json()));
     cache.apply(res(json!({"apiVersion": API, "kind": "TailscaleGateway",
         "metadata": {"name": "tailnet-gw", "namespace": "default"},
@@ -232,15 +233,24 @@ async fn cluster_for_tailscale_services_gets_endpoints_priorities_health_checks_
     assert!(c.eds_cluster_config.is_none(), "a DNS cluster must not keep eds_cluster_config");
     let la = c.load_assignment.clone().unwrap_or_else(|| panic!("no load assignment"));
     assert_eq!(la.cluster_name, "httproute/default/web/rule/0");
+    // The match ports the reconciler writes into each egress proxy's config for web-service:80.
+    let cache = Cache::new(10);
+    fill_cache(&cache);
+    let match_port = |ep: &str| {
+        let plan = cache.read().proxy_plan(&ObjectKey::new("default", ep), &Placement::default()).unwrap_or_default();
+        u32::from(plan.match_ports[&("web-service".to_string(), 80)])
+    };
     assert_eq!(
         endpoints_of(&la),
         vec![
-            ("web-proxy-east-svc.default.svc.cluster.local".into(), 80, 0, "east".into()),
-            ("web-proxy-west-svc.default.svc.cluster.local".into(), 80, 1, "west".into()),
-            ("web-proxy-east-b-svc.default.svc.cluster.local".into(), 80, 2, "east".into()),
+            ("web.default.svc.cluster.local".into(), 8080, 0, "east".into()),
+            ("web-proxy-east-b-svc.default.svc.cluster.local".into(), match_port("web-proxy-east-b"), 1, "east".into()),
+            ("web-proxy-west-svc.default.svc.cluster.local".into(), match_port("web-proxy-west"), 1, "west".into()),
         ],
-        "healthy local, healthy remote, unhealthy local"
+        "the Service published on the VIP's port directly, then the VIP through every egress proxy; \
+         device health does not move priorities (Envoy Gateway would freeze them)"
     );
+    assert!(c.outlier_detection.is_some(), "passive health checking moves traffic to priority 1");
     assert_eq!(c.lb_policy, cluster::LbPolicy::LeastRequest as i32);
     assert_eq!(c.health_checks.len(), 1);
     let hc = &c.health_checks[0];
@@ -276,14 +286,17 @@ async fn cluster_for_tailscale_endpoints_and_new_cluster_connect_timeout() {
     let mut bare = eg_cluster("httproute/default/east/rule/0/backend/1");
     bare.connect_timeout = None;
     let resp = client
-        .post_cluster_modify(cluster_request(bare, vec![ext(&endpoints("web-proxy-east", "east", &[true, true]))]))
+        .post_cluster_modify(cluster_request(
+            bare,
+            vec![ext(&endpoints("web-proxy-east", "east", &[true, true], "ingress"))],
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
     let c = resp.cluster.unwrap_or_else(|| panic!("no cluster"));
     let la = c.load_assignment.clone().unwrap_or_default();
     assert_eq!(endpoints_of(&la), vec![("web-proxy-east-svc.default.svc.cluster.local".into(), 80, 0, "east".into())]);
-    assert_eq!(c.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+    assert_eq!(c.lb_policy, cluster::LbPolicy::LeastRequest as i32, "Envoy Gateway's policy is kept");
     assert!(c.health_checks.is_empty());
     assert_eq!(c.connect_timeout, Some(PbDuration { seconds: 5, nanos: 0 }));
     server.stop().await;

@@ -43,6 +43,52 @@ pub struct TailscaleServicesSpec {
     /// Provision a TailscaleEndpoints from this template when none matches the selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_template: Option<Box<EndpointTemplate>>,
+    /// What this cluster publishes on the VIP service, one entry per VIP port. The selected
+    /// ingress proxies accept the VIP's connections on these ports and forward them to the
+    /// backend; they advertise the VIP only while at least one entry is served. Empty: this
+    /// cluster only reaches the VIP (through egress proxies) and another cluster publishes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.port == s.port))").message("serve ports must be unique"))]
+    pub serve: Vec<ServePort>,
+}
+
+/// What the VIP service serves on one of its TCP ports.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServePort {
+    /// The VIP port, one of `vipService.ports` (TCP).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+    /// `TCP` (default): forward the connection as it is (`tailscale serve --tcp`); `HTTP`: proxy
+    /// HTTP; `HTTPS`: terminate TLS with the tailnet's MagicDNS certificate for the VIP's name
+    /// (HTTPS must be enabled in the tailnet) and proxy HTTP to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['TCP', 'HTTP', 'HTTPS']").message("protocol must be TCP, HTTP or HTTPS"))]
+    pub protocol: Option<String>,
+    /// Where the traffic goes: a Service, or a Gateway of Envoy Gateway (its Envoy Service).
+    pub backend_ref: ServeBackendRef,
+}
+
+/// A backend in this cluster, shaped like Gateway API's `BackendObjectReference`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServeBackendRef {
+    /// `""` (core, default) for a Service, `gateway.networking.k8s.io` for a Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `Service` (default) or `Gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name of the Service or Gateway.
+    pub name: String,
+    /// Namespace; defaults to this object's. Only this object's namespace is accepted (a
+    /// cross-namespace reference would need a ReferenceGrant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The Service port, or the Gateway listener's port.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
 }
 
 /// A Tailscale VIP service.

@@ -5,11 +5,11 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{Map, Value, json};
 
+use super::dataplane::{GATEWAY_API_GROUP, ServeProtocol};
 use super::{Kind, names};
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::core::validate::{
     DEFAULT_API_URL, DEFAULT_CONNECTION_TYPE, DEFAULT_HEALTH_INTERVAL, DEFAULT_PATH_PREFIX, DEFAULT_REPLICAS,
-    DEFAULT_STRATEGY,
 };
 
 /// Collects `add` operations, creating missing parent objects on the way. Each operation is also
@@ -24,7 +24,15 @@ impl Patch {
     fn default(&mut self, path: &[&str], value: Value) {
         let mut cur = &self.doc;
         for (depth, key) in path.iter().enumerate() {
-            match cur.get(key) {
+            // Array elements are addressed by index; a missing one is not created.
+            let next = match cur {
+                Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(item) => Some(item),
+                    None => return,
+                },
+                _ => cur.get(key),
+            };
+            match next {
                 Some(Value::Null) | None => {
                     // Wrap the value in the parents that are missing below this depth.
                     let wrapped = path[depth + 1..].iter().rev().fold(value, |acc, k| {
@@ -40,7 +48,7 @@ impl Patch {
                     self.ops.push(op);
                     return;
                 }
-                Some(next) if next.is_object() || depth + 1 == path.len() => cur = next,
+                Some(next) if next.is_object() || next.is_array() || depth + 1 == path.len() => cur = next,
                 // A non-object where we need to descend: leave it for validation to report.
                 Some(_) => return,
             }
@@ -52,7 +60,14 @@ impl Patch {
 pub fn patch(kind: Kind, raw: &Value) -> Vec<PatchOperation> {
     let mut p = Patch { doc: raw.clone(), ops: Vec::new() };
     p.default(&["metadata", "labels", MANAGED_BY_LABEL], json!(MANAGED_BY_VALUE));
-    let has = |path: &[&str]| path.iter().try_fold(raw, |v, k| v.get(k)).is_some_and(|v| !v.is_null());
+    let has = |path: &[&str]| {
+        path.iter()
+            .try_fold(raw, |v, k| match v {
+                Value::Array(items) => k.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => v.get(k),
+            })
+            .is_some_and(|v| !v.is_null())
+    };
     match kind {
         Kind::Tailnet => {
             p.default(&["spec", "tailnet"], json!("-"));
@@ -67,9 +82,19 @@ pub fn patch(kind: Kind, raw: &Value) -> Vec<PatchOperation> {
             if names::dns_label(name).is_ok() {
                 p.default(&["spec", "vipService", "name"], json!(format!("svc:{name}")));
             }
-            p.default(&["spec", "loadBalancing", "strategy"], json!(DEFAULT_STRATEGY));
             if has(&["spec", "loadBalancing", "healthCheck"]) {
                 p.default(&["spec", "loadBalancing", "healthCheck", "interval"], json!(DEFAULT_HEALTH_INTERVAL));
+            }
+            let serve = raw.pointer("/spec/serve").and_then(Value::as_array).map_or(0, Vec::len);
+            for i in 0..serve {
+                let i = i.to_string();
+                p.default(&["spec", "serve", &i, "protocol"], json!(ServeProtocol::DEFAULT));
+                if has(&["spec", "serve", &i, "backendRef"]) {
+                    let kind = raw.pointer(&format!("/spec/serve/{i}/backendRef/kind")).and_then(Value::as_str);
+                    let group = if kind == Some("Gateway") { GATEWAY_API_GROUP } else { "" };
+                    p.default(&["spec", "serve", &i, "backendRef", "group"], json!(group));
+                    p.default(&["spec", "serve", &i, "backendRef", "kind"], json!("Service"));
+                }
             }
         }
         Kind::Gateway => {
@@ -94,12 +119,24 @@ mod tests {
         let raw = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
             "metadata": {"name": "web", "labels": {"a": "b"}},
             "spec": {"selector": {"matchLabels": {"a": "b"}}, "vipService": {"ports": ["tcp:80"]},
-                     "loadBalancing": {"healthCheck": {"path": "/h"}}, "unknownField": 1}});
+                     "loadBalancing": {"healthCheck": {"path": "/h"}}, "unknownField": 1,
+                     "serve": [{"port": 80, "backendRef": {"name": "web", "port": 8080}},
+                               {"port": 443, "protocol": "HTTPS", "backendRef": {"kind": "Gateway", "name": "eg", "port": 443}},
+                               "not an object"]}});
         let ops = patch(Kind::Services, &raw);
-        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert_eq!(ops.len(), 7, "{ops:?}");
         let out = apply(&raw, ops);
         assert_eq!(out.pointer("/spec/vipService/name"), Some(&json!("svc:web")));
-        assert_eq!(out.pointer("/spec/loadBalancing/strategy"), Some(&json!("round-robin")));
+        assert_eq!(out.pointer("/spec/loadBalancing/strategy"), None, "Envoy Gateway's policy stays unless set");
+        assert_eq!(out.pointer("/spec/serve/0/protocol"), Some(&json!("TCP")));
+        assert_eq!(
+            out.pointer("/spec/serve/0/backendRef"),
+            Some(&json!({"group": "", "kind": "Service", "name": "web", "port": 8080}))
+        );
+        assert_eq!(out.pointer("/spec/serve/1/protocol"), Some(&json!("HTTPS")));
+        assert_eq!(out.pointer("/spec/serve/1/backendRef/kind"), Some(&json!("Gateway")), "kept");
+        assert_eq!(out.pointer("/spec/serve/1/backendRef/group"), Some(&json!(GATEWAY_API_GROUP)), "the kind's group");
+        assert_eq!(out.pointer("/spec/serve/2"), Some(&json!("not an object")), "left for validation");
         assert_eq!(out.pointer("/spec/loadBalancing/healthCheck/interval"), Some(&json!("10s")));
         assert_eq!(out.pointer("/metadata/labels/app.kubernetes.io~1managed-by"), Some(&json!("tailscale-gateway")));
         assert_eq!(out.pointer("/spec/unknownField"), Some(&json!(1)));
@@ -110,7 +147,7 @@ mod tests {
     fn missing_parents_are_created_and_user_values_kept() {
         let raw = json!({"metadata": {"name": "e", "labels": {"app.kubernetes.io/managed-by": "Helm"}}, "spec": {"tailnet": "t"}});
         let out = apply(&raw, patch(Kind::Endpoints, &raw));
-        assert_eq!(out.pointer("/spec/proxy"), Some(&json!({"replicas": 2, "connectionType": "bidirectional"})));
+        assert_eq!(out.pointer("/spec/proxy"), Some(&json!({"replicas": 2, "connectionType": "ingress"})));
         assert_eq!(out.pointer("/metadata/labels/app.kubernetes.io~1managed-by"), Some(&json!("Helm")));
         assert_eq!(patch(Kind::Endpoints, &out), Vec::new());
 

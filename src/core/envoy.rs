@@ -3,16 +3,17 @@
 //! No I/O: the xDS face resolves objects against the cache into [`Backend`]s and calls these.
 //!
 //! Envoy Gateway hands us an empty cluster for a custom backendRef (usually EDS with nothing
-//! behind it). We turn it into a STRICT_DNS cluster over the proxies' Service DNS names, which
-//! stay stable while devices come and go: Envoy Gateway re-translates a backend resource only when
-//! its generation changes, so device IPs would go stale. Failover uses priorities: healthy local,
-//! then healthy remote, then unhealthy local, then unhealthy remote, with empty levels left out so
-//! priorities stay contiguous from 0 as Envoy expects.
+//! behind it). We turn it into a STRICT_DNS cluster over stable Service DNS names: priority 0 is
+//! the backend this cluster publishes on the VIP, reached directly (no tailnet hop); priority 1 is
+//! the VIP through our egress proxies, which reach whichever cluster serves it. Priorities are
+//! fixed by the path, never by device status: Envoy Gateway re-translates a backend only when its
+//! generation changes, so health that changes at run time is left to Envoy's active health checks
+//! and outlier detection, which move traffic to priority 1 when priority 0 fails.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthCheck, Locality, SocketAddress, address, health_check, socket_address,
 };
@@ -26,21 +27,29 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
 use super::{Kind, ObjectKey};
 
-/// One TailscaleEndpoints behind a backend: the Service in front of its proxies.
+/// How an upstream is reached, in failover order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    /// The backend this cluster publishes on the VIP, directly: priority 0.
+    Direct,
+    /// The VIP through the egress proxies (any cluster that serves it): priority 1.
+    Tailnet,
+}
+
+/// One address a backend's traffic can go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// TailscaleEndpoints name.
-    pub endpoints: String,
-    /// Stable DNS name of the proxies' Service (`<svc>.<ns>.svc.<domain>`).
+pub struct Upstream {
+    /// What it is, shown as the locality's sub-zone (`web` for a Service, the egress
+    /// TailscaleEndpoints' name for the tailnet path).
+    pub name: String,
+    /// Stable DNS name (`<svc>.<ns>.svc.<domain>`).
     pub host: String,
-    /// Region label of the TailscaleEndpoints, if any.
+    /// Port.
+    pub port: u32,
+    /// How it is reached.
+    pub path: Path,
+    /// Region label, if any.
     pub region: Option<String>,
-    /// Whether the region differs from [`Placement::local_region`].
-    pub remote: bool,
-    /// Devices known for the proxies.
-    pub devices: usize,
-    /// Devices online now.
-    pub healthy: usize,
 }
 
 /// Active HTTP health check settings, with defaults filled in.
@@ -65,45 +74,19 @@ pub struct Backend {
     pub kind: Kind,
     /// The object.
     pub key: ObjectKey,
-    /// Upstream port on the proxy Services.
-    pub port: u32,
-    /// The proxy Services, in name order.
-    pub targets: Vec<Target>,
+    /// Where traffic can go, direct ones first.
+    pub upstreams: Vec<Upstream>,
     /// MagicDNS name of the VIP service (`web.tail8eff9.ts.net`), when known.
     pub vip_dns_name: Option<String>,
-    /// One of [`STRATEGIES`].
-    pub strategy: String,
+    /// One of [`STRATEGIES`](crate::core::validate::STRATEGIES) when the object sets one; `None`
+    /// keeps Envoy Gateway's load-balancing policy (a BackendTrafficPolicy's).
+    pub strategy: Option<String>,
     /// Active health checking, when the spec asks for it.
     pub health_check: Option<HealthCheckSettings>,
 }
 
 /// Default connect timeout for clusters that arrive without one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Failover tier of a target, in priority order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Tier {
-    /// Devices online, same region: priority 0.
-    HealthyLocal,
-    /// Devices online, another region: priority 1.
-    HealthyRemote,
-    /// No device online, same region: priority 2.
-    UnhealthyLocal,
-    /// No device online, another region: last resort.
-    UnhealthyRemote,
-}
-
-impl Tier {
-    /// The tier of a target as of now.
-    pub fn of(t: &Target) -> Self {
-        match (t.healthy > 0, t.remote) {
-            (true, false) => Tier::HealthyLocal,
-            (true, true) => Tier::HealthyRemote,
-            (false, false) => Tier::UnhealthyLocal,
-            (false, true) => Tier::UnhealthyRemote,
-        }
-    }
-}
 
 /// A protobuf duration.
 pub fn pb_duration(d: Duration) -> PbDuration {
@@ -154,29 +137,28 @@ fn lb_endpoint(host: &str, port: u32) -> LbEndpoint {
     }
 }
 
-/// The load assignment of a cluster over `backends`: one locality per target, priorities by
-/// [`Tier`], the same host:port listed once.
+/// The load assignment of a cluster over `backends`: one locality per upstream, priority by
+/// [`Path`] (levels without upstreams left out, so priorities stay contiguous from 0 as Envoy
+/// expects), the same host:port listed once.
 pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadAssignment {
-    let mut by_tier: BTreeMap<Tier, Vec<(&Target, u32)>> = BTreeMap::new();
+    let mut by_path: BTreeMap<Path, Vec<&Upstream>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for b in backends {
-        for t in &b.targets {
-            if seen.insert((t.host.as_str(), b.port)) {
-                by_tier.entry(Tier::of(t)).or_default().push((t, b.port));
-            }
+    for u in backends.iter().flat_map(|b| &b.upstreams) {
+        if seen.insert((u.host.as_str(), u.port)) {
+            by_path.entry(u.path).or_default().push(u);
         }
     }
-    let endpoints = by_tier
+    let endpoints = by_path
         .into_values()
         .enumerate()
-        .flat_map(|(priority, targets)| {
-            targets.into_iter().map(move |(t, port)| LocalityLbEndpoints {
+        .flat_map(|(priority, ups)| {
+            ups.into_iter().map(move |u| LocalityLbEndpoints {
                 locality: Some(Locality {
-                    region: t.region.clone().unwrap_or_default(),
-                    sub_zone: t.endpoints.clone(),
+                    region: u.region.clone().unwrap_or_default(),
+                    sub_zone: u.name.clone(),
                     ..Default::default()
                 }),
-                lb_endpoints: vec![lb_endpoint(&t.host, port)],
+                lb_endpoints: vec![lb_endpoint(&u.host, u.port)],
                 priority: priority as u32,
                 ..Default::default()
             })
@@ -185,9 +167,24 @@ pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadA
     ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
 }
 
+/// Passive health checking when Envoy Gateway sent none: five consecutive 5xx or connection
+/// failures eject a host for 30 s (growing with repeats), up to all of a priority, so traffic
+/// moves on to the next priority while the first one fails.
+pub fn outlier_detection() -> OutlierDetection {
+    OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 5 }),
+        consecutive_gateway_failure: Some(UInt32Value { value: 5 }),
+        interval: Some(pb_duration(Duration::from_secs(10))),
+        base_ejection_time: Some(pb_duration(Duration::from_secs(30))),
+        max_ejection_percent: Some(UInt32Value { value: 100 }),
+        ..Default::default()
+    }
+}
+
 /// Turns `cluster` into a working cluster for `backends` (the first one's load balancing and
 /// health check settings win). Leaves the name and everything Envoy Gateway set that we do not
-/// own (circuit breakers, TLS, buffer limits, its connect timeout) as they were.
+/// own (circuit breakers, TLS, buffer limits, its connect timeout, its load-balancing policy
+/// unless the object sets a strategy, its outlier detection) as they were.
 pub fn fill_cluster(cluster: &mut Cluster, backends: &[Backend], connect_timeout: Duration) {
     let Some(first) = backends.first() else { return };
     let assignment = load_assignment(&cluster.name, backends);
@@ -199,11 +196,16 @@ pub fn fill_cluster(cluster: &mut Cluster, backends: &[Backend], connect_timeout
     cluster.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(discovery as i32));
     cluster.eds_cluster_config = None;
     cluster.load_assignment = Some(assignment);
-    cluster.lb_policy = lb_policy(&first.strategy) as i32;
-    // A typed policy would override lb_policy.
-    cluster.load_balancing_policy = None;
+    if let Some(strategy) = &first.strategy {
+        cluster.lb_policy = lb_policy(strategy) as i32;
+        // A typed policy would override lb_policy.
+        cluster.load_balancing_policy = None;
+    }
     if let Some(hc) = &first.health_check {
         cluster.health_checks = vec![health_check(hc, first.vip_dns_name.as_deref())];
+    }
+    if cluster.outlier_detection.is_none() {
+        cluster.outlier_detection = Some(outlier_detection());
     }
     if cluster.connect_timeout.is_none() {
         cluster.connect_timeout = Some(pb_duration(connect_timeout));
@@ -353,25 +355,23 @@ pub fn rewrite_route_host(route: &mut Route, backends: &[Backend]) {
 mod tests {
     use super::*;
 
-    fn target(name: &str, healthy: usize, remote: bool) -> Target {
-        Target {
-            endpoints: name.into(),
+    fn upstream(name: &str, path: Path) -> Upstream {
+        Upstream {
+            name: name.into(),
             host: format!("{name}.default.svc.cluster.local"),
-            region: Some(if remote { "west" } else { "east" }.into()),
-            remote,
-            devices: 2,
-            healthy,
+            port: if path == Path::Direct { 8080 } else { 3417 },
+            path,
+            region: None,
         }
     }
 
-    fn backend(targets: Vec<Target>) -> Backend {
+    fn backend(upstreams: Vec<Upstream>) -> Backend {
         Backend {
             kind: Kind::Services,
             key: ObjectKey::new("default", "web"),
-            port: 443,
-            targets,
+            upstreams,
             vip_dns_name: Some("web.tail8eff9.ts.net".into()),
-            strategy: "maglev".into(),
+            strategy: Some("maglev".into()),
             health_check: Some(HealthCheckSettings {
                 path: "/health".into(),
                 interval: Duration::from_secs(10),
@@ -391,12 +391,12 @@ mod tests {
     }
 
     #[test]
-    fn priorities_follow_failover_order_and_stay_contiguous() {
-        let b = backend(vec![target("a-down", 0, false), target("b-remote", 1, true), target("c-up", 2, false)]);
+    fn direct_first_tailnet_second_and_contiguous() {
+        let b = backend(vec![upstream("egress-a", Path::Tailnet), upstream("web", Path::Direct)]);
         let mut c = Cluster { name: "httproute/default/web/rule/0".into(), ..Default::default() };
         c.eds_cluster_config = Some(Default::default());
         fill_cluster(&mut c, std::slice::from_ref(&b), DEFAULT_CONNECT_TIMEOUT);
-        assert_eq!(priorities(&c), vec![("c-up".into(), 0), ("b-remote".into(), 1), ("a-down".into(), 2)]);
+        assert_eq!(priorities(&c), vec![("web".into(), 0), ("egress-a".into(), 1)]);
         assert_eq!(
             c.cluster_discovery_type,
             Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
@@ -405,16 +405,38 @@ mod tests {
         assert_eq!(c.lb_policy, cluster::LbPolicy::Maglev as i32);
         assert_eq!(c.connect_timeout, Some(PbDuration { seconds: 5, nanos: 0 }));
         assert_eq!(c.health_checks.len(), 1);
+        assert_eq!(c.outlier_detection, Some(outlier_detection()));
 
-        // Only unhealthy local ones: they become priority 0.
+        // Only the tailnet path: it becomes priority 0.
         let mut c2 = Cluster::default();
-        fill_cluster(&mut c2, &[backend(vec![target("a-down", 0, false)])], DEFAULT_CONNECT_TIMEOUT);
-        assert_eq!(priorities(&c2), vec![("a-down".into(), 0)]);
+        fill_cluster(&mut c2, &[backend(vec![upstream("egress-a", Path::Tailnet)])], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(priorities(&c2), vec![("egress-a".into(), 0)]);
 
         // Refilling is idempotent.
         let before = c.clone();
         fill_cluster(&mut c, &[b], DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn envoy_gateways_policies_are_kept_unless_the_object_sets_one() {
+        use envoy_types::pb::envoy::config::cluster::v3::LoadBalancingPolicy;
+        let eg_policy = LoadBalancingPolicy { policies: vec![Default::default()] };
+        let eg_outlier = OutlierDetection { consecutive_5xx: Some(UInt32Value { value: 2 }), ..Default::default() };
+        let sent = Cluster {
+            load_balancing_policy: Some(eg_policy.clone()),
+            outlier_detection: Some(eg_outlier.clone()),
+            ..Default::default()
+        };
+        let mut kept = sent.clone();
+        let unset = Backend { strategy: None, ..backend(vec![upstream("web", Path::Direct)]) };
+        fill_cluster(&mut kept, &[unset], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(kept.load_balancing_policy, Some(eg_policy));
+        assert_eq!(kept.outlier_detection, Some(eg_outlier), "a BackendTrafficPolicy's passive health check stays");
+        let mut ours = sent;
+        fill_cluster(&mut ours, &[backend(vec![upstream("web", Path::Direct)])], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(ours.load_balancing_policy, None, "the object's strategy wins");
+        assert_eq!(ours.lb_policy, cluster::LbPolicy::Maglev as i32);
     }
 
     #[test]
@@ -527,10 +549,9 @@ mod merge_tests {
         let backend = |dns: Option<&str>| Backend {
             kind: Kind::Services,
             key: ObjectKey::new("a", "b"),
-            port: 80,
-            targets: vec![],
+            upstreams: vec![],
             vip_dns_name: dns.map(str::to_string),
-            strategy: "round-robin".into(),
+            strategy: None,
             health_check: None,
         };
         let route = generated("r", "/").to_route();

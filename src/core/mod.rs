@@ -3,6 +3,7 @@
 //! The admission webhook, the `check` CLI, the local-mode loader, the cache, the reconciler and the
 //! xDS service all call these functions, so a rule lives in exactly one place.
 
+pub mod dataplane;
 pub mod defaults;
 pub mod duration;
 pub mod envoy;

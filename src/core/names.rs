@@ -9,6 +9,12 @@ pub fn proxy_service_name(endpoints: &str) -> String {
     format!("{endpoints}-svc")
 }
 
+/// Name of the ConfigMap holding a TailscaleEndpoints' data-plane config (serve config, egress
+/// targets), mounted by every proxy at `/etc/proxies`.
+pub fn proxies_config_map_name(endpoints: &str) -> String {
+    format!("{endpoints}-proxies")
+}
+
 /// Max length of a DNS label.
 pub const DNS_LABEL_MAX: usize = 63;
 

@@ -7,13 +7,15 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::dataplane::{BackendKind, ServeProtocol};
 use super::{
     FieldError, FieldPath, Kind, ObjectKey, Resource, duration, names, resource::vip_service_name,
     selector::validate_label_selector,
 };
 use crate::api::{
-    EndpointTemplate, HealthCheck, LoadBalancing, PortSpec, ProxySpec, RouteGeneration, TailscaleEndpointsSpec,
-    TailscaleGatewaySpec, TailscaleServices, TailscaleServicesSpec, TailscaleTailnetSpec, VipServiceSpec,
+    EndpointTemplate, HealthCheck, LoadBalancing, PortSpec, ProxySpec, RouteGeneration, ServePort,
+    TailscaleEndpointsSpec, TailscaleGatewaySpec, TailscaleServices, TailscaleServicesSpec, TailscaleTailnetSpec,
+    VipServiceSpec,
 };
 
 /// Load-balancing strategies we translate to Envoy.
@@ -23,7 +25,9 @@ pub const DEFAULT_STRATEGY: &str = "round-robin";
 /// Proxy connection types.
 pub const CONNECTION_TYPES: &[&str] = &["ingress", "egress", "bidirectional"];
 /// Default proxy connection type.
-pub const DEFAULT_CONNECTION_TYPE: &str = "bidirectional";
+/// Default proxy connection type: ingress proxies run in userspace and need no privileges; egress
+/// (and bidirectional) proxies need kernel networking and a privileged container.
+pub const DEFAULT_CONNECTION_TYPE: &str = "ingress";
 /// Port protocols of TailscaleEndpoints.
 pub const PORT_PROTOCOLS: &[&str] = &["TCP", "UDP"];
 /// Most proxy replicas one TailscaleEndpoints may ask for.
@@ -173,6 +177,16 @@ fn review_services(s: &TailscaleServices, old: Option<&Resource>, view: &dyn Clu
     }
     if let Some(t) = &s.spec.tailnet {
         warn_missing_tailnet(t, &FieldPath::new("spec").child("tailnet"), view, &mut v.warnings);
+    }
+    let own_ns = s.metadata.namespace.as_deref().unwrap_or("default");
+    for (i, entry) in s.spec.serve.iter().enumerate() {
+        if let Some(ns) = entry.backend_ref.namespace.as_deref().filter(|ns| *ns != own_ns) {
+            v.errors.push(FieldError::invalid(
+                &spec.child("serve").index(i).child("backendRef").child("namespace"),
+                ns,
+                format!("only this object's namespace ({own_ns:?}) is supported: a cross-namespace reference would need a ReferenceGrant"),
+            ));
+        }
     }
 }
 
@@ -452,7 +466,83 @@ impl Validate for TailscaleServicesSpec {
         }
         if let Some(t) = &self.endpoint_template {
             t.validate(&path.child("endpointTemplate"), errs);
+            let egress_only = t.proxy.as_ref().and_then(|p| p.connection_type.as_deref()) == Some("egress");
+            if egress_only && !self.serve.is_empty() {
+                errs.push(FieldError::invalid(
+                    &path.child("endpointTemplate").child("proxy").child("connectionType"),
+                    "egress",
+                    "egress proxies do not publish VIP services: spec.serve needs ingress or bidirectional proxies",
+                ));
+            }
         }
+        validate_serve(self, &path.child("serve"), errs);
+    }
+}
+
+/// Serve entries: one per VIP port, each on a TCP port of the VIP, with a backend we can reach.
+fn validate_serve(spec: &TailscaleServicesSpec, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
+    if spec.serve.len() > MAX_LIST {
+        errs.push(FieldError::too_many(path, spec.serve.len(), MAX_LIST));
+    }
+    let vip_ports: Vec<names::VipPort> = spec
+        .vip_service
+        .iter()
+        .flat_map(|v| v.ports.iter())
+        .filter_map(|p| names::vip_port(p).ok())
+        .filter(|p| p.protocol == names::Protocol::Tcp)
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (i, entry) in spec.serve.iter().enumerate() {
+        let ep = path.index(i);
+        validate_serve_port(entry, &vip_ports, &ep, errs);
+        if !seen.insert(entry.port) {
+            errs.push(FieldError::duplicate(&ep.child("port"), entry.port, "each VIP port is served once"));
+        }
+    }
+}
+
+fn validate_serve_port(
+    entry: &ServePort,
+    vip_ports: &[names::VipPort],
+    path: &FieldPath<'_>,
+    errs: &mut Vec<FieldError>,
+) {
+    let port = u16::try_from(entry.port).ok().filter(|p| *p > 0);
+    match port {
+        None => errs.push(FieldError::invalid(&path.child("port"), entry.port, "want 1 to 65535")),
+        Some(p) if !vip_ports.iter().any(|v| v.from <= p && p <= v.to) => errs.push(FieldError::invalid(
+            &path.child("port"),
+            p,
+            format!("not a TCP port of spec.vipService.ports: add \"tcp:{p}\" there"),
+        )),
+        Some(_) => {}
+    }
+    if let Some(proto) = &entry.protocol
+        && ServeProtocol::parse(Some(proto)).is_none()
+    {
+        errs.push(FieldError::not_supported(&path.child("protocol"), proto, ServeProtocol::NAMES));
+    }
+    let bp = path.child("backendRef");
+    let r = &entry.backend_ref;
+    match BackendKind::of(r) {
+        Err(e) => {
+            let field = if matches!(r.kind.as_deref(), None | Some("Service" | "Gateway")) { "group" } else { "kind" };
+            let value = if field == "group" { r.group.clone() } else { r.kind.clone() };
+            errs.push(FieldError::invalid(&bp.child(field), value.unwrap_or_default(), e));
+        }
+        Ok(BackendKind::Service) => {
+            if let Err(e) = names::dns_label(&r.name) {
+                errs.push(FieldError::invalid(&bp.child("name"), &r.name, e));
+            }
+        }
+        Ok(BackendKind::Gateway) => {
+            if let Err(e) = names::dns_subdomain(&r.name) {
+                errs.push(FieldError::invalid(&bp.child("name"), &r.name, e));
+            }
+        }
+    }
+    if !(1..=65535).contains(&r.port) {
+        errs.push(FieldError::invalid(&bp.child("port"), r.port, "want 1 to 65535"));
     }
 }
 

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -28,7 +29,8 @@ use crate::api::{
     DeviceStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SelectedEndpointsStatus, StatefulSetStatus, TailscaleEndpoints,
     TailscaleEndpointsStatus, TailscaleServices, TailscaleServicesStatus, VipServiceStatus,
 };
-use crate::core::validate::{DEFAULT_CONNECTION_TYPE, DEFAULT_REPLICAS};
+use crate::core::dataplane::{self, EGRESS_CONFIG_KEY, PROXIES_DIR, ProxyPlan, SERVE_CONFIG_KEY};
+use crate::core::validate::DEFAULT_REPLICAS;
 use crate::tailscale::Device;
 
 /// Label on every object we create for a TailscaleEndpoints; value is its name.
@@ -55,7 +57,7 @@ pub const PROXY_USER: i64 = 1000;
 /// Placeholder auth key printed by `render` instead of a real key.
 pub const AUTH_KEY_PLACEHOLDER: &str = "<auth key created by the reconciler>";
 
-pub use crate::core::names::proxy_service_name;
+pub use crate::core::names::{proxies_config_map_name, proxy_service_name};
 
 /// Name of replica `i`'s state Secret (also its pod name).
 pub fn state_secret_name(endpoints: &str, i: i32) -> String {
@@ -77,20 +79,7 @@ pub fn replicas(ep: &TailscaleEndpoints) -> i32 {
     ep.spec.proxy.as_ref().and_then(|p| p.replicas).unwrap_or(DEFAULT_REPLICAS).max(0)
 }
 
-/// Connection type (spec, or the default).
-pub fn connection_type(ep: &TailscaleEndpoints) -> String {
-    ep.spec
-        .proxy
-        .as_ref()
-        .and_then(|p| p.connection_type.clone())
-        .unwrap_or_else(|| DEFAULT_CONNECTION_TYPE.to_string())
-}
-
-/// Whether proxies of this connection type serve traffic from the tailnet (and so advertise VIP
-/// services). Egress-only proxies never do.
-pub fn serves_ingress(connection_type: &str) -> bool {
-    connection_type != "egress"
-}
+pub use crate::core::dataplane::ConnectionType;
 
 /// Labels selecting the proxy pods of one TailscaleEndpoints.
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
@@ -206,8 +195,9 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
     let proxy = ep.spec.proxy.clone().unwrap_or_default();
     let n = replicas(ep);
     let mut pod_labels = object_labels(&name);
-    pod_labels.insert(CONNECTION_TYPE_LABEL.into(), connection_type(ep));
-    let volumes: Vec<Volume> = (0..n)
+    let mode = ConnectionType::of(ep);
+    pod_labels.insert(CONNECTION_TYPE_LABEL.into(), mode.as_str().into());
+    let mut volumes: Vec<Volume> = (0..n)
         .map(|i| Volume {
             name: format!("tailscaledconfig-{i}"),
             secret: Some(SecretVolumeSource {
@@ -217,7 +207,15 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             ..Volume::default()
         })
         .collect();
-    let mounts: Vec<VolumeMount> = (0..n)
+    volumes.push(Volume {
+        name: PROXIES_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: proxies_config_map_name(&name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    let mut mounts: Vec<VolumeMount> = (0..n)
         .map(|i| VolumeMount {
             name: format!("tailscaledconfig-{i}"),
             mount_path: format!("{CONFIG_DIR}/{}", state_secret_name(&name, i)),
@@ -225,6 +223,12 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
             ..VolumeMount::default()
         })
         .collect();
+    mounts.push(VolumeMount {
+        name: PROXIES_VOLUME.into(),
+        mount_path: PROXIES_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     let mut ports: Vec<ContainerPort> = ep
         .spec
         .ports
@@ -248,24 +252,16 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
     let container = Container {
         name: "tailscale".into(),
         image: Some(proxy.image.clone().unwrap_or_else(|| default_image.to_string())),
-        env: Some(vec![
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_UID", "metadata.uid"),
-            env_field("POD_IP", "status.podIP"),
-            env("TS_KUBE_SECRET", "$(POD_NAME)"),
-            env("TS_STATE", "kube:$(POD_NAME)"),
-            env("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", &format!("{CONFIG_DIR}/$(POD_NAME)")),
-            env("TS_USERSPACE", "true"),
-            env("TS_ENABLE_HEALTH_CHECK", "true"),
-            env("TS_LOCAL_ADDR_PORT", &format!("[::]:{HEALTH_PORT}")),
-        ]),
+        env: Some(proxy_env(mode)),
         ports: Some(ports),
-        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        volume_mounts: Some(mounts),
         resources: Some(proxy.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(container_security_context()),
+        security_context: Some(container_security_context(mode)),
         readiness_probe: Some(readiness_probe()),
+        lifecycle: mode.egress().then(egress_pre_stop),
         ..Container::default()
     };
+    let image = container.image.clone().unwrap_or_default();
     StatefulSet {
         metadata: meta(ep, name.clone()),
         spec: Some(StatefulSetSpec {
@@ -277,9 +273,11 @@ pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
-                    security_context: Some(pod_security_context()),
+                    security_context: Some(pod_security_context(mode)),
+                    init_containers: mode.egress().then(|| vec![sysctler(&image)]),
                     containers: vec![container],
-                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: mode.egress().then_some(EGRESS_GRACE_SECONDS),
                     node_selector: proxy.node_selector.clone(),
                     tolerations: proxy.tolerations.clone(),
                     affinity: proxy.affinity.clone(),
@@ -305,25 +303,118 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The pod's security context: what Pod Security's `restricted` level asks for. Userspace
-/// networking (the only mode the proxies run in) needs neither root nor any capability.
-fn pod_security_context() -> PodSecurityContext {
+/// The proxy container's environment. Every mode reads its tailscaled config from the
+/// versioned config dir and serves `/healthz`; we decide what each replica advertises
+/// (`TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT=false`). Ingress proxies serve VIPs through the
+/// serve config in userspace; egress proxies forward to tailnet targets with kernel networking.
+fn proxy_env(mode: ConnectionType) -> Vec<EnvVar> {
+    let mut vars = vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_UID", "metadata.uid"),
+        env_field("POD_IP", "status.podIP"),
+        // containerboot stamps egress status and answers the pre-stop drain with these.
+        env_field("POD_IPS", "status.podIPs"),
+        env("TS_KUBE_SECRET", "$(POD_NAME)"),
+        env("TS_STATE", "kube:$(POD_NAME)"),
+        env("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", &format!("{CONFIG_DIR}/$(POD_NAME)")),
+        env("TS_USERSPACE", if mode.egress() { "false" } else { "true" }),
+        env("TS_ENABLE_HEALTH_CHECK", "true"),
+        env("TS_LOCAL_ADDR_PORT", &format!("[::]:{HEALTH_PORT}")),
+        env("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", "false"),
+    ];
+    if mode.ingress() {
+        vars.push(env("TS_SERVE_CONFIG", &format!("{PROXIES_DIR}/{SERVE_CONFIG_KEY}")));
+    }
+    if mode.egress() {
+        vars.push(env("TS_EGRESS_PROXIES_CONFIG_PATH", PROXIES_DIR));
+    }
+    vars
+}
+
+/// The pod's security context. Ingress (userspace) proxies get what Pod Security's `restricted`
+/// level asks for: neither root nor any capability. Egress proxies install netfilter rules, so
+/// they run as root in a privileged container (Pod Security `privileged`), as upstream's do.
+fn pod_security_context(mode: ConnectionType) -> PodSecurityContext {
+    let seccomp = Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() });
+    if mode.egress() {
+        return PodSecurityContext { seccomp_profile: seccomp, ..PodSecurityContext::default() };
+    }
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(PROXY_USER),
         run_as_group: Some(PROXY_USER),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        seccomp_profile: seccomp,
         ..PodSecurityContext::default()
     }
 }
 
-/// The proxy container's security context (Pod Security `restricted`).
-fn container_security_context() -> SecurityContext {
+/// The proxy container's security context: `restricted` for ingress, privileged for egress.
+fn container_security_context(mode: ConnectionType) -> SecurityContext {
+    if mode.egress() {
+        return SecurityContext { privileged: Some(true), ..SecurityContext::default() };
+    }
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
         ..SecurityContext::default()
     }
+}
+
+/// Egress proxies' init container: turns on IP forwarding, which DNAT to the tailnet needs.
+fn sysctler(image: &str) -> Container {
+    Container {
+        name: "sysctler".into(),
+        image: Some(image.to_string()),
+        command: Some(vec!["/bin/sh".into(), "-c".into()]),
+        args: Some(vec![
+            "sysctl -w net.ipv4.ip_forward=1 && if sysctl net.ipv6.conf.all.forwarding; then sysctl -w net.ipv6.conf.all.forwarding=1; fi".into(),
+        ]),
+        security_context: Some(SecurityContext { privileged: Some(true), ..SecurityContext::default() }),
+        resources: Some(default_resources()),
+        ..Container::default()
+    }
+}
+
+/// containerboot's pre-stop endpoint for egress proxies: it waits until cluster traffic for the
+/// egress targets no longer reaches this pod before the pod stops.
+pub const EGRESS_PRE_STOP_PATH: &str = "/internal-egress-services-preshutdown";
+/// Grace period of egress pods, long enough for the pre-stop wait.
+pub const EGRESS_GRACE_SECONDS: i64 = 360;
+
+fn egress_pre_stop() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            http_get: Some(HTTPGetAction {
+                path: Some(EGRESS_PRE_STOP_PATH.into()),
+                port: IntOrString::Int(HEALTH_PORT),
+                ..HTTPGetAction::default()
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
+/// Name of the ConfigMap volume mounted at [`PROXIES_DIR`].
+pub const PROXIES_VOLUME: &str = "proxies";
+
+/// The proxies' ConfigMap: the serve config (ingress proxies) and the egress targets (egress
+/// proxies), from `plan`. `serve_config` is what to write for the serve key, which the
+/// controller computes with [`dataplane::serve_config_keeping`] so advertised VIPs keep their
+/// entries.
+pub fn config_map(ep: &TailscaleEndpoints, plan: &ProxyPlan, serve_config: &serde_json::Value) -> ConfigMap {
+    let mode = ConnectionType::of(ep);
+    let mut data = BTreeMap::new();
+    if mode.ingress() {
+        data.insert(SERVE_CONFIG_KEY.to_string(), serve_config.to_string());
+    }
+    if mode.egress() {
+        data.insert(
+            EGRESS_CONFIG_KEY.to_string(),
+            dataplane::egress_config(&plan.egress, &plan.match_ports).to_string(),
+        );
+    }
+    ConfigMap { metadata: meta(ep, proxies_config_map_name(&ep_name(ep))), data: Some(data), ..ConfigMap::default() }
 }
 
 /// Ready once containerboot's `/healthz` says the node has a tailnet address. No liveness probe
@@ -341,10 +432,11 @@ fn readiness_probe() -> Probe {
     }
 }
 
-/// The proxies' Service: ClusterIP over the spec's ports, or headless when there are none.
-pub fn service(ep: &TailscaleEndpoints) -> Service {
+/// The proxies' Service: ClusterIP over the spec's ports and the egress match ports (Envoy
+/// reaches a tailnet target at `<service>:<match port>`), or headless when there are none.
+pub fn service(ep: &TailscaleEndpoints, plan: &ProxyPlan) -> Service {
     let name = ep_name(ep);
-    let ports: Vec<ServicePort> = ep
+    let mut ports: Vec<ServicePort> = ep
         .spec
         .ports
         .iter()
@@ -359,6 +451,15 @@ pub fn service(ep: &TailscaleEndpoints) -> Service {
             }
         })
         .collect();
+    let mut match_ports: Vec<u16> = plan.match_ports.values().copied().collect();
+    match_ports.sort_unstable();
+    ports.extend(match_ports.into_iter().map(|m| ServicePort {
+        name: Some(format!("egress-{m}")),
+        port: i32::from(m),
+        target_port: Some(IntOrString::Int(i32::from(m))),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }));
     let headless = ports.is_empty();
     Service {
         metadata: meta(ep, proxy_service_name(&name)),
@@ -453,6 +554,12 @@ pub fn existing_auth_key(secret: &Secret) -> Option<String> {
     let raw = secret.data.as_ref()?.get(&config_file_name())?;
     let config: TailscaledConfig = serde_json::from_slice(&raw.0).ok()?;
     config.auth_key.filter(|k| !k.is_empty())
+}
+
+/// The VIP services a config Secret tells its replica to advertise.
+pub fn advertised_services(secret: &Secret) -> Vec<String> {
+    let Some(raw) = secret.data.as_ref().and_then(|d| d.get(&config_file_name())) else { return Vec::new() };
+    serde_json::from_slice::<TailscaledConfig>(&raw.0).map(|c| c.advertise_services).unwrap_or_default()
 }
 
 /// The replica index of one of our per-replica Secrets.
@@ -581,7 +688,7 @@ pub fn endpoints_status(
         stateful_sets: vec![StatefulSetStatus {
             name: name.clone(),
             namespace: ep.metadata.namespace.clone().unwrap_or_default(),
-            type_: Some(connection_type(ep)),
+            type_: Some(ConnectionType::of(ep).as_str().into()),
             replicas: want,
             ready_replicas: sts.map(|s| s.ready_replicas).unwrap_or(0),
             service: Some(proxy_service_name(&name)),
@@ -787,19 +894,19 @@ mod tests {
     fn render_mode_has_no_owner_reference() {
         let mut e = ep(1);
         e.metadata.uid = None;
-        assert!(service(&e).metadata.owner_references.is_none());
+        assert!(service(&e, &ProxyPlan::default()).metadata.owner_references.is_none());
     }
 
     #[test]
     fn service_is_cluster_ip_or_headless() {
-        let svc = to_json(&service(&ep(2)));
+        let svc = to_json(&service(&ep(2), &ProxyPlan::default()));
         assert_eq!(svc["metadata"]["name"], "web-svc");
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(svc["spec"]["ports"], json!([{"name": "tcp-80", "port": 80, "targetPort": 80, "protocol": "TCP"}]));
         assert_eq!(svc["spec"]["selector"][ENDPOINTS_LABEL], "web");
         let mut no_ports = ep(2);
         no_ports.spec.ports.clear();
-        let headless = to_json(&service(&no_ports));
+        let headless = to_json(&service(&no_ports, &ProxyPlan::default()));
         assert_eq!(headless["spec"]["clusterIP"], "None");
         assert!(headless["spec"].get("ports").is_none());
     }

@@ -223,6 +223,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
             "PATCH /api/v1/namespaces/prod/serviceaccounts/web".to_string(),
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/prod/roles/web".into(),
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/prod/rolebindings/web".into(),
+            "PATCH /api/v1/namespaces/prod/configmaps/web-proxies".into(),
             format!("PATCH {SECRETS}/web-0-config"),
             format!("PATCH {SECRETS}/web-0"),
             format!("PATCH {SECRETS}/web-1-config"),
@@ -467,7 +468,8 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     let spp = svc_path();
     let h = harness();
     ready_endpoints(&h);
-    h.fake.insert(&svc_path(), services_json("web", json!({})));
+    let serve = json!({"serve": [{"port": 443, "protocol": "TCP", "backendRef": {"name": "web", "port": 8443}}]});
+    h.fake.insert(&svc_path(), services_json("web", serve));
     services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
     let writes = h.writes();
     let objects: Vec<String> = summary(&writes).into_iter().filter(|s| !s.contains("/events")).collect();
@@ -498,9 +500,21 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     assert_eq!(h.ts.calls("put_vip_service"), puts);
     assert_eq!(h.ts.calls("delete_vip_service"), 0);
 
-    // The selected endpoints now advertise the VIP service on their registered replicas.
+    // The selected endpoints serve the VIP first, then advertise it on their registered replicas.
     h.fake.take_requests();
     endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let writes = h.writes();
+    let cm = writes
+        .iter()
+        .find(|w| w.path.ends_with("/configmaps/web-proxies"))
+        .and_then(|w| w.body.clone())
+        .unwrap_or_else(|| panic!("ConfigMap written: {:?}", summary(&writes)));
+    let serve_config: Value =
+        serde_json::from_str(cm["data"]["serve-config.json"].as_str().unwrap_or_default()).unwrap_or_default();
+    assert_eq!(
+        serve_config,
+        json!({"Services": {"svc:web": {"TCP": {"443": {"TCPForward": "web.prod.svc.cluster.local:8443"}}}}})
+    );
     h.register(0, "n0");
     h.refresh_devices().await;
     h.fake.take_requests();
@@ -514,6 +528,27 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     let hujson: Value = serde_json::from_str(&unb64(&cfg0["data"]["cap-107.hujson"])).unwrap_or_default();
     assert_eq!(hujson["AdvertiseServices"], json!(["svc:web"]));
     assert!(!writes.iter().any(|w| w.path.ends_with("web-1-config")), "web-1 is not ready: nothing advertised");
+
+    // The VIP stops being served here: the advertisement goes first, the serve entry a reconcile later.
+    let mut svc = h.fake.get(&format!("{spp}/web")).unwrap_or_default();
+    svc["spec"]["serve"] = json!([]);
+    h.fake.insert(&svc_path(), svc);
+    h.services("web");
+    h.fake.take_requests();
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let writes = h.writes();
+    let advertised = |writes: &[Recorded]| {
+        let cfg = writes.iter().find(|w| w.path.ends_with("web-0-config")).and_then(|w| w.body.clone())?;
+        let hujson: Value = serde_json::from_str(&unb64(&cfg["data"]["cap-107.hujson"])).ok()?;
+        Some(hujson["AdvertiseServices"].clone())
+    };
+    assert_eq!(advertised(&writes), Some(Value::Null), "advertisement removed: {:?}", summary(&writes));
+    assert!(!writes.iter().any(|w| w.path.ends_with("/configmaps/web-proxies")), "serve entry kept while advertised");
+    h.fake.take_requests();
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let writes = h.writes();
+    let cm = writes.iter().find(|w| w.path.ends_with("/configmaps/web-proxies")).and_then(|w| w.body.clone());
+    assert_eq!(cm.map(|c| c["data"]["serve-config.json"].clone()), Some(json!(r#"{"Services":{}}"#)));
 
     // Deletion: last consumer, so the VIP service is deleted and the finalizer removed.
     let mut svc = h.fake.get(&format!("{spp}/web")).unwrap_or_default();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -20,7 +20,7 @@ use super::status::{self, Desired, READY};
 use super::{Context, Error, TailnetHandle, apply_status, delete_if_exists, ensure, instrumented};
 use crate::api::{TailscaleEndpoints, TailscaleEndpointsStatus};
 use crate::core::ObjectKey;
-use crate::core::resource::vip_service_name;
+use crate::core::dataplane::{self, ConnectionType, ProxyPlan, SERVE_CONFIG_KEY};
 use crate::tailscale::{AuthKeyRequest, Device};
 
 /// Finalizer guarding the removal of the proxies' devices from the tailnet.
@@ -62,6 +62,8 @@ struct Observed {
     config: BTreeMap<i32, Arc<Secret>>,
     /// State Secrets by replica.
     state: BTreeMap<i32, Arc<Secret>>,
+    /// The data-plane ConfigMap.
+    config_map: Option<Arc<ConfigMap>>,
 }
 
 /// Reads what exists from the stores: no request to the API server. Secrets this replica deleted
@@ -96,20 +98,33 @@ fn observe(stores: &OwnedStores, deleted: &Tombstones, ns: &str, name: &str) -> 
         stateful_set: owned::get(&stores.stateful_sets, ns, name),
         config,
         state,
+        config_map: owned::get(&stores.config_maps, ns, &builders::proxies_config_map_name(name)),
     })
 }
 
-/// VIP services a ready replica of `key` advertises: those of the TailscaleServices selecting it
-/// whose VIP service exists (their status names it).
-pub fn advertised_services(ctx: &Context, key: &ObjectKey) -> Vec<String> {
-    let idx = ctx.cache.read();
-    let set: BTreeSet<String> = idx
-        .selecting_services(key)
-        .filter_map(|s| idx.services(s))
-        .filter(|svc| svc.status.as_ref().and_then(|s| s.vip_service.as_ref()).and_then(|v| v.name.as_ref()).is_some())
-        .filter_map(|svc| vip_service_name(svc))
-        .collect();
-    set.into_iter().collect()
+/// The proxies' data plane for this reconcile: the ConfigMap to apply, and the VIPs a registered
+/// replica advertises. A VIP is advertised only once the ConfigMap in place serves it, and an
+/// advertised VIP keeps its serve entry until no replica advertises it any more, so there is no
+/// moment where a replica advertises a VIP it would drop connections for.
+struct DataPlane {
+    config_map: ConfigMap,
+    advertise: Vec<String>,
+    plan: ProxyPlan,
+}
+
+fn data_plane(ep: &TailscaleEndpoints, ctx: &Context, key: &ObjectKey, observed: &Observed) -> DataPlane {
+    let plan = ctx.cache.read().proxy_plan(key, &ctx.config.placement).unwrap_or_default();
+    let in_place = observed.config_map.as_ref().and_then(|c| c.data.as_ref()?.get(SERVE_CONFIG_KEY).cloned());
+    let served_now = in_place.as_deref().map(dataplane::served_vips).unwrap_or_default();
+    let advertised_now: BTreeSet<String> =
+        observed.config.values().flat_map(|s| builders::advertised_services(s)).collect();
+    let advertise = if ConnectionType::of(ep).ingress() {
+        plan.servable().intersection(&served_now).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let serve = dataplane::serve_config_keeping(&plan.serve, in_place.as_deref(), &advertised_now);
+    DataPlane { config_map: builders::config_map(ep, &plan, &serve), advertise, plan }
 }
 
 async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> {
@@ -141,11 +156,13 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_deref(), &builders::role(ep)).await?;
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_deref(), &builders::role_binding(ep))
         .await?;
+    // The ConfigMap before the StatefulSet: pods do not start without it.
+    let dp = data_plane(ep, ctx, &key, &observed);
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.config_map.as_deref(), &dp.config_map).await?;
 
     // Per-replica Secrets before the StatefulSet, so new pods find their config.
     let replicas = builders::replicas(ep);
-    let serves = builders::serves_ingress(&builders::connection_type(ep));
-    let advertise = if serves { advertised_services(ctx, &key) } else { Vec::new() };
+    let advertise = &dp.advertise;
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
     let mut states: Vec<(i32, DeviceState)> = Vec::with_capacity(replicas as usize);
     for i in 0..replicas {
@@ -167,7 +184,7 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
             tracing::info!(endpoints = %key_of(ep), replica = i, key_id = %key.id, "created auth key");
             auth_key = Some(key.key);
         }
-        let config = builders::tailscaled_config(&name, i, auth_key, if registered { &advertise } else { &[] });
+        let config = builders::tailscaled_config(&name, i, auth_key, if registered { advertise } else { &[] });
         ensure(ctx, &secrets, config_secret.as_deref(), &builders::config_secret(ep, i, &config)?).await?;
         ensure(ctx, &secrets, state_secret.as_deref(), &builders::state_secret(ep, i)).await?;
         states.push((i, state));
@@ -178,7 +195,8 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         created.push("StatefulSet");
     }
     let sts_facts = applied.as_ref().or(observed.stateful_set.as_deref()).map(ObservedStatefulSet::of);
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_deref(), &builders::service(ep)).await?;
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_deref(), &builders::service(ep, &dp.plan))
+        .await?;
     if !created.is_empty() {
         ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
     }

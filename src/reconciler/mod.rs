@@ -61,6 +61,8 @@ pub struct Config {
     pub device_refresh: Duration,
     /// Requeue of a healthy object (periodic resync).
     pub requeue: Duration,
+    /// Cluster DNS domain and Envoy Gateway's namespace, for the addresses proxies forward to.
+    pub placement: crate::core::dataplane::Placement,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             cluster_id: "default".into(),
             device_refresh: Duration::from_secs(60),
             requeue: Duration::from_secs(300),
+            placement: crate::core::dataplane::Placement::default(),
         }
     }
 }
@@ -127,7 +130,7 @@ pub enum Error {
     Invalid(String),
     /// The stores of owned objects have not received their initial lists (yet).
     #[error(
-        "the caches of proxy objects (ServiceAccounts, Roles, RoleBindings, Services, StatefulSets, Secrets) have not synced"
+        "the caches of proxy objects (ServiceAccounts, Roles, RoleBindings, Services, StatefulSets, Secrets, ConfigMaps) have not synced"
     )]
     NotSynced,
     /// Encoding an object failed.
@@ -493,7 +496,7 @@ fn stop_signal(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Se
 async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     use crate::api::{TailscaleEndpoints, TailscaleServices};
     use k8s_openapi::api::apps::v1::StatefulSet;
-    use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use kube::runtime::{Controller, controller, watcher};
 
@@ -513,8 +516,9 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let (svc_task, svcs) = owned::reflect(Api::<Service>::all(client.clone()), sel(), w.services);
     let (sts_task, stss) = owned::reflect(Api::<StatefulSet>::all(client.clone()), sel(), w.stateful_sets);
     let (secret_task, secrets) = owned::reflect(Api::<Secret>::all(client.clone()), sel(), w.secrets);
+    let (cm_task, config_maps) = owned::reflect(Api::<ConfigMap>::all(client.clone()), sel(), w.config_maps);
     // Aborted when this function ends, however it ends.
-    let _reflectors = AbortOnDrop(vec![sa_task, role_task, rb_task, svc_task, sts_task, secret_task]);
+    let _reflectors = AbortOnDrop(vec![sa_task, role_task, rb_task, svc_task, sts_task, secret_task, cm_task]);
     ctx.set_owned(stores.clone());
 
     let tailnets = Controller::new(Api::<TailscaleTailnet>::all(client.clone()), watcher::Config::default())
@@ -535,6 +539,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
                 .owns_stream(svcs)
                 .owns_stream(stss)
                 .owns_stream(secrets)
+                .owns_stream(config_maps)
                 .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(ep_rx))
                 .with_config(cfg)
                 .graceful_shutdown_on(stop_signal(stop))

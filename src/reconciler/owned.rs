@@ -1,5 +1,5 @@
 //! The objects the endpoints controller owns (ServiceAccounts, Roles, RoleBindings, Services,
-//! StatefulSets, config and state Secrets), kept in reflector stores so a reconcile reads them
+//! StatefulSets, config and state Secrets, data-plane ConfigMaps), kept in reflector stores so a reconcile reads them
 //! from memory instead of sending a GET per kind and a LIST of Secrets per object.
 //!
 //! The stores are filled by watches on objects carrying [`builders::ENDPOINTS_LABEL`], started
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
@@ -42,6 +42,8 @@ pub struct OwnedStores {
     pub stateful_sets: Store<StatefulSet>,
     /// Per-replica config and state Secrets.
     pub secrets: Store<Secret>,
+    /// The proxies' data-plane ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
 }
 
 /// The writing ends of [`OwnedStores`]: the reflectors' (or a test's).
@@ -58,6 +60,8 @@ pub struct OwnedWriters {
     pub stateful_sets: Writer<StatefulSet>,
     /// Per-replica config and state Secrets.
     pub secrets: Writer<Secret>,
+    /// The proxies' data-plane ConfigMaps.
+    pub config_maps: Writer<ConfigMap>,
 }
 
 /// Empty stores and their writers. The stores are ready once every writer has applied its
@@ -69,8 +73,9 @@ pub fn stores() -> (OwnedStores, OwnedWriters) {
     let (services, svc) = kube::runtime::reflector::store();
     let (stateful_sets, sts) = kube::runtime::reflector::store();
     let (secrets, sec) = kube::runtime::reflector::store();
+    let (config_maps, cm) = kube::runtime::reflector::store();
     (
-        OwnedStores { service_accounts, roles, role_bindings, services, stateful_sets, secrets },
+        OwnedStores { service_accounts, roles, role_bindings, services, stateful_sets, secrets, config_maps },
         OwnedWriters {
             service_accounts: sa,
             roles: r,
@@ -78,6 +83,7 @@ pub fn stores() -> (OwnedStores, OwnedWriters) {
             services: svc,
             stateful_sets: sts,
             secrets: sec,
+            config_maps: cm,
         },
     )
 }
@@ -92,6 +98,7 @@ impl OwnedStores {
             && self.services.wait_until_ready().await.is_ok()
             && self.stateful_sets.wait_until_ready().await.is_ok()
             && self.secrets.wait_until_ready().await.is_ok()
+            && self.config_maps.wait_until_ready().await.is_ok()
     }
 
     /// Whether every store holds its initial list now.
@@ -254,6 +261,8 @@ mod tests {
         relist(&mut w.stateful_sets, []);
         assert!(!stores.is_ready(), "Secrets not listed yet");
         relist(&mut w.secrets, [secret("prod", "web-0", Some("web"))]);
+        assert!(!stores.is_ready(), "ConfigMaps not listed yet");
+        relist(&mut w.config_maps, []);
         assert!(stores.is_ready());
     }
 

@@ -531,6 +531,7 @@ pub fn sync_owned(fake: &FakeKube, writers: &mut OwnedWriters) {
     fill(fake, &mut writers.services);
     fill(fake, &mut writers.stateful_sets);
     fill(fake, &mut writers.secrets);
+    fill(fake, &mut writers.config_maps);
 }
 
 /// A `kube::Client` answered by `fake` (no sockets).

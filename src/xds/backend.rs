@@ -10,16 +10,14 @@ use serde_json::Value;
 
 use crate::api::{TailscaleEndpoints, TailscaleServices};
 use crate::cache::Index;
-use crate::core::envoy::{Backend, HealthCheckSettings, Target};
+use crate::core::dataplane::{self, BackendKind, ConnectionType};
+use crate::core::envoy::{Backend, HealthCheckSettings, Path, Upstream};
 use crate::core::selector::Selector;
-use crate::core::validate::{DEFAULT_HEALTH_INTERVAL, DEFAULT_STRATEGY, STRATEGIES};
-use crate::core::views::{self, Device};
+use crate::core::validate::{DEFAULT_HEALTH_INTERVAL, STRATEGIES};
 use crate::core::{FieldPath, Kind, ObjectKey, Resource, duration, names, resource::ParseError};
 
 /// Labels read for the region of a TailscaleEndpoints, in order.
 pub const REGION_LABELS: &[&str] = &["topology.kubernetes.io/region", "region"];
-/// Port used when neither the VIP service nor the endpoints name a TCP port.
-pub const DEFAULT_PORT: u32 = 80;
 /// Default health-check timeout.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default health-check path.
@@ -29,20 +27,7 @@ pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Default passed checks before a backend is healthy again.
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 
-/// Where this installation runs, for naming proxy Services and telling local from remote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    /// Kubernetes cluster DNS domain (`cluster.local`).
-    pub cluster_domain: String,
-    /// Region of the Envoy fleet; endpoints in another region are remote. `None`: all are local.
-    pub local_region: Option<String>,
-}
-
-impl Default for Placement {
-    fn default() -> Self {
-        Self { cluster_domain: "cluster.local".into(), local_region: None }
-    }
-}
+pub use crate::core::dataplane::Placement;
 
 /// Why an extension resource was not turned into a backend.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,12 +104,6 @@ pub fn parse_backend(bytes: &[u8]) -> Result<BackendObject, BadResource> {
     }
 }
 
-/// Name of the Service in front of a TailscaleEndpoints' proxies: the one the reconciler creates
-/// ([`crate::core::names::proxy_service_name`]).
-pub fn proxy_service_name(ep: &TailscaleEndpoints) -> String {
-    crate::core::names::proxy_service_name(ep.metadata.name.as_deref().unwrap_or_default())
-}
-
 fn region_of(ep: &TailscaleEndpoints) -> Option<String> {
     let labels = ep.metadata.labels.as_ref()?;
     REGION_LABELS.iter().find_map(|k| labels.get(*k)).filter(|r| !r.is_empty()).cloned()
@@ -139,39 +118,65 @@ fn first_tcp_port(ep: &TailscaleEndpoints) -> Option<u32> {
         .filter(|p| (1..=65535).contains(p))
 }
 
-fn vip_tcp_port(svc: &TailscaleServices) -> Option<u32> {
-    let vip = svc.spec.vip_service.as_ref()?;
-    vip.ports
-        .iter()
-        .filter_map(|p| names::vip_port(p).ok())
-        .find(|p| p.protocol == names::Protocol::Tcp)
-        .map(|p| u32::from(p.from))
+/// The stable DNS name of a TailscaleEndpoints' proxy Service.
+fn proxy_host(ep: &TailscaleEndpoints, place: &Placement) -> String {
+    let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
+    let service = names::proxy_service_name(ep.metadata.name.as_deref().unwrap_or_default());
+    format!("{service}.{namespace}.svc.{}", place.cluster_domain)
 }
 
-/// The target for one TailscaleEndpoints; `cached` devices are used when the object is the
-/// cache's own, else its status is overlaid with live data here.
-fn target_of(ep: &TailscaleEndpoints, cached: Option<Vec<Arc<Device>>>, idx: &Index, place: &Placement) -> Target {
-    let (devices, healthy) = match cached {
-        Some(d) => (d.len(), d.iter().filter(|d| d.online).count()),
-        None => {
-            let d = views::devices_of(ep, idx.live_devices(&ep.spec.tailnet));
-            (d.len(), d.iter().filter(|d| d.online).count())
-        }
-    };
-    let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
-    let region = region_of(ep);
-    let remote = match (&place.local_region, &region) {
-        (Some(local), Some(r)) => local != r,
-        _ => false,
-    };
-    Target {
-        endpoints: ep.metadata.name.clone().unwrap_or_default(),
-        host: format!("{}.{namespace}.svc.{}", proxy_service_name(ep), place.cluster_domain),
-        region,
-        remote,
-        devices,
-        healthy,
+/// The VIP port a backendRef to `svc` is sent to: its first single TCP port. (Envoy Gateway
+/// does not tell the extension which port the backendRef names.)
+pub fn backend_port(svc: &TailscaleServices) -> Option<u16> {
+    dataplane::vip_tcp_ports(svc).first().copied()
+}
+
+/// Priority 0: the Service this cluster publishes on `port` of the VIP, reached directly. A
+/// served Gateway is not: that would send Envoy's traffic back into Envoy.
+fn direct_upstream(svc: &TailscaleServices, port: u16, place: &Placement) -> Option<Upstream> {
+    let entry = svc.spec.serve.iter().find(|s| s.port == i32::from(port))?;
+    if BackendKind::of(&entry.backend_ref) != Ok(BackendKind::Service) {
+        return None;
     }
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let address = dataplane::backend_address(&entry.backend_ref, ns, place).ok()?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some(Upstream {
+        name: entry.backend_ref.name.clone(),
+        host: host.to_string(),
+        port: port.parse().ok()?,
+        path: Path::Direct,
+        region: place.local_region.clone(),
+    })
+}
+
+/// Priority 1: the VIP through each selected egress-capable TailscaleEndpoints, at the match
+/// port its proxies forward to the VIP's `port` (the same allocation the reconciler wrote).
+fn tailnet_upstreams(
+    idx: &Index,
+    svc: &TailscaleServices,
+    selected: &[Arc<TailscaleEndpoints>],
+    port: u16,
+    place: &Placement,
+) -> Vec<Upstream> {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let mut out: Vec<Upstream> = selected
+        .iter()
+        .filter(|ep| ConnectionType::of(ep).egress())
+        .filter_map(|ep| {
+            let plan = idx.proxy_plan(&ObjectKey::of(&ep.metadata), place)?;
+            let match_port = *plan.match_ports.get(&(name.clone(), port))?;
+            Some(Upstream {
+                name: ep.metadata.name.clone().unwrap_or_default(),
+                host: proxy_host(ep, place),
+                port: u32::from(match_port),
+                path: Path::Tailnet,
+                region: region_of(ep),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn health_check(svc: &TailscaleServices) -> Option<HealthCheckSettings> {
@@ -191,28 +196,16 @@ fn health_check(svc: &TailscaleServices) -> Option<HealthCheckSettings> {
     })
 }
 
-fn strategy(svc: &TailscaleServices) -> String {
-    svc.spec
-        .load_balancing
-        .as_ref()
-        .and_then(|lb| lb.strategy.as_deref())
-        .filter(|s| STRATEGIES.contains(s))
-        .unwrap_or(DEFAULT_STRATEGY)
-        .to_string()
+fn strategy(svc: &TailscaleServices) -> Option<String> {
+    svc.spec.load_balancing.as_ref()?.strategy.clone().filter(|s| STRATEGIES.contains(&s.as_str()))
 }
 
 /// The TailscaleEndpoints a TailscaleServices selects: the cache's selection when the cache holds
 /// the same spec, else the object's own selector evaluated over the cached endpoints.
-/// A selected TailscaleEndpoints with the cache's devices of it.
-type SelectedEndpoints = (Arc<TailscaleEndpoints>, Option<Vec<Arc<Device>>>);
-
-fn selected(idx: &Index, svc: &TailscaleServices) -> Vec<SelectedEndpoints> {
+fn selected(idx: &Index, svc: &TailscaleServices) -> Vec<Arc<TailscaleEndpoints>> {
     let key = ObjectKey::of(&svc.metadata);
     if idx.services(&key).is_some_and(|c| c.spec == svc.spec) {
-        return idx
-            .selected_endpoints(&key)
-            .filter_map(|k| idx.endpoints(k).map(|e| (e.clone(), Some(idx.devices_of(k)))))
-            .collect();
+        return idx.selected_endpoints(&key).filter_map(|k| idx.endpoints(k).cloned()).collect();
     }
     let Some(selector) = svc
         .spec
@@ -225,20 +218,8 @@ fn selected(idx: &Index, svc: &TailscaleServices) -> Vec<SelectedEndpoints> {
     let empty = Default::default();
     idx.all_endpoints()
         .filter(|(k, e)| k.namespace == key.namespace && selector.matches(e.metadata.labels.as_ref().unwrap_or(&empty)))
-        .map(|(k, e)| (e.clone(), Some(idx.devices_of(k))))
+        .map(|(_, e)| e.clone())
         .collect()
-}
-
-/// The MagicDNS name of a TailscaleServices' VIP service: from its status, else built from the
-/// VIP name and the tailnet's discovered MagicDNS suffix.
-pub fn vip_dns_name(idx: &Index, svc: &TailscaleServices, tailnet: Option<&str>) -> Option<String> {
-    if let Some(dns) = svc.status.as_ref().and_then(|s| s.vip_service.as_ref()).and_then(|v| v.dns_name.clone()) {
-        return Some(dns.trim_end_matches('.').to_string()).filter(|d| !d.is_empty());
-    }
-    let vip = crate::core::resource::vip_service_name(svc)?;
-    let label = vip.strip_prefix("svc:")?;
-    let suffix = idx.tailnet(tailnet?)?.status.as_ref()?.tailnet_info.as_ref()?.magic_dns_suffix.clone()?;
-    Some(format!("{label}.{}", suffix.trim_matches('.')))
 }
 
 /// The tailnet of a TailscaleServices: its own, else that of the first endpoints it selects.
@@ -246,36 +227,44 @@ pub fn services_tailnet(svc: &TailscaleServices, selected: &[Arc<TailscaleEndpoi
     svc.spec.tailnet.clone().or_else(|| selected.first().map(|e| e.spec.tailnet.clone()))
 }
 
-/// Resolves a TailscaleServices against the cache.
+/// Resolves a TailscaleServices against the cache: the backend it publishes here (priority 0)
+/// and the VIP through the egress proxies it selects (priority 1), on the VIP's port.
 pub fn resolve_services(idx: &Index, svc: &TailscaleServices, place: &Placement) -> Backend {
     let selected = selected(idx, svc);
-    let endpoints: Vec<Arc<TailscaleEndpoints>> = selected.iter().map(|(e, _)| e.clone()).collect();
-    let port = vip_tcp_port(svc).or_else(|| endpoints.iter().find_map(|e| first_tcp_port(e))).unwrap_or(DEFAULT_PORT);
-    let tailnet = services_tailnet(svc, &endpoints);
-    let mut targets: Vec<Target> = selected.into_iter().map(|(e, d)| target_of(&e, d, idx, place)).collect();
-    targets.sort_by(|a, b| a.endpoints.cmp(&b.endpoints));
+    let mut upstreams = Vec::new();
+    if let Some(port) = backend_port(svc) {
+        upstreams.extend(direct_upstream(svc, port, place));
+        upstreams.extend(tailnet_upstreams(idx, svc, &selected, port, place));
+    }
     Backend {
         kind: Kind::Services,
         key: ObjectKey::of(&svc.metadata),
-        port,
-        targets,
-        vip_dns_name: vip_dns_name(idx, svc, tailnet.as_deref()),
+        upstreams,
+        vip_dns_name: idx.vip_dns_name(svc),
         strategy: strategy(svc),
         health_check: health_check(svc),
     }
 }
 
-/// Resolves a TailscaleEndpoints used directly as a backend.
-pub fn resolve_endpoints(idx: &Index, ep: &TailscaleEndpoints, place: &Placement) -> Backend {
-    let key = ObjectKey::of(&ep.metadata);
-    let cached = idx.endpoints(&key).filter(|c| c.spec == ep.spec).map(|_| idx.devices_of(&key));
+/// Resolves a TailscaleEndpoints used directly as a backend: its proxies' Service on its first
+/// TCP port.
+pub fn resolve_endpoints(ep: &TailscaleEndpoints, place: &Placement) -> Backend {
+    let upstreams = first_tcp_port(ep)
+        .map(|port| Upstream {
+            name: ep.metadata.name.clone().unwrap_or_default(),
+            host: proxy_host(ep, place),
+            port,
+            path: Path::Direct,
+            region: region_of(ep),
+        })
+        .into_iter()
+        .collect();
     Backend {
         kind: Kind::Endpoints,
-        port: first_tcp_port(ep).unwrap_or(DEFAULT_PORT),
-        targets: vec![target_of(ep, cached, idx, place)],
-        key,
+        key: ObjectKey::of(&ep.metadata),
+        upstreams,
         vip_dns_name: None,
-        strategy: DEFAULT_STRATEGY.to_string(),
+        strategy: None,
         health_check: None,
     }
 }
@@ -284,7 +273,7 @@ pub fn resolve_endpoints(idx: &Index, ep: &TailscaleEndpoints, place: &Placement
 pub fn resolve(idx: &Index, obj: &BackendObject, place: &Placement) -> Backend {
     match obj {
         BackendObject::Services(s) => resolve_services(idx, s, place),
-        BackendObject::Endpoints(e) => resolve_endpoints(idx, e, place),
+        BackendObject::Endpoints(e) => resolve_endpoints(e, place),
     }
 }
 
@@ -300,21 +289,20 @@ mod tests {
         Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn endpoints(name: &str, region: &str, online: &[bool]) -> Resource {
-        let devices: Vec<Value> =
-            online.iter().enumerate().map(|(i, o)| json!({"hostname": format!("{name}-{i}"), "online": o})).collect();
+    fn endpoints(name: &str, region: &str, connection_type: &str) -> Resource {
         res(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
             "metadata": {"name": name, "namespace": "default", "labels": {"service-type": "web", "region": region}},
-            "spec": {"tailnet": "corp", "ports": [{"port": 8080, "protocol": "TCP"}]},
-            "status": {"devices": devices}}))
+            "spec": {"tailnet": "corp", "proxy": {"connectionType": connection_type}}}))
     }
 
-    fn web_service() -> TailscaleServices {
+    fn web_service(status: Value) -> TailscaleServices {
         match res(json!({"apiVersion": API_VERSION, "kind": "TailscaleServices",
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"selector": {"matchLabels": {"service-type": "web"}},
                      "vipService": {"ports": ["udp:53", "tcp:443"]},
-                     "loadBalancing": {"strategy": "least-request", "healthCheck": {"path": "/healthz", "interval": "3s"}}}}))
+                     "serve": [{"port": 443, "protocol": "HTTPS", "backendRef": {"name": "web", "port": 8080}}],
+                     "loadBalancing": {"strategy": "least-request", "healthCheck": {"path": "/healthz", "interval": "3s"}}},
+            "status": status}))
         {
             Resource::Services(s) => s,
             other => panic!("{other:?}"),
@@ -322,31 +310,40 @@ mod tests {
     }
 
     #[test]
-    fn services_resolve_to_proxy_services_with_health_and_region() {
+    fn services_resolve_to_the_direct_backend_then_the_vip_through_egress_proxies() {
         let cache = Cache::new(10);
-        cache.apply(endpoints("east", "east", &[true, false]));
-        cache.apply(endpoints("west", "west", &[false]));
+        cache.apply(endpoints("east", "east", "bidirectional"));
+        cache.apply(endpoints("west", "west", "ingress"));
+        cache.apply(endpoints("wide", "west", "egress"));
         cache.apply(res(json!({"apiVersion": API_VERSION, "kind": "TailscaleTailnet", "metadata": {"name": "corp"},
             "spec": {"oauthSecretRef": {"name": "s"}},
             "status": {"tailnetInfo": {"name": "corp", "magicDNSSuffix": "tail8eff9.ts.net"}}})));
-        let place = Placement { local_region: Some("east".into()), ..Placement::default() };
-        let b = resolve_services(&cache.read(), &web_service(), &place);
-        assert_eq!(b.port, 443, "first TCP VIP port");
+        let web = web_service(json!({"vipService": {"name": "svc:web"}}));
+        cache.apply(Resource::Services(web.clone()));
+        let place = Placement::default();
+        let idx = cache.read();
+        let b = resolve_services(&idx, &web, &place);
         assert_eq!(b.vip_dns_name.as_deref(), Some("web.tail8eff9.ts.net"));
-        assert_eq!(b.strategy, "least-request");
-        let hc = b.health_check.unwrap_or_else(|| panic!("health check"));
+        assert_eq!(b.strategy.as_deref(), Some("least-request"));
+        let hc = b.health_check.clone().unwrap_or_else(|| panic!("health check"));
         assert_eq!(
             (hc.path.as_str(), hc.interval, hc.timeout),
             ("/healthz", Duration::from_secs(3), DEFAULT_HEALTH_TIMEOUT)
         );
-        let t: Vec<(&str, &str, bool, usize)> =
-            b.targets.iter().map(|t| (t.endpoints.as_str(), t.host.as_str(), t.remote, t.healthy)).collect();
+        let match_port = |ep: &str| {
+            let plan = idx.proxy_plan(&ObjectKey::new("default", ep), &place).unwrap_or_default();
+            u32::from(plan.match_ports[&("web".to_string(), 443)])
+        };
+        let got: Vec<(&str, String, Path)> =
+            b.upstreams.iter().map(|u| (u.name.as_str(), format!("{}:{}", u.host, u.port), u.path)).collect();
         assert_eq!(
-            t,
+            got,
             vec![
-                ("east", "east-svc.default.svc.cluster.local", false, 1),
-                ("west", "west-svc.default.svc.cluster.local", true, 0)
-            ]
+                ("web", "web.default.svc.cluster.local:8080".to_string(), Path::Direct),
+                ("east", format!("east-svc.default.svc.cluster.local:{}", match_port("east")), Path::Tailnet),
+                ("wide", format!("wide-svc.default.svc.cluster.local:{}", match_port("wide")), Path::Tailnet),
+            ],
+            "ingress-only proxies carry no egress"
         );
     }
 
@@ -363,12 +360,19 @@ mod tests {
     }
 
     #[test]
-    fn uncached_services_select_by_their_own_selector() {
+    fn a_service_this_cluster_does_not_publish_goes_through_the_tailnet_only() {
         let cache = Cache::new(10);
-        cache.apply(endpoints("east", "east", &[true]));
-        let b = resolve_services(&cache.read(), &web_service(), &Placement::default());
-        assert_eq!(b.targets.len(), 1);
-        assert_eq!(b.vip_dns_name, None, "no tailnet status, no DNS name");
-        assert!(!b.targets[0].remote, "no local region: everything is local");
+        cache.apply(endpoints("east", "east", "egress"));
+        let mut web = web_service(json!({"vipService": {"name": "svc:web", "dnsName": "web.tail1.ts.net"}}));
+        web.spec.serve.clear();
+        web.spec.load_balancing = None;
+        cache.apply(Resource::Services(web.clone()));
+        let b = resolve_services(&cache.read(), &web, &Placement::default());
+        assert_eq!(b.upstreams.iter().map(|u| u.path).collect::<Vec<_>>(), vec![Path::Tailnet]);
+        assert_eq!(b.strategy, None, "no strategy: Envoy Gateway's policy stays");
+        // Not in the cache yet: selected by its own selector, but no match port is allocated.
+        let other = Cache::new(10);
+        other.apply(endpoints("east", "east", "egress"));
+        assert!(resolve_services(&other.read(), &web, &Placement::default()).upstreams.is_empty());
     }
 }

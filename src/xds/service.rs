@@ -163,7 +163,7 @@ impl EnvoyGatewayExtension for ExtensionService {
                 hook = HOOK,
                 cluster = %cluster.name,
                 backends = backends.len(),
-                targets = backends.iter().map(|b| b.targets.len()).sum::<usize>(),
+                upstreams = backends.iter().map(|b| b.upstreams.len()).sum::<usize>(),
                 "cluster filled"
             );
         }
