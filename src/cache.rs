@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
 use crate::core::dataplane;
+use crate::core::routes::{self, RouteBackend, RouteKind};
 use crate::core::selector::Selector;
 use crate::core::validate::ClusterView;
 use crate::core::views::{self, Device, LiveDevice, Selection};
@@ -180,6 +181,10 @@ pub struct Index {
     log_floor: u64,
     /// Whether changes of our four kinds are logged too (local mode serves them to watchers).
     log_resources: bool,
+    /// Backends of our kinds per route rule, by Envoy Gateway's cluster name for the rule.
+    rule_backends: BTreeMap<String, Vec<RouteBackend>>,
+    /// The rule cluster names of each route.
+    route_rules: BTreeMap<(RouteKind, ObjectKey), Vec<String>>,
 }
 
 /// The entries of a map keyed by namespace and name, in one namespace or all.
@@ -283,6 +288,30 @@ impl Index {
         let selecting: Vec<dataplane::Selecting<'_>> =
             services.iter().map(|(s, dns)| dataplane::Selecting { services: s, dns_name: dns.as_deref() }).collect();
         Some(dataplane::proxy_plan(ep, &selecting, place))
+    }
+
+    /// The backendRefs of our kinds in the route rule Envoy Gateway names `cluster`
+    /// (`httproute/<ns>/<name>/rule/<i>`), when the route is known.
+    pub fn rule_backends(&self, cluster: &str) -> Option<&[RouteBackend]> {
+        self.rule_backends.get(cluster).map(Vec::as_slice)
+    }
+
+    fn remove_route(&mut self, kind: RouteKind, key: &ObjectKey) {
+        for cluster in self.route_rules.remove(&(kind, key.clone())).unwrap_or_default() {
+            self.rule_backends.remove(&cluster);
+        }
+    }
+
+    fn apply_route(&mut self, kind: RouteKind, route: &serde_json::Value) {
+        let s = |p: &str| route.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        let key = ObjectKey::new(s("/metadata/namespace"), s("/metadata/name"));
+        self.remove_route(kind, &key);
+        let rules = routes::rule_backends(kind, route);
+        if rules.is_empty() {
+            return;
+        }
+        self.route_rules.insert((kind, key), rules.iter().map(|(c, _)| c.clone()).collect());
+        self.rule_backends.extend(rules);
     }
 
     /// The TailscaleServices claiming a VIP service name.
@@ -704,6 +733,30 @@ impl Cache {
     /// Inserts or replaces an object.
     pub fn apply(&self, res: Resource) {
         self.write(|idx| idx.apply(res));
+    }
+
+    /// Inserts or replaces an HTTPRoute or GRPCRoute (only its backendRefs of our kinds are kept).
+    pub fn apply_route(&self, kind: RouteKind, route: &serde_json::Value) {
+        self.write(|idx| idx.apply_route(kind, route));
+    }
+
+    /// Removes a route.
+    pub fn delete_route(&self, kind: RouteKind, key: &ObjectKey) {
+        self.write(|idx| idx.remove_route(kind, key));
+    }
+
+    /// Replaces every route of `kind` (a relist, or a reload of the local folder).
+    pub fn reset_routes(&self, kind: RouteKind, routes: &[serde_json::Value]) {
+        self.write(|idx| {
+            let old: Vec<ObjectKey> =
+                idx.route_rules.keys().filter(|(k, _)| *k == kind).map(|(_, o)| o.clone()).collect();
+            for key in old {
+                idx.remove_route(kind, &key);
+            }
+            for r in routes {
+                idx.apply_route(kind, r);
+            }
+        });
     }
 
     /// Removes an object.

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::core::routes::RouteKind;
 use crate::core::{Kind, ObjectKey, Resource};
 use crate::manifest::{self, LastGood, Severity};
 use crate::pki::{Ca, CertPair};
@@ -278,6 +279,11 @@ impl LocalDir {
             summary.objects += objects.len();
             cache.reset(kind, objects);
         }
+        for kind in RouteKind::ALL {
+            let routes: Vec<serde_json::Value> =
+                loaded.routes.iter().filter(|(k, _)| *k == kind).map(|(_, r)| r.clone()).collect();
+            cache.reset_routes(kind, &routes);
+        }
         summary
     }
 }
@@ -313,6 +319,31 @@ pub async fn watch_dir(cache: Cache, mut dir: LocalDir, every: Duration, stop: C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_in_the_folder_give_backend_ports_and_weights() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let route = |port: u16| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web}}\nspec:\n  rules:\n  \
+                 - backendRefs: [{{group: gateway.tailscale.com, kind: TailscaleServices, name: web, port: {port}, weight: 2}}]\n"
+            )
+        };
+        std::fs::write(dir.path().join("route.yaml"), route(443)).expect("writing");
+        let cache = Cache::default();
+        let mut local = LocalDir::new(dir.path());
+        local.load(&cache);
+        let port = |cache: &Cache| {
+            cache.read().rule_backends("httproute/default/web/rule/0").map(|r| (r[0].port, r[0].weight))
+        };
+        assert_eq!(port(&cache), Some((Some(443), 2)), "namespace defaulted, port and weight read");
+        std::fs::write(dir.path().join("route.yaml"), route(80)).expect("writing");
+        local.load(&cache);
+        assert_eq!(port(&cache), Some((Some(80), 2)), "an edit replaces the rule");
+        std::fs::remove_file(dir.path().join("route.yaml")).expect("removing");
+        local.load(&cache);
+        assert_eq!(port(&cache), None, "a removed route is forgotten");
+    }
 
     #[test]
     fn a_second_server_on_the_same_state_dir_is_refused_with_who_holds_it() {

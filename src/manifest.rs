@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::api::API_VERSION;
 use crate::core::field::FieldError;
 use crate::core::resource::{ParseError, vip_service_name};
+use crate::core::routes::RouteKind;
 use crate::core::unknown::unknown_fields;
 use crate::core::validate::{ClusterView, review};
 use crate::core::{Kind, ObjectKey, Resource, field::summarize};
@@ -118,8 +119,11 @@ pub struct Loaded {
     pub resources: Vec<(Source, Resource)>,
     /// Problems found (errors mean the document was skipped).
     pub problems: Vec<Problem>,
-    /// Documents of other kinds, ignored.
+    /// Documents of other kinds, ignored (but for the routes below).
     pub foreign: usize,
+    /// HTTPRoutes and GRPCRoutes found (the extension reads their backendRefs' ports and weights),
+    /// with their namespace defaulted.
+    pub routes: Vec<(RouteKind, Value)>,
     /// Files read.
     pub files: usize,
 }
@@ -462,6 +466,12 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                         .into_iter()
                         .map(|path| FieldError::unknown(path, format!("{kind_hint} {API_VERSION} has no such field")))
                         .collect();
+                    // Routes are kept whole (`from_value` consumes the document).
+                    let mut original_route = value
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|v| RouteKind::of(v, &kind_hint))
+                        .map(|_| value.clone());
                     match Resource::from_value(value) {
                         Ok(r) if !unknown.is_empty() => {
                             let key = {
@@ -476,7 +486,18 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
                             r.default_namespace(default_namespace);
                             parsed.push((source, r));
                         }
-                        Err(ParseError::NotOurs { .. }) => loaded.foreign += 1,
+                        Err(ParseError::NotOurs { api_version, kind }) => {
+                            loaded.foreign += 1;
+                            if let Some(route_kind) = RouteKind::of(&api_version, &kind) {
+                                let mut route = original_route.take().unwrap_or_default();
+                                if route.pointer("/metadata/namespace").is_none()
+                                    && let Some(meta) = route.get_mut("metadata").and_then(Value::as_object_mut)
+                                {
+                                    meta.insert("namespace".into(), Value::String(default_namespace.into()));
+                                }
+                                loaded.routes.push((route_kind, route));
+                            }
+                        }
                         Err(ParseError::Invalid(e)) => {
                             let message = summarize(&kind_hint, &name_hint, &[e]);
                             reject_keeping(&mut loaded, &mut parsed, source, message, &kind_hint, &name_hint);

@@ -123,6 +123,22 @@ pub const PERMISSIONS: &[Permission] = &[
         scope: Scope::Cluster,
         why: "cache watch",
     },
+    Permission {
+        group: "gateway.networking.k8s.io",
+        resource: "httproutes",
+        verbs: READ,
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "extension: the port and weight of backendRefs to our kinds (Envoy Gateway does not send them)",
+    },
+    Permission {
+        group: "gateway.networking.k8s.io",
+        resource: "grpcroutes",
+        verbs: READ,
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "extension: the port and weight of backendRefs to our kinds (Envoy Gateway does not send them)",
+    },
     // What the reconciler manages for proxies, in the TailscaleEndpoints' namespaces.
     Permission {
         group: "",

@@ -397,6 +397,72 @@ where
     }
 }
 
+/// Feeds HTTPRoutes or GRPCRoutes into the cache: the extension reads their backendRefs' ports and
+/// weights, which Envoy Gateway does not send it. Optional: without Gateway API's CRDs (or RBAC
+/// for them) the extension falls back to each VIP's first port and equal weights, says so once,
+/// and the server is ready all the same.
+async fn reflect_routes(
+    client: kube::Client,
+    kind: crate::core::routes::RouteKind,
+    cache: Cache,
+    stop: CancellationToken,
+) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::runtime::WatchStreamExt;
+    let gvk = GroupVersionKind::gvk(crate::core::dataplane::GATEWAY_API_GROUP, "v1", kind.kind());
+    let api = kube::Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, kind.plural()));
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer: Vec<serde_json::Value> = Vec::new();
+    let mut pause = Duration::from_millis(500);
+    let mut said = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => e,
+        };
+        let as_value = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
+        match event {
+            None => return,
+            Some(Err(error)) => {
+                if !said {
+                    tracing::warn!(
+                        kind = kind.kind(),
+                        error = %crate::errors::Chain(&error),
+                        "cannot watch Gateway API routes; backendRefs to our kinds use each VIP's first port and equal weights until this works, retrying"
+                    );
+                    said = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            Some(Ok(event)) => {
+                if said {
+                    tracing::info!(kind = kind.kind(), "watching Gateway API routes again");
+                    said = false;
+                }
+                pause = Duration::from_millis(500);
+                match event {
+                    watcher::Event::Init => buffer.clear(),
+                    watcher::Event::InitApply(o) => buffer.push(as_value(o)),
+                    watcher::Event::InitDone => cache.reset_routes(kind, &std::mem::take(&mut buffer)),
+                    watcher::Event::Apply(o) => cache.apply_route(kind, &as_value(o)),
+                    watcher::Event::Delete(o) => {
+                        let key = crate::core::ObjectKey::new(
+                            o.metadata.namespace.clone().unwrap_or_default(),
+                            o.metadata.name.clone().unwrap_or_default(),
+                        );
+                        cache.delete_route(kind, &key);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What a feeder says of its watch failing: a missing CustomResourceDefinition once, in words
 /// that say how to install it, and any other failure once until it changes (the watcher retries
 /// with backoff; the cache stays not ready, so `/readyz` says so).
@@ -594,6 +660,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             cache.clone(),
             stop.clone(),
         ));
+        for kind in crate::core::routes::RouteKind::ALL {
+            tasks.spawn(reflect_routes(client.clone(), kind, cache.clone(), stop.clone()));
+        }
         if !args.no_reconciler {
             spawn_reconciler(&mut tasks, &args, client, cache.clone(), &mut registry, stop.clone());
         }

@@ -595,6 +595,8 @@ fn resource_of(type_name: &str) -> Option<(String, String)> {
         "ValidatingWebhookConfiguration" => r::<ValidatingWebhookConfiguration>(),
         "MutatingWebhookConfiguration" => r::<MutatingWebhookConfiguration>(),
         "APIService" => r::<APIService>(),
+        // The one dynamic watch: Gateway API routes (runtime::reflect_routes; grpcroutes alike).
+        "DynamicObject" => Some(("gateway.networking.k8s.io".into(), "httproutes".into())),
         _ => None,
     }
 }

@@ -20,6 +20,7 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use prost::Message;
 use serde_json::{Value, json};
 use tailscale_gateway::cache::Cache;
+use tailscale_gateway::core::routes::RouteKind;
 use tailscale_gateway::core::{Kind, ObjectKey, Resource};
 use tailscale_gateway::xds::backend::Placement;
 use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
@@ -276,6 +277,77 @@ async fn cluster_for_tailscale_services_gets_endpoints_priorities_health_checks_
         .into_inner();
     assert_eq!(again.cluster, Some(c));
     assert_eq!(server.metrics.calls("PostClusterModify"), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_routes_backend_port_and_weights_are_used() {
+    let cache = Cache::new(100);
+    fill_cache(&cache);
+    let mut api = web_service_json();
+    api["metadata"]["name"] = json!("api-service");
+    api["spec"]["vipService"] = json!({"name": "svc:api-service", "ports": ["tcp:8080"]});
+    api["spec"]["serve"] = json!([{"port": 8080, "backendRef": {"name": "api", "port": 9090}}]);
+    api["status"]["vipService"] = json!({"name": "svc:api-service", "dnsName": "api-service.tail8eff9.ts.net"});
+    cache.apply(res(api.clone()));
+    let mut web = web_service_json();
+    web["spec"]["serve"] = json!([{"port": 80, "backendRef": {"name": "web", "port": 8080}},
+                                  {"port": 443, "protocol": "HTTPS", "backendRef": {"name": "web", "port": 8443}}]);
+    cache.apply(res(web.clone()));
+    // As Envoy Gateway would have it: the route names port 443 and weights 3:1; it sends neither.
+    cache.apply_route(
+        RouteKind::Http,
+        &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "split", "namespace": "default"},
+            "spec": {"rules": [{"backendRefs": [
+                {"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": "web-service", "port": 443, "weight": 3},
+                {"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": "api-service", "port": 8080, "weight": 1}]}]}}),
+    );
+    let match_port = |ep: &str, svc: &str, port: u16| {
+        let plan = cache.read().proxy_plan(&ObjectKey::new("default", ep), &Placement::default()).unwrap_or_default();
+        u32::from(plan.match_ports[&(svc.to_string(), port)])
+    };
+    let west_443 = match_port("web-proxy-west", "web-service", 443);
+    let server = start_with(cache.clone(), None).await;
+    let mut client = server.client().await;
+    let c = client
+        .post_cluster_modify(cluster_request(eg_cluster("httproute/default/split/rule/0"), vec![ext(&web), ext(&api)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .cluster
+        .unwrap_or_else(|| panic!("no cluster"));
+    let la = c.load_assignment.clone().unwrap_or_default();
+    let got: Vec<(String, u32, u32, Option<u32>)> = la
+        .endpoints
+        .iter()
+        .zip(endpoints_of(&la))
+        .map(|(l, (host, port, priority, _))| (host, port, priority, l.load_balancing_weight.map(|w| w.value)))
+        .collect();
+    assert!(
+        got.contains(&("web.default.svc.cluster.local".into(), 8443, 0, Some(3))),
+        "port 443 of the VIP, not the first (80): {got:?}"
+    );
+    assert!(got.contains(&("api.default.svc.cluster.local".into(), 9090, 0, Some(1))), "{got:?}");
+    assert!(got.contains(&("web-proxy-west-svc.default.svc.cluster.local".into(), west_443, 1, Some(3))), "{got:?}");
+    assert!(c.common_lb_config.and_then(|l| l.locality_config_specifier).is_some(), "locality-weighted");
+    let tls: Vec<&str> = c.transport_socket_matches.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        tls,
+        ["tailscale-tls-web-service.tail8eff9.ts.net"],
+        "port 443 is served as HTTPS: TLS through the tailnet"
+    );
+
+    // An unknown route (or none, in a cluster without Gateway API): the first VIP port, weight 1.
+    let c = client
+        .post_cluster_modify(cluster_request(eg_cluster("httproute/default/other/rule/0"), vec![ext(&web)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .cluster
+        .unwrap_or_else(|| panic!("no cluster"));
+    let hosts = endpoints_of(&c.load_assignment.unwrap_or_default());
+    assert_eq!(hosts[0], ("web.default.svc.cluster.local".into(), 8080, 0, "east".into()));
     server.stop().await;
 }
 

@@ -15,15 +15,23 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthCheck, Locality, SocketAddress, address, health_check, socket_address,
+    Address, DataSource, HealthCheck, Locality, Metadata, SocketAddress, TransportSocket, address, data_source,
+    health_check, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, endpoint, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, Struct, Value as ProtoValue, value};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use prost::Message;
 
 use super::{Kind, ObjectKey};
 
@@ -50,6 +58,9 @@ pub struct Upstream {
     pub path: Path,
     /// Region label, if any.
     pub region: Option<String>,
+    /// Speak TLS to it with this SNI (and verify the certificate for that name): the VIP port is
+    /// served as HTTPS by the proxies, which terminate TLS with the VIP's MagicDNS certificate.
+    pub tls_sni: Option<String>,
 }
 
 /// Active HTTP health check settings, with defaults filled in.
@@ -83,6 +94,8 @@ pub struct Backend {
     pub strategy: Option<String>,
     /// Active health checking, when the spec asks for it.
     pub health_check: Option<HealthCheckSettings>,
+    /// The backendRef's weight among the rule's backends of our kinds (Gateway API's, default 1).
+    pub weight: u32,
 }
 
 /// Default connect timeout for clusters that arrive without one.
@@ -120,8 +133,17 @@ pub fn health_check(hc: &HealthCheckSettings, host: Option<&str>) -> HealthCheck
     }
 }
 
-fn lb_endpoint(host: &str, port: u32) -> LbEndpoint {
+/// Endpoint metadata key (under `envoy.transport_socket_match`) the TLS socket matches read.
+pub const TLS_MATCH_KEY: &str = "tailscale-gateway.sni";
+/// Where Envoy's images keep the system CA bundle (Envoy Gateway's canonical path).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn lb_endpoint(host: &str, port: u32, health_host: Option<&str>, sni: Option<&str>) -> LbEndpoint {
     LbEndpoint {
+        metadata: sni.map(|sni| Metadata {
+            filter_metadata: [("envoy.transport_socket_match".to_string(), string_struct(TLS_MATCH_KEY, sni))].into(),
+            ..Default::default()
+        }),
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
             address: Some(Address {
                 address: Some(address::Address::SocketAddress(SocketAddress {
@@ -131,6 +153,9 @@ fn lb_endpoint(host: &str, port: u32) -> LbEndpoint {
                 })),
             }),
             hostname: host.to_string(),
+            // Each backend's health checks carry its own VIP name, whatever the cluster says.
+            health_check_config: health_host
+                .map(|h| endpoint::HealthCheckConfig { hostname: h.to_string(), ..Default::default() }),
             ..Default::default()
         })),
         ..Default::default()
@@ -139,32 +164,93 @@ fn lb_endpoint(host: &str, port: u32) -> LbEndpoint {
 
 /// The load assignment of a cluster over `backends`: one locality per upstream, priority by
 /// [`Path`] (levels without upstreams left out, so priorities stay contiguous from 0 as Envoy
-/// expects), the same host:port listed once.
+/// expects), the same host:port listed once. With several backends (backendRefs of one rule),
+/// each locality weighs its backend's weight, and a backend of weight 0 gets none.
 pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadAssignment {
-    let mut by_path: BTreeMap<Path, Vec<&Upstream>> = BTreeMap::new();
+    let weighted = backends.len() > 1;
+    let mut by_path: BTreeMap<Path, Vec<(&Upstream, &Backend)>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for u in backends.iter().flat_map(|b| &b.upstreams) {
-        if seen.insert((u.host.as_str(), u.port)) {
-            by_path.entry(u.path).or_default().push(u);
+    for b in backends.iter().filter(|b| !weighted || b.weight > 0) {
+        for u in &b.upstreams {
+            if seen.insert((u.host.as_str(), u.port)) {
+                by_path.entry(u.path).or_default().push((u, b));
+            }
         }
     }
     let endpoints = by_path
         .into_values()
         .enumerate()
         .flat_map(|(priority, ups)| {
-            ups.into_iter().map(move |u| LocalityLbEndpoints {
+            ups.into_iter().map(move |(u, b)| LocalityLbEndpoints {
                 locality: Some(Locality {
                     region: u.region.clone().unwrap_or_default(),
                     sub_zone: u.name.clone(),
                     ..Default::default()
                 }),
-                lb_endpoints: vec![lb_endpoint(&u.host, u.port)],
+                lb_endpoints: vec![lb_endpoint(&u.host, u.port, b.vip_dns_name.as_deref(), u.tls_sni.as_deref())],
+                load_balancing_weight: weighted.then_some(UInt32Value { value: b.weight }),
                 priority: priority as u32,
                 ..Default::default()
             })
         })
         .collect();
     ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
+}
+
+fn string_struct(key: &str, value: &str) -> Struct {
+    Struct {
+        fields: [(key.to_string(), ProtoValue { kind: Some(value::Kind::StringValue(value.to_string())) })].into(),
+    }
+}
+
+/// A TLS transport socket to `sni`, verifying the server's certificate for that name against
+/// the system CAs (the tailnet's MagicDNS certificates are publicly trusted).
+pub fn tls_transport_socket(sni: &str) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        sni: sni.to_string(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(data_source::Specifier::Filename(SYSTEM_CA_BUNDLE.into())),
+                        ..Default::default()
+                    }),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::Exact(sni.to_string())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+            value: context.encode_to_vec(),
+        })),
+    }
+}
+
+/// One transport socket match per SNI the upstreams ask for (endpoints without one keep the
+/// cluster's own transport socket, plain unless Envoy Gateway set one).
+fn tls_matches(backends: &[Backend]) -> Vec<cluster::TransportSocketMatch> {
+    let snis: BTreeSet<&str> =
+        backends.iter().flat_map(|b| &b.upstreams).filter_map(|u| u.tls_sni.as_deref()).collect();
+    snis.into_iter()
+        .map(|sni| cluster::TransportSocketMatch {
+            name: format!("tailscale-tls-{sni}"),
+            r#match: Some(string_struct(TLS_MATCH_KEY, sni)),
+            transport_socket: Some(tls_transport_socket(sni)),
+        })
+        .collect()
 }
 
 /// Passive health checking when Envoy Gateway sent none: five consecutive 5xx or connection
@@ -195,7 +281,15 @@ pub fn fill_cluster(cluster: &mut Cluster, backends: &[Backend], connect_timeout
     };
     cluster.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(discovery as i32));
     cluster.eds_cluster_config = None;
+    if backends.len() > 1 {
+        // Locality weights carry the backendRefs' weights (as Envoy Gateway does for its own).
+        let common = cluster.common_lb_config.get_or_insert_with(Default::default);
+        common.locality_config_specifier =
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()));
+    }
     cluster.load_assignment = Some(assignment);
+    cluster.transport_socket_matches.retain(|m| !m.name.starts_with("tailscale-tls-"));
+    cluster.transport_socket_matches.extend(tls_matches(backends));
     if let Some(strategy) = &first.strategy {
         cluster.lb_policy = lb_policy(strategy) as i32;
         // A typed policy would override lb_policy.
@@ -362,6 +456,7 @@ mod tests {
             port: if path == Path::Direct { 8080 } else { 3417 },
             path,
             region: None,
+            tls_sni: None,
         }
     }
 
@@ -379,6 +474,7 @@ mod tests {
                 unhealthy_threshold: 3,
                 healthy_threshold: 2,
             }),
+            weight: 1,
         }
     }
 
@@ -416,6 +512,68 @@ mod tests {
         let before = c.clone();
         fill_cluster(&mut c, &[b], DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn several_backends_keep_their_weights_and_their_own_health_check_host() {
+        let web =
+            Backend { weight: 3, ..backend(vec![upstream("web", Path::Direct), upstream("egress-a", Path::Tailnet)]) };
+        let mut api = backend(vec![upstream("api", Path::Direct)]);
+        api.vip_dns_name = Some("api.tail8eff9.ts.net".into());
+        let off = Backend { weight: 0, ..backend(vec![upstream("off", Path::Direct)]) };
+        let mut c = Cluster::default();
+        fill_cluster(&mut c, &[web, api, off], DEFAULT_CONNECT_TIMEOUT);
+        let got: Vec<(String, u32, Option<u32>, String)> = c
+            .load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .map(|l| {
+                let host = match &l.lb_endpoints[0].host_identifier {
+                    Some(lb_endpoint::HostIdentifier::Endpoint(e)) => {
+                        e.health_check_config.as_ref().map(|h| h.hostname.clone()).unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
+                let zone = l.locality.as_ref().map(|z| z.sub_zone.clone()).unwrap_or_default();
+                (zone, l.priority, l.load_balancing_weight.map(|w| w.value), host)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("web".into(), 0, Some(3), "web.tail8eff9.ts.net".into()),
+                ("api".into(), 0, Some(1), "api.tail8eff9.ts.net".into()),
+                ("egress-a".into(), 1, Some(3), "web.tail8eff9.ts.net".into()),
+            ],
+            "weights per backend, weight 0 left out, each backend's health checks ask for its own VIP"
+        );
+        assert!(matches!(
+            c.common_lb_config.and_then(|l| l.locality_config_specifier),
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ));
+    }
+
+    #[test]
+    fn https_vip_ports_through_the_tailnet_speak_tls_to_the_vip_name() {
+        let tailnet = Upstream { tls_sni: Some("web.tail8eff9.ts.net".into()), ..upstream("egress-a", Path::Tailnet) };
+        let mut c = Cluster::default();
+        fill_cluster(&mut c, &[backend(vec![upstream("web", Path::Direct), tailnet])], DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.transport_socket_matches.len(), 1);
+        let m = &c.transport_socket_matches[0];
+        assert_eq!(m.r#match, Some(string_struct(TLS_MATCH_KEY, "web.tail8eff9.ts.net")));
+        let Some(transport_socket::ConfigType::TypedConfig(any)) =
+            m.transport_socket.as_ref().and_then(|t| t.config_type.clone())
+        else {
+            panic!("typed TLS config")
+        };
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap_or_default();
+        assert_eq!(ctx.sni, "web.tail8eff9.ts.net");
+        let metas: Vec<bool> =
+            c.load_assignment.iter().flat_map(|a| &a.endpoints).map(|l| l.lb_endpoints[0].metadata.is_some()).collect();
+        assert_eq!(metas, vec![false, true], "the direct Service stays plain, the tailnet path matches TLS");
+        let before = c.clone();
+        fill_cluster(&mut c, &[backend(vec![])], DEFAULT_CONNECT_TIMEOUT);
+        assert!(c.transport_socket_matches.is_empty(), "our matches are replaced, not piled up: {before:?}");
     }
 
     #[test]
@@ -553,6 +711,7 @@ mod merge_tests {
             vip_dns_name: dns.map(str::to_string),
             strategy: None,
             health_check: None,
+            weight: 1,
         };
         let route = generated("r", "/").to_route();
         let mut r = route.clone();

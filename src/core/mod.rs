@@ -10,6 +10,7 @@ pub mod envoy;
 pub mod field;
 pub mod names;
 pub mod resource;
+pub mod routes;
 pub mod selector;
 pub mod unknown;
 pub mod validate;

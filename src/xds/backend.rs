@@ -12,6 +12,7 @@ use crate::api::{TailscaleEndpoints, TailscaleServices};
 use crate::cache::Index;
 use crate::core::dataplane::{self, BackendKind, ConnectionType};
 use crate::core::envoy::{Backend, HealthCheckSettings, Path, Upstream};
+use crate::core::routes::RouteBackend;
 use crate::core::selector::Selector;
 use crate::core::validate::{DEFAULT_HEALTH_INTERVAL, STRATEGIES};
 use crate::core::{FieldPath, Kind, ObjectKey, Resource, duration, names, resource::ParseError};
@@ -125,10 +126,18 @@ fn proxy_host(ep: &TailscaleEndpoints, place: &Placement) -> String {
     format!("{service}.{namespace}.svc.{}", place.cluster_domain)
 }
 
-/// The VIP port a backendRef to `svc` is sent to: its first single TCP port. (Envoy Gateway
-/// does not tell the extension which port the backendRef names.)
-pub fn backend_port(svc: &TailscaleServices) -> Option<u16> {
-    dataplane::vip_tcp_ports(svc).first().copied()
+/// The VIP port a backendRef to `svc` is sent to: the port the backendRef asks for when it is one
+/// of the VIP's single TCP ports (read from the route, since Envoy Gateway does not send it),
+/// else the VIP's first single TCP port.
+pub fn backend_port(svc: &TailscaleServices, asked: Option<u16>) -> Option<u16> {
+    let ports = dataplane::vip_tcp_ports(svc);
+    asked.filter(|p| ports.contains(p)).or_else(|| ports.first().copied())
+}
+
+/// The backendRef of the route rule that names `obj`, among `rule` (the rule's backendRefs of
+/// our kinds, when the route is known).
+pub fn backend_ref<'a>(rule: Option<&'a [RouteBackend]>, kind: Kind, key: &ObjectKey) -> Option<&'a RouteBackend> {
+    rule?.iter().find(|r| r.kind == kind.name() && r.name == key.name && r.namespace == key.namespace)
 }
 
 /// Priority 0: the Service this cluster publishes on `port` of the VIP, reached directly. A
@@ -147,6 +156,7 @@ fn direct_upstream(svc: &TailscaleServices, port: u16, place: &Placement) -> Opt
         port: port.parse().ok()?,
         path: Path::Direct,
         region: place.local_region.clone(),
+        tls_sni: None,
     })
 }
 
@@ -160,6 +170,9 @@ fn tailnet_upstreams(
     place: &Placement,
 ) -> Vec<Upstream> {
     let name = svc.metadata.name.clone().unwrap_or_default();
+    // A port this cluster serves as HTTPS is HTTPS wherever the VIP is served (one spec, shared).
+    let https = svc.spec.serve.iter().any(|s| s.port == i32::from(port) && s.protocol.as_deref() == Some("HTTPS"));
+    let sni = https.then(|| idx.vip_dns_name(svc)).flatten();
     let mut out: Vec<Upstream> = selected
         .iter()
         .filter(|ep| ConnectionType::of(ep).egress())
@@ -172,6 +185,7 @@ fn tailnet_upstreams(
                 port: u32::from(match_port),
                 path: Path::Tailnet,
                 region: region_of(ep),
+                tls_sni: sni.clone(),
             })
         })
         .collect();
@@ -228,11 +242,17 @@ pub fn services_tailnet(svc: &TailscaleServices, selected: &[Arc<TailscaleEndpoi
 }
 
 /// Resolves a TailscaleServices against the cache: the backend it publishes here (priority 0)
-/// and the VIP through the egress proxies it selects (priority 1), on the VIP's port.
-pub fn resolve_services(idx: &Index, svc: &TailscaleServices, place: &Placement) -> Backend {
+/// and the VIP through the egress proxies it selects (priority 1), on the VIP port `wanted`
+/// asks for ([`backend_port`]) and with its weight.
+pub fn resolve_services(
+    idx: &Index,
+    svc: &TailscaleServices,
+    place: &Placement,
+    wanted: Option<&RouteBackend>,
+) -> Backend {
     let selected = selected(idx, svc);
     let mut upstreams = Vec::new();
-    if let Some(port) = backend_port(svc) {
+    if let Some(port) = backend_port(svc, wanted.and_then(|w| w.port)) {
         upstreams.extend(direct_upstream(svc, port, place));
         upstreams.extend(tailnet_upstreams(idx, svc, &selected, port, place));
     }
@@ -243,19 +263,24 @@ pub fn resolve_services(idx: &Index, svc: &TailscaleServices, place: &Placement)
         vip_dns_name: idx.vip_dns_name(svc),
         strategy: strategy(svc),
         health_check: health_check(svc),
+        weight: wanted.map_or(1, |w| w.weight),
     }
 }
 
-/// Resolves a TailscaleEndpoints used directly as a backend: its proxies' Service on its first
-/// TCP port.
-pub fn resolve_endpoints(ep: &TailscaleEndpoints, place: &Placement) -> Backend {
-    let upstreams = first_tcp_port(ep)
+/// Resolves a TailscaleEndpoints used directly as a backend: its proxies' Service on the port the
+/// backendRef asks for when it is one of the spec's, else its first TCP port.
+pub fn resolve_endpoints(ep: &TailscaleEndpoints, place: &Placement, wanted: Option<&RouteBackend>) -> Backend {
+    let asked =
+        wanted.and_then(|w| w.port).map(u32::from).filter(|p| ep.spec.ports.iter().any(|q| q.port as u32 == *p));
+    let upstreams = asked
+        .or_else(|| first_tcp_port(ep))
         .map(|port| Upstream {
             name: ep.metadata.name.clone().unwrap_or_default(),
             host: proxy_host(ep, place),
             port,
             path: Path::Direct,
             region: region_of(ep),
+            tls_sni: None,
         })
         .into_iter()
         .collect();
@@ -266,14 +291,21 @@ pub fn resolve_endpoints(ep: &TailscaleEndpoints, place: &Placement) -> Backend 
         vip_dns_name: None,
         strategy: None,
         health_check: None,
+        weight: wanted.map_or(1, |w| w.weight),
     }
 }
 
-/// Resolves a parsed backend object.
-pub fn resolve(idx: &Index, obj: &BackendObject, place: &Placement) -> Backend {
+/// Resolves a parsed backend object; `rule` is the route rule's backendRefs of our kinds, when the
+/// route is known.
+pub fn resolve(idx: &Index, obj: &BackendObject, place: &Placement, rule: Option<&[RouteBackend]>) -> Backend {
     match obj {
-        BackendObject::Services(s) => resolve_services(idx, s, place),
-        BackendObject::Endpoints(e) => resolve_endpoints(e, place),
+        BackendObject::Services(s) => {
+            let wanted = backend_ref(rule, Kind::Services, &ObjectKey::of(&s.metadata));
+            resolve_services(idx, s, place, wanted)
+        }
+        BackendObject::Endpoints(e) => {
+            resolve_endpoints(e, place, backend_ref(rule, Kind::Endpoints, &ObjectKey::of(&e.metadata)))
+        }
     }
 }
 
@@ -322,7 +354,7 @@ mod tests {
         cache.apply(Resource::Services(web.clone()));
         let place = Placement::default();
         let idx = cache.read();
-        let b = resolve_services(&idx, &web, &place);
+        let b = resolve_services(&idx, &web, &place, None);
         assert_eq!(b.vip_dns_name.as_deref(), Some("web.tail8eff9.ts.net"));
         assert_eq!(b.strategy.as_deref(), Some("least-request"));
         let hc = b.health_check.clone().unwrap_or_else(|| panic!("health check"));
@@ -367,12 +399,12 @@ mod tests {
         web.spec.serve.clear();
         web.spec.load_balancing = None;
         cache.apply(Resource::Services(web.clone()));
-        let b = resolve_services(&cache.read(), &web, &Placement::default());
+        let b = resolve_services(&cache.read(), &web, &Placement::default(), None);
         assert_eq!(b.upstreams.iter().map(|u| u.path).collect::<Vec<_>>(), vec![Path::Tailnet]);
         assert_eq!(b.strategy, None, "no strategy: Envoy Gateway's policy stays");
         // Not in the cache yet: selected by its own selector, but no match port is allocated.
         let other = Cache::new(10);
         other.apply(endpoints("east", "east", "egress"));
-        assert!(resolve_services(&other.read(), &web, &Placement::default()).upstreams.is_empty());
+        assert!(resolve_services(&other.read(), &web, &Placement::default(), None).upstreams.is_empty());
     }
 }

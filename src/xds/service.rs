@@ -71,8 +71,10 @@ impl ExtensionService {
         }
     }
 
-    /// Resolves the usable backends among `resources`, reporting the others.
-    fn backends(&self, hook: &'static str, resources: &[ExtensionResource]) -> Vec<Backend> {
+    /// Resolves the usable backends among `resources`, reporting the others. `cluster` is Envoy
+    /// Gateway's name for the route rule's cluster, which finds the rule's backendRefs (their
+    /// ports and weights) when the route is known.
+    fn backends(&self, hook: &'static str, resources: &[ExtensionResource], cluster: Option<&str>) -> Vec<Backend> {
         let parsed: Vec<backend::BackendObject> = resources
             .iter()
             .filter_map(|r| match backend::parse_backend(&r.unstructured_bytes) {
@@ -87,7 +89,8 @@ impl ExtensionService {
             return Vec::new();
         }
         let idx = self.cache.read();
-        parsed.iter().map(|o| backend::resolve(&idx, o, &self.settings.placement)).collect()
+        let rule = cluster.and_then(|c| idx.rule_backends(c));
+        parsed.iter().map(|o| backend::resolve(&idx, o, &self.settings.placement, rule)).collect()
     }
 
     fn done(&self, hook: &'static str, start: Instant) {
@@ -117,7 +120,7 @@ impl EnvoyGatewayExtension for ExtensionService {
             return Ok(Response::new(PostRouteModifyResponse { route: None }));
         };
         let resources = req.post_route_context.map(|c| c.extension_resources).unwrap_or_default();
-        let backends = self.backends(HOOK, &resources);
+        let backends = self.backends(HOOK, &resources, None);
         rewrite_route_host(&mut route, &backends);
         self.done(HOOK, start);
         Ok(Response::new(PostRouteModifyResponse { route: Some(route) }))
@@ -156,7 +159,7 @@ impl EnvoyGatewayExtension for ExtensionService {
             return Ok(Response::new(PostClusterModifyResponse { cluster: None }));
         };
         let resources = req.post_cluster_context.map(|c| c.backend_extension_resources).unwrap_or_default();
-        let backends = self.backends(HOOK, &resources);
+        let backends = self.backends(HOOK, &resources, Some(&cluster.name));
         if !backends.is_empty() {
             fill_cluster(&mut cluster, &backends, self.settings.connect_timeout);
             tracing::debug!(

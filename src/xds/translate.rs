@@ -77,7 +77,7 @@ pub fn plan(idx: &Index, place: &Placement, connect_timeout: Duration) -> Plan {
         for (svc, tailnet, template, timeout) in exposed(idx, gw) {
             let svc_key = ObjectKey::of(&svc.metadata);
             let name = cluster_name(&svc_key);
-            let backend = backend::resolve_services(idx, &svc, place);
+            let backend = backend::resolve_services(idx, &svc, place, None);
             routes.push(GeneratedRoute {
                 name: format!("{GENERATED_PREFIX}{}/{}/{}", gw_key.namespace, gw_key.name, svc_key.name),
                 prefix: expand_prefix(&template, &svc_key.name, &tailnet),
