@@ -299,7 +299,7 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = TailscaleServices::info().columns.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["Name", "VIP", "ENDPOINTS", "HEALTHY", "DNS", "AGE"]);
+        assert_eq!(names, ["Name", "VIP", "ENDPOINTS", "HEALTHY", "DNS", "PUBLISHED", "AGE"]);
         assert_eq!(TailscaleServices::info().columns[4].priority, 1);
         let now: jiff::Timestamp = "2025-06-25T10:30:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
         let cells: Vec<Cell<'_>> = svc.cells().into_iter().map(|c| c.at(now)).collect();
@@ -308,7 +308,8 @@ mod tests {
         assert_eq!(cells[2], Cell::Number(2.into()));
         assert_eq!(cells[3], Cell::Number(1.into()));
         assert_eq!(cells[4], Cell::Null);
-        assert_eq!(cells[5], "30m");
+        assert_eq!(cells[5], Cell::Null, "no Published condition yet");
+        assert_eq!(cells[6], "30m");
         let body = svc.body();
         assert!(body.get("metadata").is_none() && body["status"]["endpointCount"] == 2);
         assert_eq!(View::created(&svc).as_deref(), Some("2025-06-25T10:00:00Z"));

@@ -44,6 +44,32 @@ pub struct TailscaleEndpointsSpec {
     #[schemars(length(max = 128))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && (has(q.protocol) ? q.protocol : 'TCP') == (has(p.protocol) ? p.protocol : 'TCP')))").message("ports must be unique"))]
     pub ports: Vec<PortSpec>,
+    /// Tailnet targets the egress proxies forward to (besides the VIP services of the
+    /// TailscaleServices that select them): a device or a Tailscale service by MagicDNS name, or
+    /// a device by Tailscale IP. A backendRef to this TailscaleEndpoints reaches the target that
+    /// has the backendRef's port. Needs `connectionType` egress or bidirectional.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub egress_targets: Vec<EgressTargetSpec>,
+}
+
+/// A tailnet target of egress proxies.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.fqdn) != has(self.ip)").message("set exactly one of fqdn and ip"))]
+pub struct EgressTargetSpec {
+    /// A DNS label, unique in the list.
+    pub name: String,
+    /// MagicDNS name of a device (`db.tail1234.ts.net`) or of a Tailscale service
+    /// (`NAME.tail1234.ts.net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<String>,
+    /// Tailscale IP of a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// TCP ports forwarded to the target.
+    #[schemars(length(min = 1, max = 64))]
+    pub ports: Vec<i32>,
 }
 
 /// How the Tailscale proxies of a TailscaleEndpoints run.

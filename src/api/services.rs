@@ -24,6 +24,7 @@ use super::{Condition, LabelSelector, PortSpec, ProxySpec};
     printcolumn(name = "ENDPOINTS", type_ = "integer", json_path = ".status.endpointCount"),
     printcolumn(name = "HEALTHY", type_ = "integer", json_path = ".status.vipService.healthyBackends"),
     printcolumn(name = "DNS", type_ = "string", json_path = ".status.vipService.dnsName", priority = 1),
+    printcolumn(name = "PUBLISHED", type_ = "string", json_path = ".status.conditions[?(@.type==\"Published\")].status", priority = 1),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -290,12 +290,16 @@ pub fn served_vips(serve_config: &str) -> BTreeSet<String> {
 /// A tailnet target the egress proxies forward to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EgressTarget {
-    /// Key of the target in the egress config (the TailscaleServices' name).
+    /// Key of the target in the egress config (the TailscaleServices' name, or
+    /// [`own_target_key`] of a TailscaleEndpoints' own target).
     pub name: String,
-    /// MagicDNS name of the target (a VIP service's name resolves to its addresses).
+    /// MagicDNS name of the target (a VIP service's name resolves to its addresses), or its
+    /// Tailscale IP when `by_ip`.
     pub fqdn: String,
     /// Target TCP ports.
     pub ports: Vec<u16>,
+    /// `fqdn` is a Tailscale IP.
+    pub by_ip: bool,
 }
 
 /// Match ports of a target: `(target name, target port) -> match port`.
@@ -344,10 +348,8 @@ pub fn egress_config(targets: &[EgressTarget], ports: &MatchPorts) -> Value {
         if mappings.is_empty() {
             continue;
         }
-        out.insert(
-            t.name.clone(),
-            json!({"healthCheckEndpoint": "", "tailnetTarget": {"ip": "", "fqdn": t.fqdn}, "ports": mappings}),
-        );
+        let target = if t.by_ip { json!({"ip": t.fqdn, "fqdn": ""}) } else { json!({"ip": "", "fqdn": t.fqdn}) };
+        out.insert(t.name.clone(), json!({"healthCheckEndpoint": "", "tailnetTarget": target, "ports": mappings}));
     }
     Value::Object(out)
 }
@@ -399,6 +401,26 @@ impl ProxyPlan {
     }
 }
 
+/// Prefix of the egress config keys of a TailscaleEndpoints' own targets. The TailscaleServices'
+/// keys are their names, DNS labels without dots, so the two never collide.
+pub const OWN_TARGET_PREFIX: &str = "target.";
+
+/// The egress config key of one of a TailscaleEndpoints' own targets.
+pub fn own_target_key(name: &str) -> String {
+    format!("{OWN_TARGET_PREFIX}{name}")
+}
+
+fn own_target(t: &crate::api::EgressTargetSpec) -> Option<EgressTarget> {
+    let ports: Vec<u16> = t.ports.iter().filter_map(|p| u16::try_from(*p).ok()).filter(|p| *p > 0).collect();
+    let address = t.fqdn.clone().or_else(|| t.ip.clone())?;
+    (!ports.is_empty()).then(|| EgressTarget {
+        name: own_target_key(&t.name),
+        fqdn: address,
+        ports,
+        by_ip: t.ip.is_some(),
+    })
+}
+
 /// The plan of one TailscaleEndpoints from the TailscaleServices that select it: ingress proxies
 /// publish each existing VIP that has serve entries; egress proxies forward to each VIP whose
 /// DNS name is known, on its single TCP ports.
@@ -418,9 +440,12 @@ pub fn proxy_plan(ep: &TailscaleEndpoints, selecting: &[Selecting<'_>], place: &
             let ports = vip_tcp_ports(s.services);
             if !ports.is_empty() {
                 let name = s.services.metadata.name.clone().unwrap_or_default();
-                plan.egress.push(EgressTarget { name, fqdn: dns.to_string(), ports });
+                plan.egress.push(EgressTarget { name, fqdn: dns.to_string(), ports, by_ip: false });
             }
         }
+    }
+    if ct.egress() {
+        plan.egress.extend(ep.spec.egress_targets.iter().filter_map(own_target));
     }
     plan.serve.sort_by(|a, b| a.vip.cmp(&b.vip));
     plan.serve.dedup_by(|a, b| a.vip == b.vip);
@@ -513,11 +538,48 @@ mod tests {
     }
 
     #[test]
+    fn plans_follow_the_connection_type() {
+        let ep = |ct: &str| -> TailscaleEndpoints {
+            serde_json::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
+                "metadata": {"name": "e", "namespace": "d"},
+                "spec": {"tailnet": "t", "proxy": {"connectionType": ct}, "ports": [{"port": 3000}],
+                         "egressTargets": [{"name": "db", "ip": "100.64.0.7", "ports": [5432]}]}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let svc: TailscaleServices = serde_json::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1",
+            "kind": "TailscaleServices", "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"vipService": {"ports": ["tcp:80", "tcp:9000-9010"]},
+                     "serve": [{"port": 80, "protocol": "HTTP", "backendRef": {"name": "web", "port": 8080}}]},
+            "status": {"vipService": {"name": "svc:web"}}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let selecting = [Selecting { services: &svc, dns_name: Some("web.tail1.ts.net") }];
+        let place = Placement::default();
+        let ingress = proxy_plan(&ep("ingress"), &selecting, &place);
+        assert_eq!(ingress.servable(), BTreeSet::from(["svc:web".to_string()]));
+        assert!(ingress.egress.is_empty() && ingress.match_ports.is_empty());
+        let egress = proxy_plan(&ep("egress"), &selecting, &place);
+        assert!(egress.serve.is_empty(), "egress proxies publish nothing");
+        let names: Vec<(&str, &[u16])> = egress.egress.iter().map(|t| (t.name.as_str(), t.ports.as_slice())).collect();
+        assert_eq!(names, vec![("target.db", &[5432][..]), ("web", &[80][..])], "the range is not forwarded");
+        assert!(!egress.match_ports.values().any(|p| *p == 3000), "the spec's own ports are reserved");
+        let cfg = egress_config(&egress.egress, &egress.match_ports);
+        assert_eq!(cfg["target.db"]["tailnetTarget"], json!({"ip": "100.64.0.7", "fqdn": ""}));
+        let both = proxy_plan(&ep("bidirectional"), &selecting, &place);
+        assert_eq!((both.serve.len(), both.egress.len()), (1, 2));
+        // Without the VIP's DNS name nothing can be forwarded to it, and web ports cannot be served.
+        let unknown = [Selecting { services: &svc, dns_name: None }];
+        let plan = proxy_plan(&ep("bidirectional"), &unknown, &place);
+        assert!(plan.servable().is_empty());
+        assert_eq!(plan.egress.len(), 1, "only the own target");
+    }
+
+    #[test]
     fn match_ports_are_stable_unique_and_avoid_reserved() {
         let t = |name: &str, ports: &[u16]| EgressTarget {
             name: name.into(),
             fqdn: format!("{name}.tail1.ts.net"),
             ports: ports.to_vec(),
+            by_ip: false,
         };
         let one = vec![t("web", &[80, 443]), t("api", &[8080])];
         let a = match_ports(&one, &BTreeSet::new());
@@ -538,7 +600,8 @@ mod tests {
         assert_eq!(cfg["web"]["ports"].as_array().map(Vec::len), Some(2));
         assert_eq!(cfg["api"]["ports"][0]["matchPort"], json!(a[&("api".to_string(), 8080)]));
         // The range is finite: a 1001st port gets none rather than a duplicate.
-        let many = vec![EgressTarget { name: "m".into(), fqdn: "m.t".into(), ports: (1..=1001).collect() }];
+        let many =
+            vec![EgressTarget { name: "m".into(), fqdn: "m.t".into(), ports: (1..=1001).collect(), by_ip: false }];
         assert_eq!(match_ports(&many, &BTreeSet::new()).len(), 1000);
     }
 }

@@ -164,13 +164,13 @@ fn lb_endpoint(host: &str, port: u32, health_host: Option<&str>, sni: Option<&st
 
 /// The load assignment of a cluster over `backends`: one locality per upstream, priority by
 /// [`Path`] (levels without upstreams left out, so priorities stay contiguous from 0 as Envoy
-/// expects), the same host:port listed once. With several backends (backendRefs of one rule),
-/// each locality weighs its backend's weight, and a backend of weight 0 gets none.
+/// expects), the same host:port listed once. Every locality weighs its backend's weight (its
+/// backendRef's): Envoy Gateway's default policy is locality-weighted, and there a locality
+/// without a weight gets no traffic at all. A backend of weight 0 gets no locality.
 pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadAssignment {
-    let weighted = backends.len() > 1;
     let mut by_path: BTreeMap<Path, Vec<(&Upstream, &Backend)>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for b in backends.iter().filter(|b| !weighted || b.weight > 0) {
+    for b in backends.iter().filter(|b| b.weight > 0) {
         for u in &b.upstreams {
             if seen.insert((u.host.as_str(), u.port)) {
                 by_path.entry(u.path).or_default().push((u, b));
@@ -188,7 +188,7 @@ pub fn load_assignment(cluster_name: &str, backends: &[Backend]) -> ClusterLoadA
                     ..Default::default()
                 }),
                 lb_endpoints: vec![lb_endpoint(&u.host, u.port, b.vip_dns_name.as_deref(), u.tls_sni.as_deref())],
-                load_balancing_weight: weighted.then_some(UInt32Value { value: b.weight }),
+                load_balancing_weight: Some(UInt32Value { value: b.weight }),
                 priority: priority as u32,
                 ..Default::default()
             })
@@ -590,6 +590,15 @@ mod tests {
         let unset = Backend { strategy: None, ..backend(vec![upstream("web", Path::Direct)]) };
         fill_cluster(&mut kept, &[unset], DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(kept.load_balancing_policy, Some(eg_policy));
+        // Envoy Gateway's default policy is locality-weighted least-request (observed, v1.9.1):
+        // there a locality without a weight gets no load, so every one carries its weight.
+        let weights: Vec<Option<u32>> = kept
+            .load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .map(|l| l.load_balancing_weight.as_ref().map(|w| w.value))
+            .collect();
+        assert_eq!(weights, vec![Some(1)]);
         assert_eq!(kept.outlier_detection, Some(eg_outlier), "a BackendTrafficPolicy's passive health check stays");
         let mut ours = sent;
         fill_cluster(&mut ours, &[backend(vec![upstream("web", Path::Direct)])], DEFAULT_CONNECT_TIMEOUT);

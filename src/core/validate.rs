@@ -343,6 +343,61 @@ impl Validate for TailscaleEndpointsSpec {
             proxy.validate(&path.child("proxy"), errs);
         }
         validate_ports(&self.ports, &path.child("ports"), errs);
+        validate_egress_targets(self, &path.child("egressTargets"), errs);
+    }
+}
+
+/// Egress targets: unique DNS-label names, exactly one of a MagicDNS name or a Tailscale IP, TCP
+/// ports, and proxies that do egress.
+fn validate_egress_targets(spec: &TailscaleEndpointsSpec, path: &FieldPath<'_>, errs: &mut Vec<FieldError>) {
+    if spec.egress_targets.len() > MAX_LIST {
+        errs.push(FieldError::too_many(path, spec.egress_targets.len(), MAX_LIST));
+    }
+    let egress = spec.proxy.as_ref().and_then(|p| p.connection_type.as_deref()).unwrap_or(DEFAULT_CONNECTION_TYPE);
+    if !spec.egress_targets.is_empty() && egress == "ingress" {
+        errs.push(FieldError::invalid(
+            &FieldPath::new("spec").child("proxy").child("connectionType"),
+            egress,
+            "ingress proxies forward nothing to the tailnet: spec.egressTargets needs connectionType egress or bidirectional",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for (i, t) in spec.egress_targets.iter().enumerate() {
+        let tp = path.index(i);
+        if let Err(e) = names::dns_label(&t.name) {
+            errs.push(FieldError::invalid(&tp.child("name"), &t.name, e));
+        } else if !names.insert(t.name.as_str()) {
+            errs.push(FieldError::duplicate(&tp.child("name"), &t.name, "target names must be unique"));
+        }
+        match (&t.fqdn, &t.ip) {
+            (Some(fqdn), None) => {
+                if names::dns_subdomain(fqdn).is_err() || !fqdn.contains('.') {
+                    errs.push(FieldError::invalid(
+                        &tp.child("fqdn"),
+                        fqdn,
+                        "want a MagicDNS name such as \"db.tail1234.ts.net\"",
+                    ));
+                }
+            }
+            (None, Some(ip)) => {
+                if ip.parse::<std::net::IpAddr>().is_err() {
+                    errs.push(FieldError::invalid(&tp.child("ip"), ip, "want a Tailscale IP such as 100.64.0.1"));
+                }
+            }
+            _ => errs.push(FieldError::required(&tp.child("fqdn"), "set exactly one of fqdn and ip")),
+        }
+        let pp = tp.child("ports");
+        if t.ports.is_empty() {
+            errs.push(FieldError::required(&pp, "list the TCP ports to forward, e.g. [5432]"));
+        }
+        let mut seen = BTreeSet::new();
+        for (j, port) in t.ports.iter().enumerate() {
+            if !(1..=65535).contains(port) {
+                errs.push(FieldError::invalid(&pp.index(j), port, "want 1 to 65535"));
+            } else if !seen.insert(*port) {
+                errs.push(FieldError::duplicate(&pp.index(j), port, "each port is forwarded once"));
+            }
+        }
     }
 }
 
@@ -751,6 +806,33 @@ mod tests {
             assert!(e.iter().any(|got| got.starts_with(want)), "missing {want:?} in {e:#?}");
         }
         assert_eq!(e.len(), 7, "{e:#?}");
+
+        let targets = |ct: &str| {
+            res(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints", "metadata": {"name": "e"},
+                "spec": {"tailnet": "t", "proxy": {"connectionType": ct}, "egressTargets": [
+                    {"name": "db", "fqdn": "db.tail1.ts.net", "ports": [5432]},
+                    {"name": "db", "ip": "not-an-ip", "ports": [0, 80, 80]},
+                    {"name": "Bad_Name", "fqdn": "nodots", "ip": "100.64.0.1", "ports": []}]}}))
+        };
+        let e = errors(&targets("egress"));
+        for want in [
+            "spec.egressTargets[1].name: Duplicate value: \"db\"",
+            "spec.egressTargets[1].ip: Invalid value: \"not-an-ip\"",
+            "spec.egressTargets[1].ports[0]: Invalid value: \"0\"",
+            "spec.egressTargets[1].ports[2]: Duplicate value: \"80\"",
+            "spec.egressTargets[2].name: Invalid value: \"Bad_Name\"",
+            "spec.egressTargets[2].fqdn: Required value: set exactly one of fqdn and ip",
+            "spec.egressTargets[2].ports: Required value",
+        ] {
+            assert!(e.iter().any(|got| got.starts_with(want)), "missing {want:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), 7, "{e:#?}");
+        let e = errors(&targets("ingress"));
+        assert!(
+            e.iter().any(|got| got
+                .starts_with("spec.proxy.connectionType: Invalid value: \"ingress\": ingress proxies forward nothing")),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 
-use super::status::{self, Desired, READY, VIP_SERVICE_READY};
+use super::status::{self, Desired, PUBLISHED, READY, VIP_SERVICE_READY};
 use crate::api::{
     DeviceStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SelectedEndpointsStatus, StatefulSetStatus, TailscaleEndpoints,
     TailscaleEndpointsStatus, TailscaleServices, TailscaleServicesStatus, VipServiceStatus,
@@ -395,6 +395,11 @@ fn egress_pre_stop() -> Lifecycle {
     }
 }
 
+/// Indented JSON, so `kubectl get configmap -o yaml` and `render` read well.
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()) + "\n"
+}
+
 /// Name of the ConfigMap volume mounted at [`PROXIES_DIR`].
 pub const PROXIES_VOLUME: &str = "proxies";
 
@@ -406,13 +411,10 @@ pub fn config_map(ep: &TailscaleEndpoints, plan: &ProxyPlan, serve_config: &serd
     let mode = ConnectionType::of(ep);
     let mut data = BTreeMap::new();
     if mode.ingress() {
-        data.insert(SERVE_CONFIG_KEY.to_string(), serve_config.to_string());
+        data.insert(SERVE_CONFIG_KEY.to_string(), pretty(serve_config));
     }
     if mode.egress() {
-        data.insert(
-            EGRESS_CONFIG_KEY.to_string(),
-            dataplane::egress_config(&plan.egress, &plan.match_ports).to_string(),
-        );
+        data.insert(EGRESS_CONFIG_KEY.to_string(), pretty(&dataplane::egress_config(&plan.egress, &plan.match_ports)));
     }
     ConfigMap { metadata: meta(ep, proxies_config_map_name(&ep_name(ep))), data: Some(data), ..ConfigMap::default() }
 }
@@ -709,10 +711,73 @@ pub enum VipOutcome {
     Pending(&'static str, String),
 }
 
+/// The selected TailscaleEndpoints by what they carry, for the `Published` condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectedProxies {
+    /// Names of the ingress-capable ones (they publish the VIP).
+    pub ingress: Vec<String>,
+    /// Names of the egress-capable ones (Envoy reaches the VIP through them).
+    pub egress: Vec<String>,
+}
+
+impl SelectedProxies {
+    /// Sorts `selected` by connection type.
+    pub fn of(selected: &[std::sync::Arc<TailscaleEndpoints>]) -> Self {
+        let mut out = Self::default();
+        for ep in selected {
+            let ct = ConnectionType::of(ep);
+            let name = ep_name(ep);
+            if ct.ingress() {
+                out.ingress.push(name.clone());
+            }
+            if ct.egress() {
+                out.egress.push(name);
+            }
+        }
+        out
+    }
+}
+
+/// `Published`: whether this cluster serves the VIP, on which ports, by which proxies, and which
+/// egress proxies reach it.
+fn published(svc: &TailscaleServices, proxies: &SelectedProxies, vip_ok: bool) -> Desired<'static> {
+    let egress = match proxies.egress.as_slice() {
+        [] => String::new(),
+        names => format!("; reached from Envoy through {}", names.join(", ")),
+    };
+    let ports: Vec<String> = svc
+        .spec
+        .serve
+        .iter()
+        .map(|s| format!("{}/{}", s.port, s.protocol.as_deref().unwrap_or(dataplane::ServeProtocol::DEFAULT)))
+        .collect();
+    let (ok, reason, message) = match (ports.is_empty(), proxies.ingress.is_empty(), vip_ok) {
+        (true, _, _) => {
+            (false, "NotServedHere", format!("spec.serve is empty: another cluster publishes the VIP service{egress}"))
+        }
+        (false, true, _) => (
+            false,
+            "NoIngressProxies",
+            format!(
+                "no selected TailscaleEndpoints is ingress or bidirectional, so nothing serves {}{egress}",
+                ports.join(", ")
+            ),
+        ),
+        (false, false, false) => {
+            (false, "WaitingForVIPService", format!("{} waits for the VIP service{egress}", ports.join(", ")))
+        }
+        (false, false, true) => {
+            (true, "Published", format!("{} served by {}{egress}", ports.join(", "), proxies.ingress.join(", ")))
+        }
+    };
+    Desired { type_: PUBLISHED, ok, reason, message }
+}
+
 /// The whole status of a TailscaleServices: selection, VIP service and conditions.
 pub fn services_status(
     svc: &TailscaleServices,
     selected: Vec<SelectedEndpointsStatus>,
+    proxies: &SelectedProxies,
     outcome: &VipOutcome,
     magic_dns_suffix: Option<&str>,
     now: Timestamp,
@@ -777,6 +842,7 @@ pub fn services_status(
         conditions: vec![
             status::condition(ready, generation, now, &previous.conditions),
             status::condition(vip_cond, generation, now, &previous.conditions),
+            status::condition(published(svc, proxies, vip_ok), generation, now, &previous.conditions),
         ],
         endpoint_count: Some(selected.len() as i32),
         selected_endpoints: selected,
@@ -800,6 +866,7 @@ mod tests {
                 tags: vec!["tag:k8s-proxy".into()],
                 proxy: Some(Box::new(ProxySpec { replicas: Some(replicas), ..ProxySpec::default() })),
                 ports: vec![PortSpec { name: None, port: 80, protocol: None }],
+                egress_targets: Vec::new(),
             },
         );
         ep.metadata.namespace = Some("prod".into());
@@ -1037,7 +1104,15 @@ mod tests {
             addrs: vec!["100.100.100.50".into()],
             ..Default::default()
         };
-        let s = services_status(&svc, selected.clone(), &VipOutcome::Ready(vip), Some("tail8eff9.ts.net"), now);
+        let proxies = SelectedProxies { ingress: vec!["east".into()], egress: vec![] };
+        let s = services_status(
+            &svc,
+            selected.clone(),
+            &proxies,
+            &VipOutcome::Ready(vip.clone()),
+            Some("tail8eff9.ts.net"),
+            now,
+        );
         let v = s.vip_service.clone().unwrap_or_else(|| panic!("vip"));
         assert_eq!(v.dns_name.as_deref(), Some("web.tail8eff9.ts.net"));
         assert_eq!(v.addresses, vec!["100.100.100.50"]);
@@ -1048,14 +1123,49 @@ mod tests {
         assert_eq!(s.observed_generation, Some(4));
         // A failure to place the VIP keeps the last known VIP status.
         svc.status = Some(s.clone());
-        let pending =
-            services_status(&svc, selected.clone(), &VipOutcome::Pending("TailnetNotReady", "x".into()), None, now);
+        let pending = services_status(
+            &svc,
+            selected.clone(),
+            &proxies,
+            &VipOutcome::Pending("TailnetNotReady", "x".into()),
+            None,
+            now,
+        );
         assert_eq!(pending.vip_service.as_ref().map(|v| v.addresses.clone()), Some(vec!["100.100.100.50".to_string()]));
         assert_eq!(pending.conditions[0].reason, "VIPServiceNotReady");
-        let foreign = services_status(&svc, selected, &VipOutcome::Foreign("not ours".into()), None, now);
+        let foreign =
+            services_status(&svc, selected.clone(), &proxies, &VipOutcome::Foreign("not ours".into()), None, now);
         assert_eq!(foreign.vip_service, None);
         assert_eq!(foreign.conditions[1].reason, "OwnedByAnother");
-        let none = services_status(&svc, vec![], &VipOutcome::Ready(Default::default()), None, now);
+        let none = services_status(
+            &svc,
+            vec![],
+            &SelectedProxies::default(),
+            &VipOutcome::Ready(Default::default()),
+            None,
+            now,
+        );
         assert_eq!(none.conditions[0].reason, "NoEndpointsSelected");
+
+        // Published: what this cluster serves, by which proxies, and how Envoy reaches the VIP.
+        let published = |svc: &TailscaleServices, proxies: &SelectedProxies| {
+            let s = services_status(svc, selected.clone(), proxies, &VipOutcome::Ready(vip.clone()), None, now);
+            let c =
+                s.conditions.iter().find(|c| c.type_ == "Published").cloned().unwrap_or_else(|| panic!("Published"));
+            (c.status, c.reason, c.message)
+        };
+        assert_eq!(published(&svc, &proxies).1, "NotServedHere");
+        svc.spec.serve = vec![crate::api::ServePort {
+            port: 443,
+            protocol: Some("HTTPS".into()),
+            backend_ref: crate::api::ServeBackendRef { name: "web".into(), port: 8080, ..Default::default() },
+        }];
+        let both = SelectedProxies { ingress: vec!["east".into()], egress: vec!["west".into()] };
+        assert_eq!(
+            published(&svc, &both),
+            ("True".into(), "Published".into(), "443/HTTPS served by east; reached from Envoy through west".into())
+        );
+        let egress_only = SelectedProxies { ingress: vec![], egress: vec!["west".into()] };
+        assert_eq!(published(&svc, &egress_only).1, "NoIngressProxies");
     }
 }

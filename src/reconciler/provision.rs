@@ -58,6 +58,7 @@ pub fn auto_provisioned_endpoints(svc: &TailscaleServices) -> Option<TailscaleEn
             tags: template.tags.clone(),
             proxy: template.proxy.clone(),
             ports: template.ports.clone(),
+            egress_targets: Vec::new(),
         },
         status: None,
     })

@@ -190,8 +190,9 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
             }
         },
     };
+    let proxies = builders::SelectedProxies::of(&selected);
     let new_status =
-        builders::services_status(svc, selected_status, &outcome, suffix.as_deref(), status::now_seconds());
+        builders::services_status(svc, selected_status, &proxies, &outcome, suffix.as_deref(), status::now_seconds());
     apply_status(
         ctx,
         &Api::<TailscaleServices>::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default()),

@@ -10,6 +10,8 @@ use serde_json::Value;
 pub const READY: &str = "Ready";
 /// Condition type of a TailscaleServices' VIP service.
 pub const VIP_SERVICE_READY: &str = "VIPServiceReady";
+/// Condition type: the VIP is published from this cluster (its `spec.serve` is served).
+pub const PUBLISHED: &str = "Published";
 
 /// `now`, truncated to whole seconds as the API server stores `metav1.Time`, so a condition
 /// written and read back compares equal to the one we built.

@@ -267,9 +267,55 @@ pub fn resolve_services(
     }
 }
 
-/// Resolves a TailscaleEndpoints used directly as a backend: its proxies' Service on the port the
-/// backendRef asks for when it is one of the spec's, else its first TCP port.
-pub fn resolve_endpoints(ep: &TailscaleEndpoints, place: &Placement, wanted: Option<&RouteBackend>) -> Backend {
+/// The egress target of a TailscaleEndpoints a backendRef reaches: the first of its
+/// `egressTargets` with the port asked for (else the first target's first port), through its
+/// proxies at that port's match port.
+fn egress_target_upstream(
+    idx: &Index,
+    ep: &TailscaleEndpoints,
+    place: &Placement,
+    asked: Option<u16>,
+) -> Option<Upstream> {
+    if !ConnectionType::of(ep).egress() {
+        return None;
+    }
+    let targets = &ep.spec.egress_targets;
+    let has = |t: &crate::api::EgressTargetSpec, p: u16| t.ports.contains(&i32::from(p));
+    let (target, port) = asked
+        .and_then(|p| targets.iter().find(|t| has(t, p)).map(|t| (t, p)))
+        .or_else(|| targets.first().and_then(|t| Some((t, u16::try_from(*t.ports.first()?).ok()?))))?;
+    let plan = idx.proxy_plan(&ObjectKey::of(&ep.metadata), place)?;
+    let match_port = *plan.match_ports.get(&(dataplane::own_target_key(&target.name), port))?;
+    Some(Upstream {
+        name: format!("{}/{}", ep.metadata.name.as_deref().unwrap_or_default(), target.name),
+        host: proxy_host(ep, place),
+        port: u32::from(match_port),
+        path: Path::Tailnet,
+        region: region_of(ep),
+        tls_sni: None,
+    })
+}
+
+/// Resolves a TailscaleEndpoints used directly as a backend: with `egressTargets`, the target
+/// with the backendRef's port through its egress proxies; else its proxies' Service on the port
+/// the backendRef asks for when it is one of the spec's, else its first TCP port.
+pub fn resolve_endpoints(
+    idx: &Index,
+    ep: &TailscaleEndpoints,
+    place: &Placement,
+    wanted: Option<&RouteBackend>,
+) -> Backend {
+    if let Some(upstream) = egress_target_upstream(idx, ep, place, wanted.and_then(|w| w.port)) {
+        return Backend {
+            kind: Kind::Endpoints,
+            key: ObjectKey::of(&ep.metadata),
+            upstreams: vec![upstream],
+            vip_dns_name: None,
+            strategy: None,
+            health_check: None,
+            weight: wanted.map_or(1, |w| w.weight),
+        };
+    }
     let asked =
         wanted.and_then(|w| w.port).map(u32::from).filter(|p| ep.spec.ports.iter().any(|q| q.port as u32 == *p));
     let upstreams = asked
@@ -304,7 +350,7 @@ pub fn resolve(idx: &Index, obj: &BackendObject, place: &Placement, rule: Option
             resolve_services(idx, s, place, wanted)
         }
         BackendObject::Endpoints(e) => {
-            resolve_endpoints(e, place, backend_ref(rule, Kind::Endpoints, &ObjectKey::of(&e.metadata)))
+            resolve_endpoints(idx, e, place, backend_ref(rule, Kind::Endpoints, &ObjectKey::of(&e.metadata)))
         }
     }
 }
@@ -389,6 +435,36 @@ mod tests {
         assert_eq!(parse_backend(bad).map_err(|e| e.reason()), Err("invalid"));
         assert_eq!(identity(pod), "Pod//p@");
         assert!(identity(b"\x00\x01").starts_with("bytes:"));
+    }
+
+    #[test]
+    fn endpoints_with_egress_targets_reach_the_target_with_the_asked_port() {
+        let cache = Cache::new(10);
+        let ep = res(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
+            "metadata": {"name": "out", "namespace": "default"},
+            "spec": {"tailnet": "corp", "proxy": {"connectionType": "egress"},
+                     "egressTargets": [{"name": "db", "fqdn": "db.tail1.ts.net", "ports": [5432]},
+                                       {"name": "cache", "ip": "100.64.0.9", "ports": [6379]}]}}));
+        cache.apply(ep.clone());
+        let Resource::Endpoints(ep) = ep else { panic!("endpoints") };
+        let idx = cache.read();
+        let plan = idx.proxy_plan(&ObjectKey::new("default", "out"), &Placement::default()).unwrap_or_default();
+        let wanted = RouteBackend {
+            kind: "TailscaleEndpoints".into(),
+            name: "out".into(),
+            namespace: "default".into(),
+            port: Some(6379),
+            weight: 1,
+        };
+        let b = resolve_endpoints(&idx, &ep, &Placement::default(), Some(&wanted));
+        let u = &b.upstreams[0];
+        assert_eq!(
+            (u.name.as_str(), u.host.as_str(), u.path),
+            ("out/cache", "out-svc.default.svc.cluster.local", Path::Tailnet)
+        );
+        assert_eq!(u.port, u32::from(plan.match_ports[&("target.cache".to_string(), 6379)]));
+        let first = resolve_endpoints(&idx, &ep, &Placement::default(), None);
+        assert_eq!(first.upstreams[0].name, "out/db", "no port asked: the first target");
     }
 
     #[test]
