@@ -711,6 +711,24 @@ fn real_envoy_gateway_calls_the_extension() {
         "our outlier detection (Envoy Gateway sent none)"
     );
     assert!(route_cluster.eds_cluster_config.is_none(), "{route_cluster:#?}");
+    // Envoy Gateway's default policy (kept: the service sets no strategy) weights localities:
+    // least_request with locality_weighted_lb_config. Envoy gives a locality without a
+    // load_balancing_weight no load at all, so every locality needs one (Envoy Gateway's own EDS
+    // sets 1, or the backendRef's weight).
+    if locality_weighted(route_cluster) {
+        let assignment = route_cluster.load_assignment.as_ref().unwrap_or_else(|| panic!("no load assignment"));
+        let unweighted: Vec<String> = assignment
+            .endpoints
+            .iter()
+            .filter(|l| l.load_balancing_weight.is_none_or(|w| w.value == 0))
+            .map(|l| format!("priority {} {:?}", l.priority, l.locality.as_ref().map(|l| &l.sub_zone)))
+            .collect();
+        assert!(
+            unweighted.is_empty(),
+            "locality-weighted LB policy {:?}, but localities without load_balancing_weight get no traffic: {unweighted:?}",
+            lb_policies(route_cluster)
+        );
+    }
     eprintln!(
         "cluster {ROUTE_CLUSTER} as Envoy Gateway serves it: {:?} {levels:?}, load_balancing_policy {:?} (locality weighted: {})",
         discovery_type(route_cluster),
