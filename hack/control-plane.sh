@@ -25,9 +25,8 @@ build() {
   local name="$1" version="$2" dir="$3" package="$4" ldflags="${5:-}"
   local out="$bin/$name-$version"
   # Our own Go sources (tsconfig-check) change without a version bump: rebuild when they are newer.
-  local newer
-  newer="$(find "$here/control-plane/$dir" -name '*.go' -newer "$out" 2>/dev/null | head -1)"
-  if [[ -x "$out" && -z "$newer" ]]; then
+  # (Only when $out exists: `find -newer` of a missing file fails, which set -e would make fatal.)
+  if [[ -x "$out" && -z "$(find "$here/control-plane/$dir" -name '*.go' -newer "$out" | head -1)" ]]; then
     echo "reusing $out"
     return
   fi
@@ -46,6 +45,24 @@ kube_ldflags() {
   local p=k8s.io/component-base/version
   echo "-X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean" \
     "-X $p.buildDate=1970-01-01T00:00:00Z"
+}
+
+# Envoy Gateway's CRDs from the pinned module (Gateway API's experimental channel, a superset of the
+# standard one, and gateway.envoyproxy.io's own), as one file beside the binary for the tests.
+eg_crds() {
+  local out="$bin/envoy-gateway-crds-$ENVOY_GATEWAY_VERSION.yaml"
+  if [[ -s "$out" ]]; then
+    echo "reusing $out"
+    return
+  fi
+  local dir
+  dir="$(cd "$here/control-plane/envoy-gateway" && go mod download github.com/envoyproxy/gateway &&
+    go list -m -f '{{.Dir}}' github.com/envoyproxy/gateway)"
+  [[ -d "$dir" ]] || die "no module directory for github.com/envoyproxy/gateway"
+  local crds="$dir/charts/gateway-helm/charts/crds/crds"
+  cat "$crds/gatewayapi-crds.yaml" "$crds"/generated/*.yaml >"$out.tmp"
+  mv "$out.tmp" "$out"
+  echo "wrote $out"
 }
 
 # wanted NAME: whether NAME is among the components asked for (all when none are named).
@@ -78,6 +95,7 @@ main() {
   if wanted envoy-gateway; then
     build envoy-gateway "$ENVOY_GATEWAY_VERSION" envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway \
       "-X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$ENVOY_GATEWAY_VERSION"
+    eg_crds
   fi
   if wanted tsconfig-check; then build tsconfig-check "$TAILSCALE_VERSION" tsconfig-check .; fi
   echo "control plane ready in $bin"
