@@ -3,9 +3,9 @@
 //! - A TailscaleServices whose selection view changed (endpoints joined or left, e.g. after a
 //!   label change on a TailscaleEndpoints it selected before or selects now; machines or health
 //!   changed).
-//! - A TailscaleEndpoints whose devices changed (live data refreshed) or whose advertised VIP
+//! - A TailscaleEndpoints whose devices changed (live data refreshed), whose advertised VIP
 //!   services changed (a selecting TailscaleServices' VIP service became ready, or the selection
-//!   changed).
+//!   changed), or whose data plane changed (a `serve` entry, a VIP's DNS name, an egress target).
 //!
 //! [`Snapshot`] and [`diff`] are pure; [`run`] feeds the controllers' `reconcile_on` streams.
 
@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::api::{TailscaleEndpoints, TailscaleServices};
 use crate::cache::{Cache, Index};
 use crate::core::ObjectKey;
+use crate::core::dataplane::{Placement, ProxyPlan};
 use crate::core::resource::vip_service_name;
 
 /// What the triggers compare between two cache states.
@@ -29,6 +30,9 @@ pub struct Snapshot {
     pub devices: BTreeMap<ObjectKey, u64>,
     /// Ready VIP services selecting each TailscaleEndpoints.
     pub advertised: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// What each TailscaleEndpoints' proxies carry (serve config, egress targets): a `serve`
+    /// entry, a VIP's DNS name or an egress target that changes rewrites their ConfigMap.
+    pub plans: BTreeMap<ObjectKey, ProxyPlan>,
 }
 
 /// Takes a snapshot of the index.
@@ -51,7 +55,9 @@ pub fn snapshot(idx: &Index) -> Snapshot {
             advertised.entry(ep.clone()).or_default().insert(vip.clone());
         }
     }
-    Snapshot { selections, devices, advertised }
+    let place = Placement::default();
+    let plans = idx.all_endpoints().filter_map(|(k, _)| Some((k.clone(), idx.proxy_plan(k, &place)?))).collect();
+    Snapshot { selections, devices, advertised, plans }
 }
 
 /// Objects to reconcile again.
@@ -78,6 +84,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Triggers {
         services: changed_keys(&old.selections, &new.selections).collect(),
         endpoints: changed_keys(&old.devices, &new.devices)
             .chain(changed_keys(&old.advertised, &new.advertised))
+            .chain(changed_keys(&old.plans, &new.plans))
             .collect(),
     }
 }
@@ -184,5 +191,24 @@ mod tests {
         let t = diff(&s1, &s2);
         assert_eq!(t.endpoints, keys(&["other"]));
         assert!(t.services.is_empty(), "other is selected by nobody");
+    }
+
+    #[test]
+    fn a_serve_change_reconciles_the_proxies_that_publish_it() {
+        let cache = crate::cache::Cache::new(10);
+        cache.apply(ep("e", json!({"app": "web"}), &[]));
+        let with_serve = |port: i32| {
+            Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+                "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:80", "tcp:81"]},
+                         "serve": [{"port": port, "backendRef": {"name": "web", "port": 8080}}]},
+                "status": {"vipService": {"name": "svc:web"}}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        cache.apply(with_serve(80));
+        let before = snapshot(&cache.read());
+        cache.apply(with_serve(81));
+        let t = diff(&before, &snapshot(&cache.read()));
+        assert_eq!(t.endpoints, BTreeSet::from([ObjectKey::new("ns", "e")]));
     }
 }
