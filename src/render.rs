@@ -147,9 +147,12 @@ pub fn render(resources: &[Resource], opts: &RenderOptions) -> Vec<Value> {
         let plan = cache.read().proxy_plan(&ObjectKey::of(&ep.metadata), &opts.placement).unwrap_or_default();
         let advertise: Vec<String> = plan.servable().into_iter().collect();
         push(&mut out, &builders::service_account(ep));
-        push(&mut out, &builders::role(ep));
+        push(&mut out, &builders::role(ep, &plan.cert_domains()));
         push(&mut out, &builders::role_binding(ep));
         push(&mut out, &builders::config_map(ep, &plan, &dataplane::serve_config(&plan.serve)));
+        for domain in plan.cert_domains() {
+            push(&mut out, &builders::cert_secret(ep, &domain));
+        }
         for i in 0..builders::replicas(ep) {
             let key = Some(builders::AUTH_KEY_PLACEHOLDER.into());
             let config = builders::tailscaled_config(&name, i, key, &advertise);

@@ -687,7 +687,7 @@ fn proxies_are_granted_only_what_we_hold() {
         "metadata": {"name": "web", "namespace": "prod", "uid": "u"},
         "spec": {"tailnet": "corp", "proxy": {"replicas": 2}}}))
     .unwrap_or_else(|e| panic!("{e}"));
-    let role = tailscale_gateway::reconciler::builders::role(&ep);
+    let role = tailscale_gateway::reconciler::builders::role(&ep, &Default::default());
     let rules = serde_json::to_value(&role.rules).unwrap_or_default();
     let held = expand_table(Scope::Cluster);
     for (group, resource, verb, _) in expand_rules(&rules) {

@@ -399,6 +399,33 @@ impl ProxyPlan {
     pub fn servable(&self) -> BTreeSet<String> {
         self.serve.iter().filter(|v| v.complete() && !v.ports.is_empty()).map(|v| v.vip.clone()).collect()
     }
+
+    /// The MagicDNS names whose certificate the replicas share (VIPs with an HTTPS port): replica
+    /// 0 issues and renews it into a Secret of that name, the others read it from there.
+    pub fn cert_domains(&self) -> BTreeSet<String> {
+        self.serve
+            .iter()
+            .filter(|v| v.ports.iter().any(|p| p.protocol == ServeProtocol::Https))
+            .filter_map(|v| v.dns_name.clone())
+            .collect()
+    }
+
+    /// What a registered replica advertises: the servable VIPs whose serve config is in place
+    /// (`served_now`), and, for a VIP served over HTTPS only, whose shared certificate exists
+    /// (`certs_ready`, by domain), so that no client is sent to a replica without a certificate
+    /// (as upstream's HA Ingress waits).
+    pub fn advertisable(&self, served_now: &BTreeSet<String>, certs_ready: &BTreeSet<String>) -> Vec<String> {
+        let servable = self.servable();
+        self.serve
+            .iter()
+            .filter(|v| servable.contains(&v.vip) && served_now.contains(&v.vip))
+            .filter(|v| {
+                let https_only = v.ports.iter().all(|p| p.protocol == ServeProtocol::Https);
+                !https_only || v.dns_name.as_ref().is_some_and(|d| certs_ready.contains(d))
+            })
+            .map(|v| v.vip.clone())
+            .collect()
+    }
 }
 
 /// Prefix of the egress config keys of a TailscaleEndpoints' own targets. The TailscaleServices'
@@ -571,6 +598,34 @@ mod tests {
         let plan = proxy_plan(&ep("bidirectional"), &unknown, &place);
         assert!(plan.servable().is_empty());
         assert_eq!(plan.egress.len(), 1, "only the own target");
+    }
+
+    #[test]
+    fn https_only_vips_wait_for_their_shared_certificate() {
+        let port = |p: u16, protocol| ServedPort { port: p, protocol, target: "web.d.svc.cluster.local:8080".into() };
+        let vip = |name: &str, ports: Vec<ServedPort>| VipServe {
+            vip: format!("svc:{name}"),
+            dns_name: Some(format!("{name}.tail1.ts.net")),
+            ports,
+        };
+        let plan = ProxyPlan {
+            serve: vec![
+                vip("both", vec![port(80, ServeProtocol::Http), port(443, ServeProtocol::Https)]),
+                vip("secure", vec![port(443, ServeProtocol::Https)]),
+                vip("tcp", vec![port(5432, ServeProtocol::Tcp)]),
+            ],
+            ..ProxyPlan::default()
+        };
+        assert_eq!(
+            plan.cert_domains(),
+            BTreeSet::from(["both.tail1.ts.net".to_string(), "secure.tail1.ts.net".to_string()])
+        );
+        let served: BTreeSet<String> = ["svc:both", "svc:secure", "svc:tcp"].map(String::from).into();
+        assert_eq!(plan.advertisable(&served, &BTreeSet::new()), ["svc:both", "svc:tcp"]);
+        let certs = BTreeSet::from(["secure.tail1.ts.net".to_string()]);
+        assert_eq!(plan.advertisable(&served, &certs), ["svc:both", "svc:secure", "svc:tcp"]);
+        let only_tcp = BTreeSet::from(["svc:tcp".to_string()]);
+        assert_eq!(plan.advertisable(&only_tcp, &certs), ["svc:tcp"], "not before the serve config is in place");
     }
 
     #[test]

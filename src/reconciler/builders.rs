@@ -6,7 +6,7 @@
 //! Also the pure half of the status: reading the state Secrets the proxies write and joining
 //! them with live device data. No I/O here; the controller and `render` call these.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
@@ -130,10 +130,12 @@ pub fn service_account(ep: &TailscaleEndpoints) -> ServiceAccount {
     ServiceAccount { metadata: meta(ep, ep_name(ep)), ..ServiceAccount::default() }
 }
 
-/// The proxies' Role: read and write their own state Secrets, emit events.
-pub fn role(ep: &TailscaleEndpoints) -> Role {
+/// The proxies' Role: read and write their own state Secrets and the shared certificate Secrets
+/// of the VIPs they serve over HTTPS (`cert_domains`), emit events.
+pub fn role(ep: &TailscaleEndpoints, cert_domains: &BTreeSet<String>) -> Role {
     let name = ep_name(ep);
-    let state: Vec<String> = (0..replicas(ep)).map(|i| state_secret_name(&name, i)).collect();
+    let mut state: Vec<String> = (0..replicas(ep)).map(|i| state_secret_name(&name, i)).collect();
+    state.extend(cert_domains.iter().cloned());
     let secrets = PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec!["secrets".into()]),
@@ -324,6 +326,9 @@ fn proxy_env(mode: ConnectionType) -> Vec<EnvVar> {
     ];
     if mode.ingress() {
         vars.push(env("TS_SERVE_CONFIG", &format!("{PROXIES_DIR}/{SERVE_CONFIG_KEY}")));
+        // One certificate per HTTPS VIP for all replicas: replica 0 issues and renews it into the
+        // Secret named after the domain, the others only read it (no per-replica ACME orders).
+        vars.push(env("TS_EXPERIMENTAL_CERT_SHARE", "true"));
     }
     if mode.egress() {
         vars.push(env("TS_EGRESS_PROXIES_CONFIG_PATH", PROXIES_DIR));
@@ -549,6 +554,27 @@ pub fn state_secret(ep: &TailscaleEndpoints, i: i32) -> Secret {
         type_: Some("Opaque".into()),
         ..Secret::default()
     }
+}
+
+/// Value of [`SECRET_TYPE_LABEL`] on the shared certificate Secrets.
+pub const CERT_SECRET_TYPE: &str = "certs";
+
+/// The shared certificate Secret of an HTTPS VIP, named after its MagicDNS name as tailscaled's
+/// Kubernetes store expects. Created empty and never written by us again: replica 0 fills it.
+pub fn cert_secret(ep: &TailscaleEndpoints, domain: &str) -> Secret {
+    let mut metadata = meta(ep, domain.to_string());
+    metadata.labels.get_or_insert_with(BTreeMap::new).insert(SECRET_TYPE_LABEL.into(), CERT_SECRET_TYPE.into());
+    Secret { metadata, type_: Some("Opaque".into()), ..Secret::default() }
+}
+
+/// Whether a shared certificate Secret holds a certificate yet.
+pub fn has_certificate(secret: &Secret) -> bool {
+    secret.data.as_ref().and_then(|d| d.get("tls.crt")).is_some_and(|c| !c.0.is_empty())
+}
+
+/// Whether a Secret is one of the shared certificate Secrets.
+pub fn is_cert_secret(secret: &Secret) -> bool {
+    secret.metadata.labels.as_ref().and_then(|l| l.get(SECRET_TYPE_LABEL)).map(String::as_str) == Some(CERT_SECRET_TYPE)
 }
 
 /// The auth key already in a config Secret, if any.
@@ -980,8 +1006,12 @@ mod tests {
 
     #[test]
     fn rbac_limits_proxies_to_their_state_secrets() {
-        let r = to_json(&role(&ep(2)));
-        assert_eq!(r["rules"][0]["resourceNames"], json!(["web-0", "web-1"]));
+        let r = to_json(&role(&ep(2), &BTreeSet::from(["web.tail1.ts.net".to_string()])));
+        assert_eq!(
+            r["rules"][0]["resourceNames"],
+            json!(["web-0", "web-1", "web.tail1.ts.net"]),
+            "state and certificate Secrets"
+        );
         assert_eq!(r["rules"][0]["verbs"], json!(["get", "update", "patch"]));
         let rb = to_json(&role_binding(&ep(2)));
         assert_eq!(rb["subjects"][0], json!({"kind": "ServiceAccount", "name": "web", "namespace": "prod"}));

@@ -562,6 +562,46 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
 }
 
 #[tokio::test]
+async fn an_https_vip_is_advertised_once_its_shared_certificate_exists() {
+    let h = harness();
+    ready_endpoints(&h);
+    let serve = json!({"serve": [{"port": 443, "protocol": "HTTPS", "backendRef": {"name": "web", "port": 8080}}]});
+    h.fake.insert(&svc_path(), services_json("web", serve));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    h.services("web"); // the status (VIP name, DNS name) reaches the cache
+    h.fake.take_requests();
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let writes = h.writes();
+    let domain = "web.tail8eff9.ts.net";
+    let cert = writes
+        .iter()
+        .find(|w| w.path == format!("{SECRETS}/{domain}"))
+        .and_then(|w| w.body.clone())
+        .unwrap_or_else(|| panic!("the shared certificate Secret: {:?}", summary(&writes)));
+    assert!(cert.get("data").is_none(), "created empty: replica 0 fills it");
+    let role = writes.iter().find(|w| w.path.ends_with("/roles/web")).and_then(|w| w.body.clone()).unwrap_or_default();
+    assert!(role["rules"][0]["resourceNames"].as_array().is_some_and(|n| n.contains(&json!(domain))), "{role}");
+    // Registered and served now, but no certificate yet: not advertised (a TLS error for clients).
+    h.register(0, "n0");
+    h.refresh_devices().await;
+    h.fake.take_requests();
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let advertised = |writes: &[Recorded]| {
+        let cfg = writes.iter().find(|w| w.path.ends_with("web-0-config")).and_then(|w| w.body.clone())?;
+        let hujson: Value = serde_json::from_str(&unb64(&cfg["data"]["cap-107.hujson"])).ok()?;
+        Some(hujson["AdvertiseServices"].clone())
+    };
+    assert_eq!(advertised(&h.writes()), None, "{:?}", summary(&h.writes()));
+    // Replica 0 wrote the certificate: now it is advertised.
+    let mut secret = h.fake.get(&format!("{SECRETS}/{domain}")).unwrap_or_else(|| panic!("stored"));
+    secret["data"] = json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"});
+    h.fake.insert(SECRETS, secret);
+    h.fake.take_requests();
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(advertised(&h.writes()), Some(json!(["svc:web"])), "{:?}", summary(&h.writes()));
+}
+
+#[tokio::test]
 async fn services_transient_errors_keep_status_and_never_duplicate_the_vip() {
     let spp = svc_path();
     let h = harness();

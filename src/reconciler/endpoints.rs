@@ -64,6 +64,8 @@ struct Observed {
     state: BTreeMap<i32, Arc<Secret>>,
     /// The data-plane ConfigMap.
     config_map: Option<Arc<ConfigMap>>,
+    /// Shared certificate Secrets of HTTPS VIPs, by name (the domain).
+    certs: BTreeMap<String, Arc<Secret>>,
 }
 
 /// Reads what exists from the stores: no request to the API server. Secrets this replica deleted
@@ -75,11 +77,16 @@ fn observe(stores: &OwnedStores, deleted: &Tombstones, ns: &str, name: &str) -> 
     deleted.prune(&stores.secrets);
     let mut config = BTreeMap::new();
     let mut state = BTreeMap::new();
+    let mut certs = BTreeMap::new();
     let live = stores
         .secrets_of(ns, name)
         .into_iter()
         .filter(|s| !s.metadata.uid.as_deref().is_some_and(|u| deleted.contains(u)));
     for s in live {
+        if builders::is_cert_secret(&s) {
+            certs.insert(s.name_any(), s);
+            continue;
+        }
         match (builders::replica_index(&s), builders::is_config_secret(&s)) {
             (Some(i), Some(true)) => {
                 config.insert(i, s);
@@ -99,6 +106,7 @@ fn observe(stores: &OwnedStores, deleted: &Tombstones, ns: &str, name: &str) -> 
         config,
         state,
         config_map: owned::get(&stores.config_maps, ns, &builders::proxies_config_map_name(name)),
+        certs,
     })
 }
 
@@ -110,6 +118,8 @@ struct DataPlane {
     config_map: ConfigMap,
     advertise: Vec<String>,
     plan: ProxyPlan,
+    /// Domains whose shared certificate Secret must exist.
+    cert_domains: BTreeSet<String>,
 }
 
 fn data_plane(ep: &TailscaleEndpoints, ctx: &Context, key: &ObjectKey, observed: &Observed) -> DataPlane {
@@ -118,13 +128,13 @@ fn data_plane(ep: &TailscaleEndpoints, ctx: &Context, key: &ObjectKey, observed:
     let served_now = in_place.as_deref().map(dataplane::served_vips).unwrap_or_default();
     let advertised_now: BTreeSet<String> =
         observed.config.values().flat_map(|s| builders::advertised_services(s)).collect();
-    let advertise = if ConnectionType::of(ep).ingress() {
-        plan.servable().intersection(&served_now).cloned().collect()
-    } else {
-        Vec::new()
-    };
+    let certs_ready: BTreeSet<String> =
+        observed.certs.iter().filter(|(_, s)| builders::has_certificate(s)).map(|(d, _)| d.clone()).collect();
+    let advertise =
+        if ConnectionType::of(ep).ingress() { plan.advertisable(&served_now, &certs_ready) } else { Vec::new() };
     let serve = dataplane::serve_config_keeping(&plan.serve, in_place.as_deref(), &advertised_now);
-    DataPlane { config_map: builders::config_map(ep, &plan, &serve), advertise, plan }
+    let cert_domains = plan.cert_domains();
+    DataPlane { config_map: builders::config_map(ep, &plan, &serve), advertise, plan, cert_domains }
 }
 
 async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> {
@@ -153,12 +163,16 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     {
         created.push("ServiceAccount");
     }
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_deref(), &builders::role(ep)).await?;
+    let dp = data_plane(ep, ctx, &key, &observed);
+    // The proxies may read and write the certificate Secrets that exist and those about to.
+    let role_domains: BTreeSet<String> = dp.cert_domains.iter().chain(observed.certs.keys()).cloned().collect();
+    let role = builders::role(ep, &role_domains);
+    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role.as_deref(), &role).await?;
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_deref(), &builders::role_binding(ep))
         .await?;
     // The ConfigMap before the StatefulSet: pods do not start without it.
-    let dp = data_plane(ep, ctx, &key, &observed);
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.config_map.as_deref(), &dp.config_map).await?;
+    ensure_cert_secrets(ctx, ep, &observed, &dp).await?;
 
     // Per-replica Secrets before the StatefulSet, so new pods find their config.
     let replicas = builders::replicas(ep);
@@ -244,6 +258,36 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     )
     .await?;
     Ok(Action::requeue(ctx.config.requeue))
+}
+
+/// Creates the shared certificate Secret of each HTTPS VIP the proxies serve (empty: replica 0
+/// fills it), and deletes those of VIPs no longer served here once no replica advertises them.
+async fn ensure_cert_secrets(
+    ctx: &Context,
+    ep: &TailscaleEndpoints,
+    observed: &Observed,
+    dp: &DataPlane,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
+    for domain in &dp.cert_domains {
+        ensure(ctx, &secrets, observed.certs.get(domain).map(|s| s.as_ref()), &builders::cert_secret(ep, domain))
+            .await?;
+    }
+    let advertised: BTreeSet<String> =
+        observed.config.values().flat_map(|s| builders::advertised_services(s)).collect();
+    let still_served: BTreeSet<String> = dp.plan.serve.iter().filter_map(|v| v.dns_name.clone()).collect();
+    for (domain, secret) in &observed.certs {
+        let vip = format!("svc:{}", domain.split('.').next().unwrap_or_default());
+        if dp.cert_domains.contains(domain) || still_served.contains(domain) || advertised.contains(&vip) {
+            continue;
+        }
+        if delete_if_exists(&secrets, domain).await?
+            && let Some(uid) = &secret.metadata.uid
+        {
+            ctx.deleted.add(uid);
+        }
+    }
+    Ok(())
 }
 
 fn key_of(ep: &TailscaleEndpoints) -> ObjectKey {
