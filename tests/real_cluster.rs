@@ -962,7 +962,7 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
             "oauthSecretRef": {"name": "tailscale-oauth", "namespace": "tailscale-gateway"}, "tags": ["tag:k8s-proxy"]}});
     apply_ok(&cp, &tailnet);
     let endpoints = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
-        "metadata": {"name": "web", "namespace": "default"},
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
         "spec": {"tailnet": "fake-tailnet", "tags": ["tag:k8s-proxy"], "proxy": {"replicas": 2},
             "ports": [{"port": 80, "protocol": "TCP"}]}});
     apply_ok(&cp, &endpoints);
@@ -1073,6 +1073,46 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
     let hostnames: Vec<&Value> =
         ep["status"]["devices"].as_array().into_iter().flatten().map(|d| &d["hostname"]).collect();
     assert_eq!(hostnames, [&json!("web-0"), &json!("web-1")], "{ep:#}");
+
+    // The data plane: a TailscaleServices publishing the Service "web" on its VIP's port 80. The
+    // VIP service is created in the (fake) tailnet, the proxies' ConfigMap serves it, and then
+    // (not before) the registered replicas advertise it.
+    let published = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:80"]},
+            "serve": [{"port": 80, "protocol": "HTTP", "backendRef": {"name": "web", "port": 8080}}]}});
+    apply_ok(&cp, &published);
+    let svc = get_until(&cp, &mut server, &["tailscaleservices", "web"], |s| {
+        condition(s, "Published").is_some_and(|c| c["status"] == "True")
+    });
+    assert_eq!(svc["status"]["vipService"]["name"], "svc:web", "{svc:#}");
+    let dns = svc["status"]["vipService"]["dnsName"].as_str().unwrap_or_default().to_string();
+    assert!(dns.starts_with("web."), "{svc:#}");
+    let cm = get_until(&cp, &mut server, &["configmap", "web-proxies"], |c| {
+        c["data"]["serve-config.json"].as_str().is_some_and(|t| t.contains("svc:web"))
+    });
+    let serve: Value = serde_json::from_str(cm["data"]["serve-config.json"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        serve,
+        json!({"Services": {"svc:web": {"TCP": {"80": {"HTTP": true}},
+            "Web": {format!("{dns}:80"): {"Handlers": {"/": {"Proxy": "http://web.default.svc.cluster.local:8080"}}}}}}}),
+        "{cm:#}"
+    );
+    let advertised = |name: &str| -> Value {
+        let secret = get_json(&cp, &["secret", name]);
+        let raw = secret["data"]["cap-107.hujson"].as_str().unwrap_or_default();
+        let text = base64::engine::general_purpose::STANDARD.decode(raw).unwrap_or_default();
+        serde_json::from_slice::<Value>(&text).unwrap_or_default()["AdvertiseServices"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while advertised("web-0-config") != json!(["svc:web"]) || advertised("web-1-config") != json!(["svc:web"]) {
+        assert!(Instant::now() < deadline, "never advertised:\n{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let sts = get_json(&cp, &["statefulset", "web"]);
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("TS_SERVE_CONFIG") && env.contains("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT"), "{env}");
 
     // Steady state: once everything is in place, the server writes nothing (counted from
     // kube-apiserver's audit log; the leader Lease's renewals aside).
