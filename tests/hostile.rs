@@ -276,3 +276,43 @@ async fn local_mode_serves_metrics_without_credentials() {
     // The health listener serves nothing else.
     assert!(util::plain_get(server.health, "/metrics").await.starts_with("HTTP/1.1 404"));
 }
+
+/// The row 2 at full size (run by hand: `cargo test --test hostile -- --ignored`): 19,000
+/// TLS connections against the default --max-connections (4,096) within a 20,000 open-file limit.
+/// The server holds 4,096, closes the rest at once, the health listener answers throughout, and
+/// once --header-read-timeout has closed the idle ones a fresh HTTPS client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "opens 19,000 connections: run by hand for the README's figures"]
+async fn nineteen_thousand_idle_tls_connections() {
+    let server = Server::start(&[]).await;
+    let cfg = server.tls();
+    let started = Instant::now();
+    let (mut held, mut refused) = (Vec::new(), 0usize);
+    for _ in 0..95 {
+        let opened = futures::future::join_all((0..200).map(|_| idle_tls(server.https, cfg.clone()))).await;
+        for conn in opened {
+            match conn {
+                Ok(conn) => held.push(conn),
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    let mut open = 0;
+    for conn in &mut held {
+        open += usize::from(!closed(conn, Duration::from_millis(1)).await);
+    }
+    eprintln!(
+        "19,000 attempts in {:?}: {open} open, {} closed after the handshake, {refused} refused during it",
+        started.elapsed(),
+        held.len() - open
+    );
+    let probe = Instant::now();
+    let readyz = util::plain_get(server.health, "/readyz").await;
+    eprintln!("/readyz on the health listener with the HTTPS port full: {:?}", probe.elapsed());
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(open <= tailscale_gateway::server::DEFAULT_MAX_CONNECTIONS, "{open} open");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut fresh = util::Conn::open(server.https, cfg).await;
+    assert_eq!(fresh.get("/healthz").await.status, 200);
+    eprintln!("peak RSS {} KiB", server.peak_rss_kib());
+}
