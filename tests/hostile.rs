@@ -316,3 +316,38 @@ async fn nineteen_thousand_idle_tls_connections() {
     assert_eq!(fresh.get("/healthz").await.status, 200);
     eprintln!("peak RSS {} KiB", server.peak_rss_kib());
 }
+
+/// Row 2's timeouts: a connection that never finishes its handshake, and a kept-alive one with no
+/// request in flight, are closed; a watch (a response still streaming) is not idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_idle_timeouts_close_connections_but_not_a_watch() {
+    use tokio::io::AsyncWriteExt;
+    let limits = ["--tls-handshake-timeout", "1s", "--header-read-timeout", "1s", "--idle-timeout", "1s"];
+    let server = Server::start(&limits).await;
+    // No handshake at all.
+    let mut silent = TcpStream::connect(server.https).await.expect("connecting");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "a silent connection outlived --tls-handshake-timeout: {read:?}");
+    // One request, then idle.
+    let mut kept = idle_tls(server.https, server.tls()).await.expect("a connection");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("writing");
+    let mut got = vec![0u8; 512];
+    let n = kept.read(&mut got).await.expect("the response");
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..n]));
+    assert!(closed(&mut kept, Duration::from_secs(3)).await, "an idle connection outlived --idle-timeout");
+    // A watch stays open past the idle timeout.
+    let read = |name: &str| std::fs::read_to_string(server.state.join(name)).expect("local PKI");
+    let (ca, cert, key) = (read("ca.crt"), read("client.crt"), read("client.key"));
+    let cfg = util::client_config(&[&ca], Some((&cert, &key)));
+    let mut watch = idle_tls(server.https, cfg).await.expect("a connection");
+    let path = "/apis/tailnet.gateway.tailscale.com/v1alpha1/tailscaledevices?watch=true";
+    watch.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.expect("writing");
+    let n = watch.read(&mut got).await.expect("the watch's headers");
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..n]));
+    // Read what the watch sends for 2.5 s (initial events, then nothing): it must not end.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(read) = tokio::time::timeout_at(until, watch.read(&mut got)).await {
+        assert!(matches!(read, Ok(n) if n > 0), "--idle-timeout cut a watch: {read:?}");
+    }
+}
