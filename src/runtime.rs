@@ -89,11 +89,12 @@ pub struct ServeArgs {
     /// Time an HTTPS client has to finish the TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
-    /// Time an HTTPS client has to send a request's headers (the first request's counted from
-    /// the end of the handshake).
+    /// Time an HTTPS client has to send its first request's headers, counted from the end of the
+    /// handshake (later requests on a kept-alive connection have --idle-timeout to arrive in full).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
-    /// An HTTPS connection with no request in flight for this long is closed.
+    /// An HTTPS connection with no request in flight for this long is closed (HTTP/1: also the
+    /// longest a later request's headers may take).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Plain-HTTP address serving only /healthz, /livez and /readyz, outside --max-connections (for

@@ -351,3 +351,21 @@ async fn handshake_and_idle_timeouts_close_connections_but_not_a_watch() {
         assert!(matches!(read, Ok(n) if n > 0), "--idle-timeout cut a watch: {read:?}");
     }
 }
+
+/// A kept-alive HTTP/1 connection outlives --header-read-timeout between requests (it is idle,
+/// not slow) and is closed after --idle-timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_lasts_the_idle_timeout_not_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--header-read-timeout", "1s", "--idle-timeout", "3s"]).await;
+    let mut conn = idle_tls(server.https, server.tls()).await.expect("a connection");
+    let mut got = vec![0u8; 512];
+    for _ in 0..2 {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("writing");
+        let n = conn.read(&mut got).await.expect("the response");
+        assert!(got[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..n]));
+        // Idle for twice the header timeout: still open.
+        assert!(!closed(&mut conn, Duration::from_secs(2)).await, "closed after --header-read-timeout");
+    }
+    assert!(closed(&mut conn, Duration::from_secs(3)).await, "open after --idle-timeout");
+}

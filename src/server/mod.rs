@@ -48,8 +48,9 @@ impl PeerCerts {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default time a client has to finish the TLS handshake (`--tls-handshake-timeout`).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time a client has to send a request's headers, the first one counted from the end of
-/// the handshake (`--header-read-timeout`).
+/// Default time a client has to send its first request's headers, counted from the end of the
+/// handshake (`--header-read-timeout`); later requests on a kept-alive connection have the idle
+/// timeout to arrive in full.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a connection with no request in flight stays open (`--idle-timeout`): longer
 /// than Go clients keep idle connections (90 s), so they close first.
@@ -342,7 +343,11 @@ async fn idle(activity: &mut watch::Receiver<Activity>, first: Duration, idle: D
 /// The HTTP/1.1 and HTTP/2 connection builder for `limits`.
 fn builder(limits: &Limits) -> Arc<Builder<TokioExecutor>> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    // hyper starts HTTP/1's header timer as soon as it waits for the next request, so on a
+    // kept-alive connection it is the idle timeout too: give it the longer of the two. The first
+    // request's deadline is `header_read_timeout`, kept by `serve_connection` for both protocols.
+    let h1_header_timeout = limits.header_read_timeout.max(limits.idle_timeout);
+    builder.http1().keep_alive(true).timer(TokioTimer::new()).header_read_timeout(h1_header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
