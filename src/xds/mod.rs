@@ -51,6 +51,10 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:5005";
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// Default largest number of open connections to the extension port (`--xds-max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// How long an extension connection lives before the server asks the client to reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// How long calls in flight on a connection past its age get to finish.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(60);
 
 /// PEM files for serving TLS. The certificate and key are re-read every `reload_interval` and a
 /// changed pair is served to new connections (cert-manager and kubelet rotate mounted Secrets
@@ -385,9 +389,14 @@ pub async fn serve_on(
     let call_limits =
         limits::CallLimits::new(opts.max_resources_per_call, opts.max_message_size, opts.max_concurrent_calls);
     let svc = limits::Limited::new(svc, call_limits);
+    // A connection holds one of --xds-max-connections slots: one that never speaks (or a peer that
+    // just sits on it) gives it back after MAX_CONNECTION_AGE; Envoy Gateway's client reconnects
+    // on the GOAWAY, and calls in flight get MAX_CONNECTION_AGE_GRACE to finish.
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(100))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(health)
         .add_service(svc);
     let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
