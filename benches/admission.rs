@@ -247,7 +247,13 @@ fn main() {
         let canned_listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
         let canned = canned_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let canned_stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(tailscale_gateway::server::serve(canned_listener, tls, canned_app, canned_stop.clone()));
+        tokio::spawn(tailscale_gateway::server::serve(
+            canned_listener,
+            tls,
+            canned_app,
+            tailscale_gateway::server::Limits::default(),
+            canned_stop.clone(),
+        ));
         let cfg = util::client_config(&[&ca], None);
         let object = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
             "metadata": {"name": "bench-svc", "namespace": "default", "labels": {"app": "bench"}},

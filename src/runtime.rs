@@ -67,9 +67,40 @@ pub struct ServeArgs {
     /// CA that Envoy Gateway's client certificate must chain to (mutual TLS).
     #[arg(long, requires = "xds_tls_cert")]
     pub xds_client_ca: Option<PathBuf>,
-    /// Largest gRPC message the extension server accepts or sends, in bytes.
+    /// Largest gRPC message the extension server accepts or sends, in bytes (Envoy Gateway's
+    /// maxMessageSize must not exceed it).
     #[arg(long, default_value_t = crate::xds::DEFAULT_MAX_MESSAGE_SIZE)]
     pub xds_max_message_size: usize,
+    /// Most elements in any one list of an extension call (clusters, listeners, route
+    /// configurations, virtual hosts, routes, filter chains, endpoints, secrets, extension
+    /// resources); a call with more is refused with RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(long, default_value_t = crate::xds::limits::DEFAULT_MAX_RESOURCES)]
+    pub xds_max_resources_per_call: usize,
+    /// Extension calls decoded and served at once; more wait their turn.
+    #[arg(long, default_value_t = crate::xds::limits::DEFAULT_MAX_CONCURRENT_CALLS)]
+    pub xds_max_concurrent_calls: usize,
+    /// Open connections to the extension port; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = crate::xds::DEFAULT_MAX_CONNECTIONS)]
+    pub xds_max_connections: usize,
+    /// Open connections to the HTTPS port; more are closed as soon as they are accepted (lowered,
+    /// with a warning, to fit the open-file limit).
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Time an HTTPS client has to finish the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Time an HTTPS client has to send its first request's headers, counted from the end of the
+    /// handshake (later requests on a kept-alive connection have --idle-timeout to arrive in full).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// An HTTPS connection with no request in flight for this long is closed (HTTP/1: also the
+    /// longest a later request's headers may take).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Plain-HTTP address serving only /healthz, /livez and /readyz, outside --max-connections (for
+    /// kubelet probes: deploy/ sets :8081) [default: none; they are on the HTTPS port too].
+    #[arg(long, env = "TSGW_HEALTH_ADDR", value_parser = parse_listen)]
+    pub health_addr: Option<SocketAddr>,
     /// Region of the Envoy fleet: endpoints labelled with another region are remote (failover priority 1).
     #[arg(long)]
     pub xds_local_region: Option<String>,
@@ -157,6 +188,14 @@ impl ServeArgs {
             xds_tls_key: None,
             xds_client_ca: None,
             xds_max_message_size: crate::xds::DEFAULT_MAX_MESSAGE_SIZE,
+            xds_max_resources_per_call: crate::xds::limits::DEFAULT_MAX_RESOURCES,
+            xds_max_concurrent_calls: crate::xds::limits::DEFAULT_MAX_CONCURRENT_CALLS,
+            xds_max_connections: crate::xds::DEFAULT_MAX_CONNECTIONS,
+            max_connections: crate::server::DEFAULT_MAX_CONNECTIONS,
+            tls_handshake_timeout: crate::server::DEFAULT_HANDSHAKE_TIMEOUT,
+            header_read_timeout: crate::server::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: crate::server::DEFAULT_IDLE_TIMEOUT,
+            health_addr: None,
             xds_local_region: None,
             cluster_domain: "cluster.local".into(),
             envoy_gateway_namespace: crate::core::dataplane::DEFAULT_ENVOY_GATEWAY_NAMESPACE.into(),
@@ -243,6 +282,8 @@ pub struct Running {
     pub https_addr: SocketAddr,
     /// Where the Envoy Gateway extension (gRPC) is served.
     pub xds_addr: SocketAddr,
+    /// Where the plain-HTTP health listener is served (`--health-addr`), if at all.
+    pub health_addr: Option<SocketAddr>,
     /// Local mode: the kubeconfig for kubectl.
     pub kubeconfig: Option<PathBuf>,
     /// The shared cache.
@@ -275,6 +316,8 @@ impl Running {
 struct AppState {
     cache: Cache,
     registry: Arc<Registry>,
+    /// Who may read `/metrics`: [`Auth::check_non_resource`].
+    auth: Option<Auth>,
 }
 
 async fn ok() -> &'static str {
@@ -289,15 +332,56 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    if let Some(auth) = &state.auth {
+        let certs = req.extensions().get::<crate::server::PeerCerts>().cloned().unwrap_or_default();
+        if let Err(e) = auth.check_non_resource(&certs, req.headers(), "get", "/metrics").await {
+            tracing::info!(status = e.status().as_u16(), error = %e, "/metrics request refused");
+            return crate::server::status::status_response(e.status(), e.to_string());
+        }
+    }
     let body = crate::metrics::encode(&state.registry);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
-/// The HTTPS routes: webhooks, health and metrics. Served behind [`HttpsApp`], which answers
-/// `POST /validate` and `POST /mutate` itself; the webhook routes keep this router complete on
-/// its own and answer other methods on those paths with 405.
-pub fn router(admission: Admission, registry: Arc<Registry>) -> Router {
+/// The health listener's routes (`--health-addr`): liveness and readiness only.
+pub fn health_router(cache: Cache) -> Router {
+    let registry = Arc::new(Registry::default());
+    Router::new()
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { cache, registry, auth: None })
+}
+
+/// The HTTPS port's limits from the flags, `--max-connections` lowered to fit the open-file limit
+/// (raised to its hard limit first) with room for the extension and health listeners and the
+/// cache's own files and API connections.
+fn https_limits(args: &ServeArgs) -> crate::server::Limits {
+    let mut max_connections = args.max_connections;
+    if let Some(files) = crate::server::raise_open_file_limit() {
+        let others = (args.xds_max_connections + crate::server::HEALTH_MAX_CONNECTIONS + 512) as u64;
+        let room = usize::try_from(files.saturating_sub(others)).unwrap_or(usize::MAX).max(16);
+        if room < max_connections {
+            tracing::warn!(
+                open_file_limit = files,
+                "--max-connections {max_connections} does not fit the open-file limit; using {room}"
+            );
+            max_connections = room;
+        }
+    }
+    crate::server::Limits {
+        max_connections,
+        handshake_timeout: args.tls_handshake_timeout,
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+    }
+}
+
+/// The HTTPS routes: webhooks, health and metrics (for whom `auth` allows). Served behind
+/// [`HttpsApp`], which answers `POST /validate` and `POST /mutate` itself; the webhook routes
+/// keep this router complete on its own and answer other methods on those paths with 405.
+pub fn router(admission: Admission, registry: Arc<Registry>, auth: Auth) -> Router {
     let cache = admission.cache.clone();
     let webhooks = Router::new()
         .route("/validate", post(validate_handler))
@@ -308,7 +392,7 @@ pub fn router(admission: Admission, registry: Arc<Registry>) -> Router {
         .route("/livez", get(ok))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { cache, registry });
+        .with_state(AppState { cache, registry, auth: Some(auth) });
     webhooks.merge(ops)
 }
 
@@ -548,6 +632,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding Envoy Gateway extension listener on {xds_listen}"))?;
     let xds_addr = xds_listener.local_addr()?;
+    let health_listener = match args.health_addr {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("binding the health listener on {addr}"))?)
+        }
+        None => None,
+    };
 
     let kube_client = match &args.local {
         Some(_) => None,
@@ -677,6 +767,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             reload_interval: args.tls_reload_interval,
         }),
         max_message_size: args.xds_max_message_size,
+        max_resources_per_call: args.xds_max_resources_per_call,
+        max_concurrent_calls: args.xds_max_concurrent_calls,
+        max_connections: args.xds_max_connections,
         hooks: crate::xds::HookSettings { placement: args.placement(), ..crate::xds::HookSettings::default() },
     };
     // Fail at start-up, not in the background, when the TLS files are unusable.
@@ -702,16 +795,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     });
 
+    let metrics_auth = aggregated_auth.clone();
     let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone()).with_metrics(aggregated_metrics);
     // Local mode has no kube-apiserver to serve our CRD kinds: the aggregated API serves them too.
     let aggregated = if local { aggregated.with_crds() } else { aggregated };
     let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
-    let routes = router(admission.clone(), Arc::new(registry)).merge(crate::aggregated::router(aggregated));
+    let routes =
+        router(admission.clone(), Arc::new(registry), metrics_auth).merge(crate::aggregated::router(aggregated));
     let app = HttpsApp::new(admission, routes);
     let tls_config = tls::server_config(store)?;
-    tasks.spawn(crate::server::serve(listener, tls_config, app, stop.clone()));
+    let limits = https_limits(&args);
+    tasks.spawn(crate::server::serve(listener, tls_config, app, limits, stop.clone()));
+    let health_addr = health_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(health) = health_listener {
+        let app = health_router(cache.clone());
+        tasks.spawn(crate::server::serve_plain(health, app, crate::server::Limits::health(), stop.clone()));
+    }
     tracing::info!(%https_addr, %xds_addr, local, "serving");
-    Ok(Running { https_addr, xds_addr, kubeconfig, cache, stop, tasks, _state_lock: state_lock })
+    Ok(Running { https_addr, xds_addr, health_addr, kubeconfig, cache, stop, tasks, _state_lock: state_lock })
 }
 
 /// Starts leader election and the reconciler, which runs only while this replica leads.

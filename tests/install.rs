@@ -80,6 +80,7 @@ fn every_manifest_parses_with_the_right_kind_and_api_version() {
         ("Issuer", "cert-manager.io/v1"),
         ("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1"),
         ("Namespace", "v1"),
+        ("NetworkPolicy", "networking.k8s.io/v1"),
         ("PodDisruptionBudget", "policy/v1"),
         ("Role", "rbac.authorization.k8s.io/v1"),
         ("RoleBinding", "rbac.authorization.k8s.io/v1"),
@@ -119,6 +120,9 @@ fn every_manifest_parses_with_the_right_kind_and_api_version() {
                 k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
             >(d.clone())
             .err(),
+            "NetworkPolicy" => {
+                serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(d.clone()).err()
+            }
             "APIService" => serde_json::from_value::<
                 k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
             >(d.clone())
@@ -223,10 +227,15 @@ fn the_deployment_is_highly_available_and_locked_down() {
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(c["args"], json!(["serve"]));
+    // Probes go to the health listener, outside the HTTPS port's connection limit.
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         let get = &c[probe]["httpGet"];
-        assert_eq!((s(&get["scheme"]), s(&get["port"])), ("HTTPS", "https"), "{probe}");
+        assert_eq!((s(&get["scheme"]), s(&get["port"])), ("HTTP", "health"), "{probe}");
     }
+    let health_port = c["ports"].as_array().into_iter().flatten().find(|p| p["name"] == "health");
+    let health_port = health_port.and_then(|p| p["containerPort"].as_u64()).unwrap_or_else(|| panic!("no health port"));
+    let health_env = c["env"].as_array().into_iter().flatten().find(|e| e["name"] == "TSGW_HEALTH_ADDR");
+    assert_eq!(health_env.map(|e| s(&e["value"])), Some(format!(":{health_port}").as_str()));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let env: Vec<(&str, &str)> = c["env"]
@@ -253,7 +262,8 @@ async fn the_binary_serves_the_manifest_paths() {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
     let state = dir.path().join("state");
-    let args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
+    let mut args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
+    args.health_addr = Some("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
     let running = runtime::start(args).await.unwrap_or_else(|e| panic!("start: {e:#}"));
     let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = util::Conn::open(running.https_addr, util::client_config(&[&ca], None)).await;
@@ -268,10 +278,13 @@ async fn the_binary_serves_the_manifest_paths() {
         assert_eq!(resp.json()["kind"], "AdmissionReview", "{kind} {path}");
     }
     let dep = find(&docs, "Deployment", install::APP_NAME);
-    for probe in ["livenessProbe", "readinessProbe"] {
+    let health = running.health_addr.unwrap_or_else(|| panic!("no health listener"));
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         let path = s(&dep["spec"]["template"]["spec"]["containers"][0][probe]["httpGet"]["path"]);
-        let resp = conn.get(path).await;
-        assert_eq!(resp.status, 200, "{probe} {path}");
+        let resp = util::plain_get(health, path).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{probe} {path}: {resp}");
+        // The HTTPS port answers them too.
+        assert_eq!(conn.get(path).await.status, 200, "{probe} {path} on HTTPS");
     }
     running.shutdown().await;
 }
@@ -732,6 +745,7 @@ fn kustomize_builds_the_default_install() {
         ("Deployment", 1),
         ("Service", 2),
         ("Namespace", 1),
+        ("NetworkPolicy", 1),
     ] {
         assert_eq!(k.get(kind).copied(), Some(n), "{kind} in kubectl kustomize deploy/: {k:?}");
     }

@@ -667,6 +667,27 @@ fn rbac_and_front_proxy_authentication(cp: &mut ControlPlane, gw: &Gateway) {
             && body.contains("User \\\"mallory\\\" cannot list resource \\\"tailscaledevices\\\""),
         "{body}"
     );
+    // /metrics: the same delegated authorization, as a non-resource URL (GET /metrics), the way
+    // kube-apiserver and metrics-server authorize theirs.
+    cp.kubectl_ok(&["create", "clusterrole", "metrics-reader", "--verb=get", "--non-resource-url=/metrics"]);
+    cp.kubectl_ok(&["create", "clusterrolebinding", "prom-metrics", "--clusterrole=metrics-reader", "--user=prom"]);
+    let (code, body) = curl(gw, "/metrics", &[]);
+    assert_eq!(code, 401, "/metrics without credentials:\n{body}");
+    let metrics =
+        |user: &str| curl(gw, "/metrics", &["--cert", &cert, "--key", &key, "-H", &format!("X-Remote-User: {user}")]);
+    let (code, body) = metrics("mallory");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cannot get path \\\"/metrics\\\""), "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, body) = metrics("prom");
+        if code == 200 {
+            assert!(body.ends_with("# EOF\n") || body.ends_with("# EOF"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "prom, allowed GET /metrics, got {code}: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// `tailscale-gateway serve` in cluster mode with `args` (no serving certificate given: the

@@ -98,6 +98,17 @@ pub enum AuthError {
     Failed(String),
 }
 
+impl AuthError {
+    /// The HTTP status kube-apiserver answers this refusal with.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            AuthError::Unauthorized(_) => http::StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => http::StatusCode::FORBIDDEN,
+            AuthError::Failed(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 /// The ConfigMap could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -493,6 +504,27 @@ impl Auth {
     /// Local mode trusting client certificates signed by `ca_pem`.
     pub fn local(ca_pem: &str) -> Result<Self, String> {
         Ok(Auth::Local(verifier_for(ca_pem.as_bytes())?))
+    }
+
+    /// Authenticates and authorizes a request for `path`, a URL that is no API resource
+    /// (`/metrics`), with the same rule as the aggregated API's own non-resource paths: in a
+    /// cluster, a SubjectAccessReview for `nonResourceAttributes {path, verb}`, as kube-apiserver
+    /// and metrics-server authorize `/metrics`. Local mode serves such paths to whoever reaches its
+    /// loopback port, as its kubeconfig user could read them anyway.
+    pub async fn check_non_resource(
+        &self,
+        certs: &PeerCerts,
+        headers: &HeaderMap,
+        verb: &str,
+        path: &str,
+    ) -> Result<(), AuthError> {
+        match self {
+            Auth::Local(_) => Ok(()),
+            Auth::Delegated(_) => {
+                let attrs = Attributes { verb: verb.to_string(), resource: None, path: path.to_string() };
+                self.check(certs, headers, &attrs).await.map(|_| ())
+            }
+        }
     }
 
     /// Authenticates and authorizes one request.

@@ -31,7 +31,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use self::auth::{Attributes, Auth, AuthError, ResourceRequest};
+use self::auth::{Attributes, Auth, ResourceRequest};
 use self::request::{ApiGroup, Format, KindFn, ListOptions, Target, negotiate, verb};
 use self::resources::View;
 use crate::cache::Cache;
@@ -242,11 +242,7 @@ async fn answer(
     let user = match api.auth.check(&certs, &parts.headers, &attrs).await {
         Ok(user) => user,
         Err(e) => {
-            let code = match &e {
-                AuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-                AuthError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            let code = e.status();
             tracing::info!(path, verb = %attrs.verb, status = code.as_u16(), error = %e, "aggregated API request refused");
             return status_response(code, e.to_string());
         }

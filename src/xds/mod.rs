@@ -8,6 +8,7 @@
 //! - [`service`]: the gRPC hooks; [`serve`] / [`serve_on`] run them with the health service.
 
 pub mod backend;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod translate;
@@ -45,9 +46,15 @@ pub mod pb {
 pub const SERVICE_NAME: &str = "envoygateway.extension.EnvoyGatewayExtension";
 /// Default listen address (Envoy Gateway's examples use port 5005).
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5005";
-/// Default largest message accepted or sent: a full translation of a big cluster is large, and
-/// Envoy Gateway's `maxMessageSize` must not exceed it.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+/// Default largest message accepted or sent: four times Envoy Gateway's own default (4 MiB), which
+/// a large translation outgrows; Envoy Gateway's `maxMessageSize` must not exceed it.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// Default largest number of open connections to the extension port (`--xds-max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// How long an extension connection lives before the server asks the client to reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// How long calls in flight on a connection past its age get to finish.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(60);
 
 /// PEM files for serving TLS. The certificate and key are re-read every `reload_interval` and a
 /// changed pair is served to new connections (cert-manager and kubelet rotate mounted Secrets
@@ -81,6 +88,12 @@ pub struct XdsOptions {
     pub tls: Option<TlsFiles>,
     /// Largest gRPC message decoded or encoded.
     pub max_message_size: usize,
+    /// Largest number of elements in any one list of a call ([`limits`]).
+    pub max_resources_per_call: usize,
+    /// Calls decoded and served at once; more wait.
+    pub max_concurrent_calls: usize,
+    /// Open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// What the hooks need to know.
     pub hooks: HookSettings,
 }
@@ -91,6 +104,9 @@ impl Default for XdsOptions {
             addr: SocketAddr::from(([0, 0, 0, 0], 5005)),
             tls: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_resources_per_call: limits::DEFAULT_MAX_RESOURCES,
+            max_concurrent_calls: limits::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             hooks: HookSettings::default(),
         }
     }
@@ -284,18 +300,39 @@ impl ClientCertVerifier for ClientCa {
 fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    slots: crate::server::Slots,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<crate::server::Held<TlsStream<TcpStream>>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         while let Some((tcp, peer)) = crate::server::accept(&listener, &stop).await {
+            let Some(slot) = slots.take(peer) else { continue };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                if let Some(tls) = crate::server::handshake(&acceptor, tcp, peer).await {
-                    let _ = tx.send(Ok(tls)).await;
+                let timeout = crate::server::DEFAULT_HANDSHAKE_TIMEOUT;
+                if let Some(tls) = crate::server::handshake(&acceptor, tcp, peer, timeout).await {
+                    let _ = tx.send(Ok(crate::server::Held::new(tls, slot))).await;
                 }
             });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Plain TCP connections accepted on `listener` until `stop`, at most as many open as `slots` has.
+fn tcp_incoming(
+    listener: TcpListener,
+    slots: crate::server::Slots,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<crate::server::Held<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some((tcp, peer)) = crate::server::accept(&listener, &stop).await {
+            let Some(slot) = slots.take(peer) else { continue };
+            if tx.send(Ok(crate::server::Held::new(tcp, slot))).await.is_err() {
+                return;
+            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -349,15 +386,35 @@ pub async fn serve_on(
     ))
     .max_decoding_message_size(opts.max_message_size)
     .max_encoding_message_size(opts.max_message_size);
-    let router =
-        Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).add_service(health).add_service(svc);
+    let call_limits =
+        limits::CallLimits::new(opts.max_resources_per_call, opts.max_message_size, opts.max_concurrent_calls);
+    let svc = limits::Limited::new(svc, call_limits);
+    // A connection holds one of --xds-max-connections slots: one that never speaks (or a peer that
+    // just sits on it) gives it back after MAX_CONNECTION_AGE; Envoy Gateway's client reconnects
+    // on the GOAWAY, and calls in flight get MAX_CONNECTION_AGE_GRACE to finish.
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(100))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+        .add_service(health)
+        .add_service(svc);
     let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    tracing::info!(%addr, tls = opts.tls.is_some(), max_message_size = opts.max_message_size, "extension server listening");
+    tracing::info!(
+        %addr,
+        tls = opts.tls.is_some(),
+        max_message_size = opts.max_message_size,
+        max_resources_per_call = opts.max_resources_per_call,
+        max_concurrent_calls = opts.max_concurrent_calls,
+        max_connections = opts.max_connections,
+        "extension server listening"
+    );
+    let slots = crate::server::Slots::new(opts.max_connections, "--xds-max-connections");
+    // Stops the accept loop (and, with TLS, the reloaders) when serving ends.
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
     let result = match &opts.tls {
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
-        }
+        None => router.serve_with_incoming_shutdown(tcp_incoming(listener, slots, stop), shutdown).await,
         Some(files) => {
             let tls = match tls_config(files) {
                 Ok(tls) => tls,
@@ -366,9 +423,6 @@ pub async fn serve_on(
                     return Err(e);
                 }
             };
-            // Stops the accept loop and the reloaders when serving ends.
-            let stop = CancellationToken::new();
-            let _stop = stop.clone().drop_guard();
             tokio::spawn(server_tls::reload_on_change(
                 tls.store,
                 files.cert.clone(),
@@ -379,7 +433,7 @@ pub async fn serve_on(
             if let (Some(client_ca), Some(path)) = (tls.client_ca, &files.client_ca) {
                 tokio::spawn(client_ca.reload_on_change(path.clone(), files.reload_interval, stop.clone()));
             }
-            router.serve_with_incoming_shutdown(tls_incoming(listener, tls.config, stop), shutdown).await
+            router.serve_with_incoming_shutdown(tls_incoming(listener, tls.config, slots, stop), shutdown).await
         }
     };
     health_task.abort();

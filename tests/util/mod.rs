@@ -152,3 +152,14 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A plain-HTTP GET of `path` on a fresh connection (`Connection: close`): the whole response as text.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap_or_else(|e| panic!("{e}"));
+    out
+}
