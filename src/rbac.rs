@@ -1,5 +1,6 @@
 //! Every Kubernetes API permission the server needs, in one table: the single source of truth
-//! for the RBAC objects in `deploy/rbac.yaml`.
+//! for the RBAC objects in `deploy/rbac.yaml` and of the Helm chart's `templates/rbac.yaml`, which
+//! [`helm_template`] generates (`tests/helm.rs` fails when the checked-in file is stale).
 //!
 //! `tests/install.rs` keeps the table honest from both sides: it replays the requests the code
 //! sends (reconciler, leader election, self-managed certificates) through

@@ -2,7 +2,8 @@
 //! `src/rbac.rs`, the CRDs from the Rust types) are current and its version is the crate's; with
 //! the pinned helm (built by `hack/control-plane.sh`), `helm lint` passes, the default values render
 //! exactly the objects of `deploy/` and `certificates.mode=certManager` those of `certs/`, the other
-//! values change what they say, and what it renders is accepted by a real kube-apiserver.
+//! values change what they say, what it renders is accepted by a real kube-apiserver (server-side
+//! apply), and `helm install`, `upgrade` and `uninstall` work against one.
 //! The helm tests are ignored in plain `cargo test`: `hack/test.sh` builds helm and runs them; without
 //! the binary they panic, naming the script.
 
@@ -315,4 +316,50 @@ fn the_chart_installs_on_a_real_apiserver() {
     ]);
     assert_eq!(inject, format!("{ns}/tailscale-gateway-serving"));
     cp.kubectl_ok(&["get", "-n", ns, "certificate/tailscale-gateway-serving", "serviceaccount/tailscale-gateway"]);
+}
+
+#[test]
+#[ignore = "needs hack/control-plane.sh's helm and the real control plane: run hack/test.sh"]
+fn helm_install_and_uninstall_on_a_real_apiserver() {
+    let helm = Helm::new();
+    let cp = ControlPlane::start();
+    let kubeconfig = cp.kubeconfig.display().to_string();
+    let chart = chart().display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+        all.extend_from_slice(args);
+        let out = helm.run(&all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "helm {args:?}:\n{text}");
+        text
+    };
+    // The release record in `default`; the chart creates its own namespace.
+    let out = run(&["install", "tsgw", &chart, "--namespace", "default"]);
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let ns = install::NAMESPACE;
+    cp.kubectl_ok(&["get", "namespace", ns]);
+    cp.kubectl_ok(&[
+        "get",
+        "-n",
+        ns,
+        "deployment/tailscale-gateway",
+        "service/tailscale-gateway-xds",
+        "role/tailscale-gateway",
+    ]);
+    cp.kubectl_ok(&["get", "apiservice", install::APISERVICE_NAME]);
+    // An upgrade changes what the values say.
+    run(&["upgrade", "tsgw", &chart, "--namespace", "default", "--set", "replicas=3,image.tag=dev"]);
+    let got = cp.kubectl_ok(&[
+        "get",
+        "-n",
+        ns,
+        "deployment/tailscale-gateway",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(got, "3 ghcr.io/tailscale-gateway/tailscale-gateway:dev");
+    // (No --wait: without kube-controller-manager the namespace stays Terminating.)
+    run(&["uninstall", "tsgw", "--namespace", "default"]);
+    let out = cp.kubectl_output(&["get", "clusterrole", install::APP_NAME], None);
+    assert!(!out.status.success(), "the ClusterRole outlived the release");
 }
