@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned real control plane (etcd, kube-apiserver, kube-controller-manager, Envoy Gateway)
-# and tsconfig-check (tailscale.com's own loaders, for the proxies' generated configs)
+# Builds the pinned real control plane (etcd, kube-apiserver, kube-controller-manager, Envoy Gateway),
+# tsconfig-check (tailscale.com's own loaders, for the proxies' generated configs) and helm (for the
+# chart in charts/)
 # from the Go module proxy into ${TSGW_CACHE:-$HOME/.cache/tailscale-gateway}/bin/, reusing binaries
 # already there. Versions: hack/control-plane/versions.env; dependency graphs: hack/control-plane/*/go.mod.
 set -euo pipefail
@@ -74,7 +75,7 @@ wanted() {
 }
 
 # Usage: hack/control-plane.sh [COMPONENT...]   (etcd kube-apiserver kube-controller-manager envoy-gateway
-# tsconfig-check; all when none are named)
+# tsconfig-check helm; all when none are named)
 main() {
   components=("$@")
   command -v go >/dev/null || die "needs Go (1.26 or newer) on PATH"
@@ -84,6 +85,7 @@ main() {
   check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
   check_pin envoy-gateway github.com/envoyproxy/gateway "$ENVOY_GATEWAY_VERSION"
   check_pin tsconfig-check tailscale.com "$TAILSCALE_VERSION"
+  check_pin helm helm.sh/helm/v4 "$HELM_VERSION"
   if wanted etcd; then build etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3; fi
   if wanted kube-apiserver; then
     build kube-apiserver "$KUBERNETES_VERSION" kubernetes k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
@@ -98,6 +100,10 @@ main() {
     eg_crds
   fi
   if wanted tsconfig-check; then build tsconfig-check "$TAILSCALE_VERSION" tsconfig-check .; fi
+  if wanted helm; then
+    build helm "$HELM_VERSION" helm helm.sh/helm/v4/cmd/helm \
+      "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  fi
   echo "control plane ready in $bin"
 }
 

@@ -22,8 +22,9 @@ done
 
 # What the tests start: all of it. Envoy Gateway (tests/real_envoy_gateway.rs) is the longest cold build
 # after kube-apiserver: 777 s measured on the 2-core machine with an empty Go build cache (modules
-# already downloaded) while a cargo build shared it; seconds once cached.
-needed=(etcd kube-apiserver kube-controller-manager envoy-gateway tsconfig-check)
+# already downloaded) while a cargo build shared it; seconds once cached. helm (tests/helm.rs): 371 s cold,
+# measured the same way (empty Go build cache, modules downloaded, a cargo build beside it).
+needed=(etcd kube-apiserver kube-controller-manager envoy-gateway tsconfig-check helm)
 echo "==> hack/control-plane.sh ${needed[*]}: building or reusing what the real-cluster tests start"
 bash hack/control-plane.sh "${needed[@]}"
 echo "==> cargo test ${cargo_args[*]} -- --include-ignored ${test_args[*]}"

@@ -1,5 +1,6 @@
 //! Every Kubernetes API permission the server needs, in one table: the single source of truth
-//! for the RBAC objects in `deploy/rbac.yaml`.
+//! for the RBAC objects in `deploy/rbac.yaml` and of the Helm chart's `templates/rbac.yaml`, which
+//! [`helm_template`] generates (`tests/helm.rs` fails when the checked-in file is stale).
 //!
 //! `tests/install.rs` keeps the table honest from both sides: it replays the requests the code
 //! sends (reconciler, leader election, self-managed certificates) through
@@ -23,6 +24,8 @@ pub enum Scope {
         role: &'static str,
         /// Namespace of the binding (`None`: a ClusterRoleBinding).
         namespace: Option<&'static str>,
+        /// The binding is named `<app>:<binding>`.
+        binding: &'static str,
     },
 }
 
@@ -45,8 +48,12 @@ pub struct Permission {
 
 const GW: &str = crate::api::GROUP;
 const READ: &[&str] = &["get", "list", "watch"];
-const AUTH_DELEGATOR: Scope =
-    Scope::BuiltIn { role_kind: "ClusterRole", role: "system:auth-delegator", namespace: None };
+const AUTH_DELEGATOR: Scope = Scope::BuiltIn {
+    role_kind: "ClusterRole",
+    role: "system:auth-delegator",
+    namespace: None,
+    binding: "auth-delegator",
+};
 
 /// Every permission the binary uses. See the module docs for how it is checked.
 pub const PERMISSIONS: &[Permission] = &[
@@ -280,6 +287,7 @@ pub const PERMISSIONS: &[Permission] = &[
             role_kind: "Role",
             role: "extension-apiserver-authentication-reader",
             namespace: Some(install::AUTH_CONFIGMAP_NAMESPACE),
+            binding: "auth-reader",
         },
         why: "aggregated API: client and requestheader CAs",
     },
@@ -396,6 +404,98 @@ impl Permission {
 /// The permission in [`PERMISSIONS`] that allows `attrs`, if any.
 pub fn allowed_by(attrs: &Attributes, install_namespace: &str) -> Option<&'static Permission> {
     PERMISSIONS.iter().find(|p| p.allows(attrs, install_namespace))
+}
+
+/// Where the chart's generated RBAC template lives, relative to the repository root.
+pub const HELM_TEMPLATE_PATH: &str = "charts/tailscale-gateway/templates/rbac.yaml";
+
+/// The Helm chart's `templates/rbac.yaml`, generated from [`PERMISSIONS`]: the ServiceAccount, the
+/// ClusterRole and Role with their bindings, the bindings of the built-in roles, and the ClusterRole
+/// that aggregates read access into `view`. `tests/helm.rs` fails when the checked-in file differs.
+pub fn helm_template() -> String {
+    use std::fmt::Write as _;
+    const NS: &str = "{{ include \"tailscale-gateway.namespace\" . }}";
+    let app = install::APP_NAME;
+    let list = |items: &[&str]| items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+    let rules = |out: &mut String, scope: Scope| {
+        for p in PERMISSIONS.iter().filter(|p| p.scope == scope) {
+            let _ = writeln!(out, "# {}", p.why);
+            let _ = writeln!(out, "- apiGroups: [{:?}]", p.group);
+            let _ = writeln!(out, "  resources: [{:?}]", p.resource);
+            if !p.resource_names.is_empty() {
+                let _ = writeln!(out, "  resourceNames: [{}]", list(p.resource_names));
+            }
+            let _ = writeln!(out, "  verbs: [{}]", list(p.verbs));
+        }
+    };
+    let labels = format!("  labels:\n    app.kubernetes.io/name: {app}\n");
+    let subject = format!("subjects:\n- kind: ServiceAccount\n  name: {app}\n  namespace: {NS}\n");
+    let mut out = String::new();
+    out.push_str(
+        "# Generated from the table in src/rbac.rs; do not edit. tests/helm.rs keeps this file in sync:\n\
+         # `TSGW_UPDATE_CHART=1 cargo test --test helm generated` rewrites it.\n",
+    );
+    let _ = write!(out, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {app}\n  namespace: {NS}\n{labels}");
+    let _ = write!(
+        out,
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {app}\n{labels}rules:\n"
+    );
+    rules(&mut out, Scope::Cluster);
+    let _ = write!(
+        out,
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {app}\n{labels}\
+         roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {app}\n{subject}"
+    );
+    let _ = write!(
+        out,
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {app}\n  namespace: {NS}\n\
+         {labels}rules:\n"
+    );
+    rules(&mut out, Scope::InstallNamespace);
+    let _ = write!(
+        out,
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {app}\n  namespace: {NS}\n\
+         {labels}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {app}\n{subject}"
+    );
+    let plurals: Vec<String> = crate::api::crds().into_iter().map(|c| c.spec.names.plural).collect();
+    let mut built_in: Vec<Scope> = Vec::new();
+    for p in PERMISSIONS {
+        if matches!(p.scope, Scope::BuiltIn { .. }) && !built_in.contains(&p.scope) {
+            built_in.push(p.scope);
+        }
+    }
+    for scope in built_in {
+        let Scope::BuiltIn { role_kind, role, namespace, binding } = scope else { continue };
+        let granted: Vec<String> = PERMISSIONS
+            .iter()
+            .filter(|p| p.scope == scope)
+            .map(|p| format!("{} {}/{}", p.verbs.join(","), p.group, p.resource))
+            .collect();
+        let _ = writeln!(out, "---\n# {role}: {}", granted.join("; "));
+        let kind = if namespace.is_some() { "RoleBinding" } else { "ClusterRoleBinding" };
+        let _ =
+            write!(out, "apiVersion: rbac.authorization.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {app}:{binding}\n");
+        if let Some(ns) = namespace {
+            let _ = writeln!(out, "  namespace: {ns}");
+        }
+        let _ = write!(
+            out,
+            "{labels}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: {role_kind}\n  name: {role}\n{subject}"
+        );
+    }
+    let _ = write!(
+        out,
+        "---\n# Everyone with `view` (and so `edit` and `admin`) reads our resources and the aggregated API.\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {app}:view\n{labels}\
+         \x20   rbac.authorization.k8s.io/aggregate-to-view: \"true\"\nrules:\n\
+         - apiGroups: [{:?}]\n  resources: [{}]\n  verbs: [\"get\", \"list\", \"watch\"]\n\
+         - apiGroups: [{:?}]\n  resources: [{}]\n  verbs: [\"get\", \"list\", \"watch\"]\n",
+        install::AGGREGATED_GROUP,
+        list(install::AGGREGATED_RESOURCES),
+        crate::api::GROUP,
+        list(&plurals.iter().map(String::as_str).collect::<Vec<_>>()),
+    );
+    out
 }
 
 #[cfg(test)]

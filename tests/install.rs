@@ -346,7 +346,7 @@ fn rbac_manifests_grant_exactly_the_table() {
         ("Role".to_string(), install::APP_NAME.to_string(), Some(install::NAMESPACE.to_string())),
     ]);
     for p in PERMISSIONS {
-        if let Scope::BuiltIn { role_kind, role, namespace } = p.scope {
+        if let Scope::BuiltIn { role_kind, role, namespace, .. } = p.scope {
             wanted.insert((role_kind.to_string(), role.to_string(), namespace.map(str::to_string)));
         }
     }

@@ -25,7 +25,7 @@ const CRDS: [&str; 4] = [
 #[test]
 fn versions_pin_every_component() {
     let versions = util::cluster::versions();
-    for key in ["ETCD_VERSION", "KUBERNETES_VERSION", "ENVOY_GATEWAY_VERSION"] {
+    for key in ["ETCD_VERSION", "KUBERNETES_VERSION", "ENVOY_GATEWAY_VERSION", "HELM_VERSION"] {
         let v = versions.get(key).unwrap_or_else(|| panic!("versions.env lacks {key}"));
         assert!(v.starts_with('v') && v.split('.').count() == 3, "{key}={v} is no vMAJOR.MINOR.PATCH");
     }
