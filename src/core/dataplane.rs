@@ -167,9 +167,15 @@ pub fn envoy_service_name(gateway_namespace: &str, gateway_name: &str) -> String
 }
 
 /// The in-cluster `host:port` a serve entry forwards to: the Service's DNS name, or for a Gateway
-/// the DNS name of the Service Envoy Gateway runs it behind. `namespace` is the TailscaleServices'.
+/// the DNS name of the Service Envoy Gateway runs it behind. `namespace` is the TailscaleServices';
+/// a reference into another namespace is refused here too, not only at admission, so an object
+/// that got past the webhook (stored before it, or read in local mode) exposes nothing of another
+/// namespace.
 pub fn backend_address(r: &ServeBackendRef, namespace: &str, place: &Placement) -> Result<String, String> {
-    let ns = r.namespace.as_deref().unwrap_or(namespace);
+    let ns = namespace;
+    if let Some(other) = r.namespace.as_deref().filter(|other| *other != namespace) {
+        return Err(format!("namespace {other:?} is not this object's ({namespace:?})"));
+    }
     let port =
         u16::try_from(r.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("port {} is not 1-65535", r.port))?;
     let (service, service_ns) = match BackendKind::of(r)? {
@@ -529,6 +535,10 @@ mod tests {
         assert!(backend_address(&backend(Some("Gateway"), Some(""), "eg", 443), "d", &place).is_err());
         assert!(backend_address(&backend(Some("Pod"), None, "p", 1), "d", &place).is_err());
         assert!(backend_address(&backend(None, None, "web", 0), "d", &place).is_err());
+        let elsewhere = ServeBackendRef { namespace: Some("kube-system".into()), ..backend(None, None, "web", 80) };
+        assert!(backend_address(&elsewhere, "d", &place).is_err(), "never another namespace's Service");
+        let same = ServeBackendRef { namespace: Some("d".into()), ..backend(None, None, "web", 80) };
+        assert_eq!(backend_address(&same, "d", &place), Ok("web.d.svc.cluster.local:80".into()));
     }
 
     #[test]
