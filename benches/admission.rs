@@ -333,10 +333,10 @@ fn main() {
             }
         }
         // Server-side cost of our handler alone (no TLS, no HTTP), to show where time goes.
-        let state = tailscale_gateway::admission::Admission {
-            cache: ours.cache.clone(),
-            metrics: tailscale_gateway::metrics::AdmissionMetrics::register(&mut prometheus_client::registry::Registry::default()),
-        };
+        let state = tailscale_gateway::admission::Admission::new(
+            ours.cache.clone(),
+            tailscale_gateway::metrics::AdmissionMetrics::register(&mut prometheus_client::registry::Registry::default()),
+        );
         let n: usize = std::env::var("BENCH_HANDLER_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
         let t = Instant::now();
         for _ in 0..n {

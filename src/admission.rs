@@ -4,6 +4,7 @@
 //! read the shared cache.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -62,6 +63,26 @@ pub struct Admission {
     pub cache: Cache,
     /// Metrics.
     pub metrics: AdmissionMetrics,
+    /// When set (`--webhook-client-ca`), reviews are answered only on connections whose client
+    /// certificate chains to this CA: kube-apiserver's, configured in its admission
+    /// configuration's kubeconfig for our webhooks.
+    pub client_ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl Admission {
+    /// Admission over `cache`, answering any client that reaches the port.
+    pub fn new(cache: Cache, metrics: AdmissionMetrics) -> Self {
+        Self { cache, metrics, client_ca: None }
+    }
+
+    /// Whether the request may be answered: no client CA configured, or a client certificate
+    /// that chains to it (checked with the aggregated API's verifier: one rule for both).
+    fn caller_allowed<B>(&self, req: &http::Request<B>) -> bool {
+        let Some(ca) = &self.client_ca else { return true };
+        req.extensions()
+            .get::<crate::server::PeerCerts>()
+            .is_some_and(|certs| crate::aggregated::auth::chain_verifies(ca.as_ref(), certs))
+    }
 }
 
 /// `group/version/kind` of the reviewed object.
@@ -644,6 +665,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
+    if !state.caller_allowed(&req) {
+        state.metrics.observe(webhook.index(), labels::KIND_NONE, labels::ERROR, None);
+        let mut resp = status_response(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate signed by the CA of --webhook-client-ca is required",
+        );
+        // The body is left unread: the connection cannot be reused.
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return resp;
+    }
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => {

@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// Service in front of the HTTPS port: the self-managed certificate is issued for its DNS names.
     #[arg(long, default_value = crate::install::SERVICE_NAME)]
     pub service_name: String,
+    /// CA (PEM) that callers of the webhooks must present a client certificate from: set it to
+    /// the CA of the client certificate kube-apiserver presents to webhooks (its admission
+    /// configuration's kubeconfig), and nothing else reaching the port gets a review answered.
+    #[arg(long)]
+    pub webhook_client_ca: Option<PathBuf>,
     /// Validating and mutating webhook configurations whose caBundle we keep ("" for none).
     #[arg(long, default_value = crate::install::WEBHOOK_CONFIG_NAME)]
     pub webhook_config_name: String,
@@ -213,6 +218,7 @@ impl ServeArgs {
             self_managed_certs: false,
             cert_secret: crate::install::CERT_SECRET_NAME.into(),
             service_name: crate::install::SERVICE_NAME.into(),
+            webhook_client_ca: None,
             webhook_config_name: crate::install::WEBHOOK_CONFIG_NAME.into(),
             apiservice_name: crate::install::APISERVICE_NAME.into(),
         }
@@ -799,7 +805,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone()).with_metrics(aggregated_metrics);
     // Local mode has no kube-apiserver to serve our CRD kinds: the aggregated API serves them too.
     let aggregated = if local { aggregated.with_crds() } else { aggregated };
-    let admission = Admission { cache: cache.clone(), metrics: admission_metrics };
+    let mut admission = Admission::new(cache.clone(), admission_metrics);
+    if let Some(path) = &args.webhook_client_ca {
+        let pem = std::fs::read(path).with_context(|| format!("reading --webhook-client-ca {}", path.display()))?;
+        let verifier = crate::aggregated::auth::verifier_for(&pem)
+            .map_err(|e| anyhow::anyhow!("--webhook-client-ca {}: {e}", path.display()))?;
+        admission.client_ca = Some(verifier);
+    }
     let routes =
         router(admission.clone(), Arc::new(registry), metrics_auth).merge(crate::aggregated::router(aggregated));
     let app = HttpsApp::new(admission, routes);

@@ -382,3 +382,55 @@ async fn an_oversize_body_over_http2_gets_its_413_status_not_a_reset_stream() {
     }
     s.running.shutdown().await;
 }
+
+/// `--webhook-client-ca`: only a caller with a client certificate from that CA (kube-apiserver's,
+/// in a cluster) gets a review answered; anyone else reaching the port gets 401 and nothing about
+/// the cluster's objects.
+#[tokio::test]
+async fn webhook_client_ca_admits_only_its_clients() {
+    use tailscale_gateway::pki::Ca;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests folder");
+    copy_examples(&manifests);
+    let state = dir.path().join("state");
+    let apiserver_ca = Ca::generate("kube-apiserver-client-ca").expect("a CA");
+    let ca_file = dir.path().join("webhook-client-ca.crt");
+    std::fs::write(&ca_file, &apiserver_ca.pair().cert_pem).expect("writing the CA");
+    let mut args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().expect("address"));
+    args.webhook_client_ca = Some(ca_file);
+    let running = runtime::start(args).await.expect("start");
+    let server_ca = std::fs::read_to_string(state.join("ca.crt")).expect("the local CA");
+    let obj = json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+        "metadata": {"name": "ok", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "vipService": {"ports": ["tcp:443"]}}});
+    let body = review("CREATE", obj, None);
+
+    // kube-apiserver's client certificate: answered.
+    let apiserver = apiserver_ca.issue_client("kube-apiserver", &[]).expect("a client certificate");
+    let mut c = Conn::open(
+        running.https_addr,
+        util::client_config(&[&server_ca], Some((&apiserver.cert_pem, &apiserver.key_pem))),
+    )
+    .await;
+    let r = c.post_json("/validate", &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(response(&r)["allowed"], true);
+
+    // No certificate, or one from another CA (the local kubectl user's): 401, no review.
+    let local_user = (
+        std::fs::read_to_string(state.join("client.crt")).expect("client cert"),
+        std::fs::read_to_string(state.join("client.key")).expect("client key"),
+    );
+    for client in [None, Some((local_user.0.as_str(), local_user.1.as_str()))] {
+        let mut c = Conn::open(running.https_addr, util::client_config(&[&server_ca], client)).await;
+        for path in ["/validate", "/mutate"] {
+            let r = c.post_json(path, &body).await;
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            assert_eq!(r.status, 401, "{path} with {:?}: {text}", client.map(|_| "another CA's certificate"));
+            assert!(text.contains("--webhook-client-ca") && !text.contains("AdmissionReview"), "{text}");
+            c = Conn::open(running.https_addr, util::client_config(&[&server_ca], client)).await;
+        }
+    }
+    running.shutdown().await;
+}

@@ -140,7 +140,7 @@ pub fn verifier_for(pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, String> {
 }
 
 /// Whether the connection's chain verifies against `verifier` now.
-fn chain_verifies(verifier: &dyn ClientCertVerifier, certs: &PeerCerts) -> bool {
+pub fn chain_verifies(verifier: &dyn ClientCertVerifier, certs: &PeerCerts) -> bool {
     match certs.0.split_first() {
         Some((leaf, intermediates)) => verifier.verify_client_cert(leaf, intermediates, UnixTime::now()).is_ok(),
         None => false,
