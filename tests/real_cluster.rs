@@ -1103,8 +1103,11 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
         "spec": {"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:80"]},
             "serve": [{"port": 80, "protocol": "HTTP", "backendRef": {"name": "web", "port": 8080}}]}});
     apply_ok(&cp, &published);
+    // The DNS name needs the tailnet's MagicDNS suffix, read off device names (devices joined
+    // just now): it follows within a device refresh.
     let svc = get_until(&cp, &mut server, &["tailscaleservices", "web"], |s| {
         condition(s, "Published").is_some_and(|c| c["status"] == "True")
+            && s["status"]["vipService"]["dnsName"].as_str().is_some()
     });
     assert_eq!(svc["status"]["vipService"]["name"], "svc:web", "{svc:#}");
     let dns = svc["status"]["vipService"]["dnsName"].as_str().unwrap_or_default().to_string();

@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// What each TailscaleEndpoints' proxies carry (serve config, egress targets): a `serve`
     /// entry, a VIP's DNS name or an egress target that changes rewrites their ConfigMap.
     pub plans: BTreeMap<ObjectKey, ProxyPlan>,
+    /// The MagicDNS name of each TailscaleServices' VIP as the cache can tell it (from its status,
+    /// else its tailnet's suffix): learning the suffix fills `status.vipService.dnsName` at once.
+    pub dns_names: BTreeMap<ObjectKey, Option<String>>,
 }
 
 /// Takes a snapshot of the index.
@@ -57,7 +60,8 @@ pub fn snapshot(idx: &Index) -> Snapshot {
     }
     let place = Placement::default();
     let plans = idx.all_endpoints().filter_map(|(k, _)| Some((k.clone(), idx.proxy_plan(k, &place)?))).collect();
-    Snapshot { selections, devices, advertised, plans }
+    let dns_names = idx.all_services().map(|(k, s)| (k.clone(), idx.vip_dns_name(s))).collect();
+    Snapshot { selections, devices, advertised, plans, dns_names }
 }
 
 /// Objects to reconcile again.
@@ -81,7 +85,9 @@ fn changed_keys<V: PartialEq>(
 /// What changed between two snapshots.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> Triggers {
     Triggers {
-        services: changed_keys(&old.selections, &new.selections).collect(),
+        services: changed_keys(&old.selections, &new.selections)
+            .chain(changed_keys(&old.dns_names, &new.dns_names))
+            .collect(),
         endpoints: changed_keys(&old.devices, &new.devices)
             .chain(changed_keys(&old.advertised, &new.advertised))
             .chain(changed_keys(&old.plans, &new.plans))
@@ -210,5 +216,26 @@ mod tests {
         cache.apply(with_serve(81));
         let t = diff(&before, &snapshot(&cache.read()));
         assert_eq!(t.endpoints, BTreeSet::from([ObjectKey::new("ns", "e")]));
+    }
+
+    #[test]
+    fn learning_the_tailnets_suffix_reconciles_its_services() {
+        let cache = crate::cache::Cache::new(10);
+        let mut web = svc("web", json!({"app": "web"}), true);
+        if let Resource::Services(s) = &mut web {
+            s.spec.tailnet = Some("t".into());
+        }
+        cache.apply(web);
+        let tailnet = |suffix: Option<&str>| {
+            Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
+                "metadata": {"name": "t"}, "spec": {"oauthSecretRef": {"name": "s"}},
+                "status": {"tailnetInfo": {"name": "t", "magicDNSSuffix": suffix}}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        cache.apply(tailnet(None));
+        let before = snapshot(&cache.read());
+        cache.apply(tailnet(Some("tail1.ts.net")));
+        let t = diff(&before, &snapshot(&cache.read()));
+        assert_eq!(t.services, BTreeSet::from([ObjectKey::new("ns", "web")]));
     }
 }
