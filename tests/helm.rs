@@ -130,30 +130,11 @@ fn by_identity(docs: Vec<Value>) -> BTreeMap<String, Value> {
             d["metadata"]["name"].as_str().unwrap_or_default()
         );
         if d["kind"] == "ClusterRole" || d["kind"] == "Role" {
-            d["rules"] = canonical_rules(&d["rules"]);
+            d["rules"] = json!(util::expand_rules(&d["rules"]).into_iter().collect::<Vec<_>>());
         }
         assert!(out.insert(key.clone(), d).is_none(), "{key} twice");
     }
     out
-}
-
-fn canonical_rules(rules: &Value) -> Value {
-    let strs = |v: &Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
-    };
-    let mut set = BTreeSet::new();
-    for r in rules.as_array().into_iter().flatten() {
-        let mut names = strs(&r["resourceNames"]);
-        names.sort();
-        for g in strs(&r["apiGroups"]) {
-            for res in strs(&r["resources"]) {
-                for v in strs(&r["verbs"]) {
-                    set.insert((g.clone(), res.clone(), v, names.clone()));
-                }
-            }
-        }
-    }
-    json!(set.into_iter().collect::<Vec<_>>())
 }
 
 /// Asserts the two sets of objects are equal, naming each object that differs.
@@ -246,19 +227,6 @@ fn values_change_what_they_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("certificates.mode must be selfManaged or certManager"));
 }
 
-/// A minimal stand-in for cert-manager's Certificate and Issuer CRDs (as in tests/real_cluster.rs).
-fn cert_manager_stand_in() -> Value {
-    let crd = |kind: &str, plural: &str| {
-        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.cert-manager.io")},
-            "spec": {"group": "cert-manager.io", "scope": "Namespaced",
-                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
-    };
-    json!({"apiVersion": "v1", "kind": "List", "items": [crd("Certificate", "certificates"), crd("Issuer", "issuers")]})
-}
-
 /// `kubectl apply --server-side -f -` of `text` (plus `extra`), which must succeed; its stdout.
 fn apply(cp: &ControlPlane, text: &str, extra: &[&str]) -> String {
     let mut args = vec!["apply", "--server-side", "-f", "-"];
@@ -287,7 +255,7 @@ fn the_chart_installs_on_a_real_apiserver() {
     let helm = Helm::new();
     let cp = ControlPlane::start();
     // cert-manager's kinds, for the certManager variant.
-    apply(&cp, &cert_manager_stand_in().to_string(), &[]);
+    apply(&cp, &util::cert_manager_stand_in().to_string(), &[]);
     cp.wait_established(&["certificates.cert-manager.io", "issuers.cert-manager.io"]);
     for sets in [&[][..], &["certificates.mode=certManager"][..]] {
         let text = helm.template_text(sets);

@@ -289,26 +289,6 @@ async fn the_binary_serves_the_manifest_paths() {
     running.shutdown().await;
 }
 
-/// (group, resource, verb, resourceNames) granted by a list of RBAC rules.
-fn expand_rules(rules: &Value) -> BTreeSet<(String, String, String, Vec<String>)> {
-    let strs = |v: &Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
-    };
-    let mut out = BTreeSet::new();
-    for r in rules.as_array().into_iter().flatten() {
-        let mut names = strs(&r["resourceNames"]);
-        names.sort();
-        for g in strs(&r["apiGroups"]) {
-            for res in strs(&r["resources"]) {
-                for v in strs(&r["verbs"]) {
-                    out.insert((g.clone(), res.clone(), v, names.clone()));
-                }
-            }
-        }
-    }
-    out
-}
-
 fn expand_table(scope: Scope) -> BTreeSet<(String, String, String, Vec<String>)> {
     let mut out = BTreeSet::new();
     for p in PERMISSIONS.iter().filter(|p| p.scope == scope) {
@@ -331,10 +311,10 @@ fn binds_our_account(binding: &Value) -> bool {
 fn rbac_manifests_grant_exactly_the_table() {
     let docs = docs("deploy");
     let cluster_role = find(&docs, "ClusterRole", install::APP_NAME);
-    assert_eq!(expand_rules(&cluster_role["rules"]), expand_table(Scope::Cluster), "ClusterRole vs src/rbac.rs");
+    assert_eq!(util::expand_rules(&cluster_role["rules"]), expand_table(Scope::Cluster), "ClusterRole vs src/rbac.rs");
     let role = find(&docs, "Role", install::APP_NAME);
     assert_eq!(role["metadata"]["namespace"], install::NAMESPACE);
-    assert_eq!(expand_rules(&role["rules"]), expand_table(Scope::InstallNamespace), "Role vs src/rbac.rs");
+    assert_eq!(util::expand_rules(&role["rules"]), expand_table(Scope::InstallNamespace), "Role vs src/rbac.rs");
     // Every role bound to our ServiceAccount is ours or a built-in one from the table.
     let mut bound = BTreeSet::new();
     for (_, b) in docs.iter().filter(|(_, d)| s(&d["kind"]).ends_with("Binding") && binds_our_account(d)) {
@@ -354,7 +334,7 @@ fn rbac_manifests_grant_exactly_the_table() {
     // The view aggregation covers the read API.
     let view = find(&docs, "ClusterRole", "tailscale-gateway:view");
     assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true");
-    let granted = expand_rules(&view["rules"]);
+    let granted = util::expand_rules(&view["rules"]);
     for res in install::AGGREGATED_RESOURCES.iter().map(|r| r.to_string()).chain(crd_plurals()) {
         for verb in ["get", "list", "watch"] {
             let group = if install::AGGREGATED_RESOURCES.contains(&res.as_str()) {
@@ -703,7 +683,7 @@ fn proxies_are_granted_only_what_we_hold() {
     let role = tailscale_gateway::reconciler::builders::role(&ep, &Default::default());
     let rules = serde_json::to_value(&role.rules).unwrap_or_default();
     let held = expand_table(Scope::Cluster);
-    for (group, resource, verb, _) in expand_rules(&rules) {
+    for (group, resource, verb, _) in util::expand_rules(&rules) {
         assert!(
             held.contains(&(group.clone(), resource.clone(), verb.clone(), vec![])),
             "proxies get {verb} {group}/{resource}, which the server does not hold"

@@ -87,20 +87,6 @@ fn server_dry_run(cp: &ControlPlane, dir: &str) {
     assert_eq!(out.lines().count(), names.len(), "{dir}: one line per object:\n{out}");
 }
 
-/// A minimal stand-in for cert-manager's Certificate and Issuer CRDs: the kinds exist, their
-/// contents go unchecked (cert-manager's own schemas are not vendored here).
-fn cert_manager_stand_in() -> Value {
-    let crd = |kind: &str, plural: &str| {
-        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.cert-manager.io")},
-            "spec": {"group": "cert-manager.io", "scope": "Namespaced",
-                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
-    };
-    json!({"apiVersion": "v1", "kind": "List", "items": [crd("Certificate", "certificates"), crd("Issuer", "issuers")]})
-}
-
 fn apply_stdin(cp: &ControlPlane, doc: &Value, extra: &[&str]) -> Output {
     let mut args = vec!["apply", "--server-side", "-f", "-"];
     args.extend_from_slice(extra);
@@ -125,7 +111,7 @@ fn install_manifests_are_accepted_by_a_real_apiserver() {
     }
     // certs/ adds cert-manager objects: the server knows their kinds only with cert-manager's
     // CRDs, for which a stand-in without schema is installed here.
-    apply_ok(&cp, &cert_manager_stand_in());
+    apply_ok(&cp, &util::cert_manager_stand_in());
     cp.wait_established(&["certificates.cert-manager.io", "issuers.cert-manager.io"]);
     server_dry_run(&cp, "certs");
 }

@@ -163,3 +163,38 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
     tcp.read_to_string(&mut out).await.unwrap_or_else(|e| panic!("{e}"));
     out
 }
+
+/// (group, resource, verb, resourceNames) granted by a list of RBAC rules, one entry each: the
+/// canonical form two manifests that group rules differently are compared in.
+pub fn expand_rules(rules: &serde_json::Value) -> std::collections::BTreeSet<(String, String, String, Vec<String>)> {
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(serde_json::Value::as_str).map(str::to_string).collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for r in rules.as_array().into_iter().flatten() {
+        let mut names = strs(&r["resourceNames"]);
+        names.sort();
+        for g in strs(&r["apiGroups"]) {
+            for res in strs(&r["resources"]) {
+                for v in strs(&r["verbs"]) {
+                    out.insert((g.clone(), res.clone(), v, names.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A minimal stand-in for cert-manager's Certificate and Issuer CRDs: the kinds exist, their
+/// contents go unchecked (cert-manager's own schemas are not vendored here).
+pub fn cert_manager_stand_in() -> serde_json::Value {
+    let crd = |kind: &str, plural: &str| {
+        serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.cert-manager.io")},
+            "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
+    };
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [crd("Certificate", "certificates"), crd("Issuer", "issuers")]})
+}
