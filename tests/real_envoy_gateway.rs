@@ -527,10 +527,17 @@ fn route_condition(cp: &ControlPlane, type_: &str) -> Option<String> {
     Some(format!("{}/{}", c["status"].as_str()?, c["reason"].as_str().unwrap_or_default()))
 }
 
-/// Our server's metrics over HTTPS.
-fn metrics(https: u16) -> String {
+/// Our server's metrics over HTTPS. In a cluster `/metrics` is authorized by kube-apiserver (a
+/// SubjectAccessReview for GET /metrics), so the request comes as kube-apiserver's front proxy
+/// would send it, for a user in `system:masters`.
+fn metrics(cp: &ControlPlane, https: u16) -> String {
+    let f = &cp.files;
     let out = Command::new("curl")
-        .args(["-sSk", "--max-time", "10"])
+        .args(["-sSk", "--max-time", "10", "--cert"])
+        .arg(&f.proxy_client_cert)
+        .arg("--key")
+        .arg(&f.proxy_client_key)
+        .args(["-H", "X-Remote-User: metrics-test", "-H", "X-Remote-Group: system:masters"])
         .arg(format!("https://127.0.0.1:{https}/metrics"))
         .output()
         .unwrap_or_else(|e| panic!("running curl: {e}"));
@@ -765,7 +772,7 @@ fn real_envoy_gateway_calls_the_extension() {
     assert!(!endpoints_by_priority(tailscale).is_empty(), "{tailscale:#?}");
 
     // 3. Our hooks were called (our own metrics) and answered without errors.
-    let text = metrics(https);
+    let text = metrics(&cp, https);
     for hook in ["PostClusterModify", "PostTranslateModify", "PostRouteModify"] {
         let n = metric(&text, &format!("tailscale_gateway_xds_hook_calls_total{{hook=\"{hook}\"}}"));
         assert!(n >= 1.0, "{hook} never called:\n{text}");
