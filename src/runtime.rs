@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// Extension calls decoded and served at once; more wait their turn.
     #[arg(long, default_value_t = crate::xds::limits::DEFAULT_MAX_CONCURRENT_CALLS)]
     pub xds_max_concurrent_calls: usize,
+    /// Bytes the extension calls in flight may take once decoded, estimated from their wire bytes
+    /// before decoding (an upper bound): a call above it is refused with RESOURCE_EXHAUSTED, calls
+    /// that together exceed it wait their turn.
+    #[arg(long, default_value_t = crate::xds::limits::DEFAULT_MAX_DECODED_SIZE)]
+    pub xds_max_decoded_size: usize,
     /// Open connections to the extension port; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = crate::xds::DEFAULT_MAX_CONNECTIONS)]
     pub xds_max_connections: usize,
@@ -195,6 +200,7 @@ impl ServeArgs {
             xds_max_message_size: crate::xds::DEFAULT_MAX_MESSAGE_SIZE,
             xds_max_resources_per_call: crate::xds::limits::DEFAULT_MAX_RESOURCES,
             xds_max_concurrent_calls: crate::xds::limits::DEFAULT_MAX_CONCURRENT_CALLS,
+            xds_max_decoded_size: crate::xds::limits::DEFAULT_MAX_DECODED_SIZE,
             xds_max_connections: crate::xds::DEFAULT_MAX_CONNECTIONS,
             max_connections: crate::server::DEFAULT_MAX_CONNECTIONS,
             tls_handshake_timeout: crate::server::DEFAULT_HANDSHAKE_TIMEOUT,
@@ -775,6 +781,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         max_message_size: args.xds_max_message_size,
         max_resources_per_call: args.xds_max_resources_per_call,
         max_concurrent_calls: args.xds_max_concurrent_calls,
+        max_decoded_size: args.xds_max_decoded_size,
         max_connections: args.xds_max_connections,
         hooks: crate::xds::HookSettings { placement: args.placement(), ..crate::xds::HookSettings::default() },
     };

@@ -199,6 +199,39 @@ async fn a_million_empty_clusters_are_refused_fast_with_bounded_memory() {
     assert_eq!(status, "0", "{text}");
 }
 
+/// Row 1, the lists the per-list limit does not count: one cluster of 8,000,000 empty health
+/// checks fits in a 16 MB message and would decode to about 21 GB; its decoded size is estimated
+/// from the wire bytes and the call refused, naming --xds-max-decoded-size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_million_empty_health_checks_are_refused_before_decoding() {
+    let server = Server::start(&[]).await;
+    let before = server.peak_rss_kib();
+    let checks = b"\x42\x00".repeat(8_000_000);
+    let mut message = vec![0x12];
+    let mut len = checks.len();
+    while len >= 0x80 {
+        message.push((len & 0x7f) as u8 | 0x80);
+        len >>= 7;
+    }
+    message.push(len as u8);
+    message.extend_from_slice(&checks);
+    let started = Instant::now();
+    let (status, text) = raw_grpc(server.xds, "PostTranslateModify", &message).await;
+    let peak = server.peak_rss_kib();
+    eprintln!(
+        "8,000,000 empty health checks ({} bytes): refused in {:?}; peak RSS {before} KiB before, {peak} KiB after",
+        message.len(),
+        started.elapsed()
+    );
+    assert_eq!(status, "8", "RESOURCE_EXHAUSTED: {text}");
+    let text = text.replace("%20", " ");
+    assert!(text.contains("--xds-max-decoded-size (512 MiB)"), "{text}");
+    // The body is held once (16 MB) and walked, never decoded.
+    assert!(peak < before + 64 * 1024, "peak RSS grew from {before} KiB to {peak} KiB");
+    let (status, text) = raw_grpc(server.xds, "PostTranslateModify", &b"\x12\x00".repeat(1000)).await;
+    assert_eq!(status, "0", "{text}");
+}
+
 /// Row 2: the HTTPS port holds at most --max-connections; more are closed at once instead of
 /// failing accept, connections that send nothing are closed after --header-read-timeout, and
 /// the health listener answers throughout.

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, Virtu
 use prost::Message;
 use tailscale_gateway::aggregated::request::{FieldSelector, ListOptions, Target};
 use tailscale_gateway::core::selector::Selector;
-use tailscale_gateway::xds::limits::list_sizes;
+use tailscale_gateway::xds::limits::{decoded_size, list_sizes};
 use tailscale_gateway::xds::pb::PostTranslateModifyRequest;
 
 const VALID_REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"gateway.tailscale.com","version":"v1alpha1","kind":"TailscaleTailnet"},"resource":{"group":"gateway.tailscale.com","version":"v1alpha1","resource":"tailscaletailnets"},"namespace":"default","operation":"CREATE","userInfo":{"username":"admin"},"object":{"apiVersion":"gateway.tailscale.com/v1alpha1","kind":"TailscaleTailnet","metadata":{"name":"corp"},"spec":{"oauthSecretRef":{"name":"oauth"}}}}}"#;
@@ -64,9 +64,10 @@ proptest! {
     }
 
     #[test]
-    fn the_wire_counter_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn the_wire_walkers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         for method in ["PostTranslateModify", "PostClusterModify", "PostRouteModify", "PostHTTPListenerModify", "PostVirtualHostModify", "PostEndpointsModify"] {
             let _ = list_sizes(method, &bytes);
+            prop_assert!(decoded_size(method, &bytes, usize::MAX).is_some(), "{} has a schema", method);
         }
     }
 

@@ -9,6 +9,16 @@
 //! and allocates nothing, and a call over the limit is refused with `RESOURCE_EXHAUSTED` naming
 //! the list, its count and the flag. Calls are also bounded in number: at most
 //! `max_concurrent_calls` bodies are buffered and decoded at once, the others wait their turn.
+//!
+//! Counting those lists is not enough: any other repeated field (a cluster's health checks, a
+//! route's headers to add, metadata maps) amplifies too. So every call's decoded size is also
+//! estimated before decoding, by walking the whole message with a schema generated from the protos
+//! (`generated/wire_schema.rs`): each message on the wire costs its Rust type's size, each string
+//! or bytes field its length plus a `String`, each repeated number its width, and an element of a
+//! list three times its size (a `Vec` grows by doubling, and while it moves the old buffer is still
+//! held). The estimate is an upper bound (a message field that prost keeps inline is counted again,
+//! a singular field sent twice is counted twice; `tests/decoded_size.rs` checks it against a
+//! counting allocator) and a call above `--xds-max-decoded-size` is refused with `RESOURCE_EXHAUSTED`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +36,45 @@ use tonic::server::NamedService;
 pub const DEFAULT_MAX_RESOURCES: usize = 20_000;
 /// Default number of extension calls decoded and served at once (`--xds-max-concurrent-calls`).
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 8;
+/// Default largest estimated decoded size of one call, in bytes (`--xds-max-decoded-size`).
+pub const DEFAULT_MAX_DECODED_SIZE: usize = 512 << 20;
+
+/// What a field holds once decoded.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    /// A message, by its index in [`schema::MESSAGES`].
+    Message(usize),
+    /// A list (or map) of those messages.
+    Messages(usize),
+    /// A string or bytes.
+    Bytes,
+    /// A list of strings or bytes.
+    Strings,
+    /// A list of numbers of this many bytes each.
+    Scalars(usize),
+}
+
+/// What an element of a list may take for its slot in the list: a `Vec` (or a map) doubles its
+/// capacity as it grows, and holds the old buffer while moving to the new one.
+const LIST_SLOT: usize = 3;
+
+/// A message type: its size in Rust and its fields that allocate, sorted by field number.
+struct Message {
+    size: usize,
+    fields: &'static [(u32, Held)],
+}
+
+/// A map's entry: a key and a value in a hash map's slot (the value's own message, if any, is
+/// counted where it is reached).
+const MAP_ENTRY: usize = 2 * size_of::<String>() + 16;
+
+/// The depth prost stops decoding at.
+const MAX_DEPTH: u32 = 100;
+
+mod schema {
+    use super::{Held, MAP_ENTRY, Message};
+    include!("generated/wire_schema.rs");
+}
 
 /// A list the limit applies to, and where it sits in a message: each entry is a field number,
 /// the list's name when that field is a counted list, and the fields counted inside it.
@@ -130,6 +179,65 @@ fn count(msg: &[u8], fields: &'static [Field], counts: &mut Vec<(&'static str, u
     }
 }
 
+/// Adds to `total` what the fields of `msg`, a message of type `ty`, would allocate when decoded
+/// (the message's own size is its holder's to count), and stops as soon as it passes `most`.
+/// Malformed input ends the walk quietly: the decoder refuses it.
+fn add_decoded(msg: &[u8], ty: &Message, depth: u32, most: usize, total: &mut usize) {
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    let mut at = 0;
+    while at < msg.len() && *total <= most {
+        let Some(tag) = varint(msg, &mut at) else { return };
+        let (number, wire) = (tag >> 3, tag & 7);
+        let held = u32::try_from(number)
+            .ok()
+            .and_then(|n| ty.fields.binary_search_by_key(&n, |(number, _)| *number).ok())
+            .map(|i| ty.fields[i].1);
+        let skip = match wire {
+            0 => match varint(msg, &mut at) {
+                Some(_) => 0,
+                None => return,
+            },
+            1 => 8,
+            5 => 4,
+            2 => match varint(msg, &mut at).and_then(|l| usize::try_from(l).ok()) {
+                Some(len) => len,
+                None => return,
+            },
+            _ => return,
+        };
+        let Some(end) = at.checked_add(skip).filter(|end| *end <= msg.len()) else { return };
+        let add = match (held, wire) {
+            (Some(Held::Message(i) | Held::Messages(i)), 2) => {
+                let inner = &schema::MESSAGES[i];
+                add_decoded(&msg[at..end], inner, depth + 1, most, total);
+                match held {
+                    Some(Held::Messages(_)) => LIST_SLOT * inner.size,
+                    _ => inner.size,
+                }
+            }
+            (Some(Held::Bytes), 2) => size_of::<String>() + skip,
+            (Some(Held::Strings), 2) => LIST_SLOT * size_of::<String>() + skip,
+            // Packed: at least one byte per number.
+            (Some(Held::Scalars(width)), 2) => skip.saturating_mul(LIST_SLOT * width),
+            (Some(Held::Scalars(width)), _) => LIST_SLOT * width,
+            _ => 0,
+        };
+        *total = total.saturating_add(add);
+        at = end;
+    }
+}
+
+/// An upper bound of what decoding the `method` request `msg` would allocate, in bytes; `None`
+/// for methods without a request schema. Stops counting once past `most`.
+pub fn decoded_size(method: &str, msg: &[u8], most: usize) -> Option<usize> {
+    let ty = &schema::MESSAGES[schema::REQUESTS.iter().position(|r| *r == method)?];
+    let mut total = ty.size;
+    add_decoded(msg, ty, 0, most, &mut total);
+    Some(total)
+}
+
 /// The counted lists of a `method` request whose protobuf encoding is `msg`, in the order first
 /// seen. Empty for methods without lists.
 pub fn list_sizes(method: &str, msg: &[u8]) -> Vec<(&'static str, usize)> {
@@ -141,17 +249,26 @@ pub fn list_sizes(method: &str, msg: &[u8]) -> Vec<(&'static str, usize)> {
 }
 
 /// Checks one gRPC request body (5-byte frame header, then the message) of `method` against
-/// `max_resources`. A compressed or malformed frame passes: the decoder refuses it.
-pub fn check(method: &str, body: &[u8], max_resources: usize) -> Result<(), Status> {
-    let Some((&[0, a, b, c, d], msg)) = body.split_first_chunk::<5>() else { return Ok(()) };
+/// `max_resources` per list and `max_decoded` bytes once decoded, and returns the decoded-size
+/// estimate. A compressed or malformed frame passes with 0: the decoder refuses it.
+pub fn check(method: &str, body: &[u8], max_resources: usize, max_decoded: usize) -> Result<usize, Status> {
+    let Some((&[0, a, b, c, d], msg)) = body.split_first_chunk::<5>() else { return Ok(0) };
     let len = u32::from_be_bytes([a, b, c, d]) as usize;
     let msg = msg.get(..len).unwrap_or(msg);
-    match list_sizes(method, msg).into_iter().find(|(_, n)| *n > max_resources) {
-        Some((name, n)) => Err(Status::resource_exhausted(format!(
+    if let Some((name, n)) = list_sizes(method, msg).into_iter().find(|(_, n)| *n > max_resources) {
+        return Err(Status::resource_exhausted(format!(
             "{method} carries {n} {name}: more than --xds-max-resources-per-call ({max_resources}) allows in one call"
-        ))),
-        None => Ok(()),
+        )));
     }
+    let size = decoded_size(method, msg, max_decoded).unwrap_or(0);
+    if size > max_decoded {
+        return Err(Status::resource_exhausted(format!(
+            "{method}: {len} bytes that would take more than {} MiB decoded, above --xds-max-decoded-size ({} MiB)",
+            size >> 20,
+            max_decoded >> 20
+        )));
+    }
+    Ok(size)
 }
 
 /// Limits for one server.
@@ -161,14 +278,27 @@ pub struct CallLimits {
     pub max_resources: usize,
     /// Largest message, in bytes (the body is collected up to this plus its frame header).
     pub max_message_size: usize,
+    /// Largest decoded size of the calls in flight together, in bytes.
+    pub max_decoded_size: usize,
     /// Permits for calls being decoded and served.
     calls: Arc<Semaphore>,
+    /// The decoded size of the calls in flight, in KiB permits, of `total_kib`.
+    decoded_kib: Arc<Semaphore>,
+    total_kib: u32,
 }
 
 impl CallLimits {
-    /// Limits of `max_resources` per list, `max_message_size` bytes and `max_concurrent_calls` at once.
-    pub fn new(max_resources: usize, max_message_size: usize, max_concurrent_calls: usize) -> Arc<Self> {
-        Arc::new(Self { max_resources, max_message_size, calls: Arc::new(Semaphore::new(max_concurrent_calls.max(1))) })
+    /// The limits `opts` names.
+    pub fn new(opts: &super::XdsOptions) -> Arc<Self> {
+        let total_kib = u32::try_from(opts.max_decoded_size >> 10).unwrap_or(u32::MAX).max(1);
+        Arc::new(Self {
+            max_resources: opts.max_resources_per_call,
+            max_message_size: opts.max_message_size,
+            max_decoded_size: opts.max_decoded_size,
+            calls: Arc::new(Semaphore::new(opts.max_concurrent_calls.max(1))),
+            decoded_kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        })
     }
 }
 
@@ -236,10 +366,18 @@ where
                     .into_http());
                 }
             };
-            if let Err(status) = check(&method, &bytes, limits.max_resources) {
-                tracing::warn!(hook = %method, error = status.message(), "extension call refused");
-                return Ok(status.into_http());
-            }
+            let size = match check(&method, &bytes, limits.max_resources, limits.max_decoded_size) {
+                Ok(size) => size,
+                Err(status) => {
+                    tracing::warn!(hook = %method, error = status.message(), "extension call refused");
+                    return Ok(status.into_http());
+                }
+            };
+            // Held until the answer is built: calls that together would decode to more wait.
+            let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, limits.total_kib);
+            let Ok(_decoded) = limits.decoded_kib.clone().acquire_many_owned(kib).await else {
+                return Ok(Status::unavailable("shutting down").into_http());
+            };
             let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
             inner.call(req).await
         })
@@ -304,8 +442,10 @@ mod tests {
                 ("virtual hosts", 2),
             ]
         );
-        assert!(check("PostTranslateModify", &framed(&req), 6).is_ok());
-        let refused = check("PostTranslateModify", &framed(&req), 5).err().map(|s| (s.code(), s.message().to_string()));
+        assert!(check("PostTranslateModify", &framed(&req), 6, DEFAULT_MAX_DECODED_SIZE).is_ok());
+        let refused = check("PostTranslateModify", &framed(&req), 5, DEFAULT_MAX_DECODED_SIZE)
+            .err()
+            .map(|s| (s.code(), s.message().to_string()));
         let Some((code, message)) = refused else { panic!("6 routes passed a limit of 5") };
         assert_eq!(code, tonic::Code::ResourceExhausted);
         assert!(message.contains("6 routes") && message.contains("--xds-max-resources-per-call (5)"), "{message}");
@@ -317,10 +457,10 @@ mod tests {
         let mut body = vec![0];
         body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
         body.extend_from_slice(&msg);
-        let started = std::time::Instant::now();
-        let refused = check("PostTranslateModify", &body, DEFAULT_MAX_RESOURCES).err().map(|s| s.message().to_string());
+        let refused = check("PostTranslateModify", &body, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_DECODED_SIZE)
+            .err()
+            .map(|s| s.message().to_string());
         assert!(refused.as_deref().is_some_and(|m| m.contains("1000000 clusters")), "{refused:?}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
     }
 
     #[test]
@@ -331,7 +471,9 @@ mod tests {
                 backend_extension_resources: vec![ExtensionResource::default(); 11],
             }),
         };
-        let refused = check("PostClusterModify", &framed(&req), 10).err().map(|s| s.message().to_string());
+        let refused = check("PostClusterModify", &framed(&req), 10, DEFAULT_MAX_DECODED_SIZE)
+            .err()
+            .map(|s| s.message().to_string());
         assert!(refused.as_deref().is_some_and(|m| m.contains("11 extension resources")), "{refused:?}");
     }
 
@@ -343,8 +485,56 @@ mod tests {
             b"\x01\x00\x00\x00\x02\x12\x00",
             b"\x00\x00\x00\x00\x01\x07",
         ] {
-            assert!(check("PostTranslateModify", body, 0).is_ok(), "{body:?}");
+            assert!(check("PostTranslateModify", body, 0, DEFAULT_MAX_DECODED_SIZE).is_ok(), "{body:?}");
         }
-        assert!(check("Unknown", b"\x00\x00\x00\x00\x02\x12\x00", 0).is_ok());
+        assert!(check("Unknown", b"\x00\x00\x00\x00\x02\x12\x00", 0, 0).is_ok());
+    }
+
+    #[test]
+    fn uncounted_lists_are_bounded_by_the_decoded_size() {
+        use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+        // 8 is Cluster.health_checks: 4 million empty ones in one 16 MiB cluster.
+        let mut cluster = Vec::new();
+        for _ in 0..4_000_000 {
+            cluster.extend_from_slice(b"\x42\x00");
+        }
+        let mut msg = vec![0x12];
+        let mut len = cluster.len() as u64;
+        while len >= 0x80 {
+            msg.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        msg.push(len as u8);
+        msg.extend_from_slice(&cluster);
+        let most = DEFAULT_MAX_DECODED_SIZE;
+        let size = decoded_size("PostTranslateModify", &msg, most);
+        assert!(size.is_some_and(|s| s > most), "{size:?}");
+        // Without a limit the walk counts every one.
+        let all = decoded_size("PostTranslateModify", &msg, usize::MAX);
+        assert!(all.is_some_and(|s| s >= 4_000_000 * size_of::<HealthCheck>()), "{all:?}");
+        let mut body = vec![0];
+        body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        body.extend_from_slice(&msg);
+        let refused = check("PostTranslateModify", &body, DEFAULT_MAX_RESOURCES, most).err();
+        let message = refused.map(|s| s.message().to_string()).unwrap_or_default();
+        assert!(message.contains("--xds-max-decoded-size (512 MiB)"), "{message}");
+    }
+
+    #[test]
+    fn strings_maps_and_packed_numbers_count() {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        let cluster = Cluster {
+            name: "x".repeat(1000),
+            metadata: Some(Metadata {
+                filter_metadata: (0..10).map(|i| (format!("k{i}"), Default::default())).collect(),
+                ..Metadata::default()
+            }),
+            ..Cluster::default()
+        };
+        let req = PostClusterModifyRequest { cluster: Some(cluster), post_cluster_context: None };
+        let size = decoded_size("PostClusterModify", &req.encode_to_vec(), usize::MAX).unwrap_or_default();
+        let floor = size_of::<PostClusterModifyRequest>() + size_of::<Cluster>() + 1000 + 10 * MAP_ENTRY;
+        assert!(size >= floor, "{size} < {floor}");
+        assert_eq!(decoded_size("Unknown", b"", usize::MAX), None);
     }
 }

@@ -92,6 +92,9 @@ pub struct XdsOptions {
     pub max_resources_per_call: usize,
     /// Calls decoded and served at once; more wait.
     pub max_concurrent_calls: usize,
+    /// Estimated decoded bytes of the calls in flight together ([`limits`]); one call above it is
+    /// refused, calls that together exceed it wait.
+    pub max_decoded_size: usize,
     /// Open connections; more are closed as soon as they are accepted.
     pub max_connections: usize,
     /// What the hooks need to know.
@@ -106,6 +109,7 @@ impl Default for XdsOptions {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_resources_per_call: limits::DEFAULT_MAX_RESOURCES,
             max_concurrent_calls: limits::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_decoded_size: limits::DEFAULT_MAX_DECODED_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             hooks: HookSettings::default(),
         }
@@ -386,8 +390,7 @@ pub async fn serve_on(
     ))
     .max_decoding_message_size(opts.max_message_size)
     .max_encoding_message_size(opts.max_message_size);
-    let call_limits =
-        limits::CallLimits::new(opts.max_resources_per_call, opts.max_message_size, opts.max_concurrent_calls);
+    let call_limits = limits::CallLimits::new(&opts);
     let svc = limits::Limited::new(svc, call_limits);
     // A connection holds one of --xds-max-connections slots: one that never speaks (or a peer that
     // just sits on it) gives it back after MAX_CONNECTION_AGE; Envoy Gateway's client reconnects
@@ -406,6 +409,7 @@ pub async fn serve_on(
         max_message_size = opts.max_message_size,
         max_resources_per_call = opts.max_resources_per_call,
         max_concurrent_calls = opts.max_concurrent_calls,
+        max_decoded_size = opts.max_decoded_size,
         max_connections = opts.max_connections,
         "extension server listening"
     );
