@@ -75,13 +75,13 @@ struct Bench {
 impl Bench {
     fn endpoints(&self, i: usize) -> Arc<TailscaleEndpoints> {
         let v = self.fake.get(&format!("{}/ep-{i}", ep_coll(&ns_of(i / 2)))).unwrap_or_default();
-        let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let ep: TailscaleEndpoints = serde_json::from_value(v).expect("parsing the stored TailscaleEndpoints");
         Arc::new(ep)
     }
 
     fn services(&self, j: usize) -> Arc<TailscaleServices> {
         let v = self.fake.get(&format!("{}/svc-{j}", svc_coll(&ns_of(j)))).unwrap_or_default();
-        let svc: TailscaleServices = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let svc: TailscaleServices = serde_json::from_value(v).expect("parsing the stored TailscaleServices");
         Arc::new(svc)
     }
 
@@ -149,7 +149,7 @@ async fn run() -> Vec<Row> {
         "spec": {"tailnet": "-", "oauthSecretRef": {"name": "oauth"}},
         "status": {"tailnetInfo": {"name": "tail8eff9.ts.net", "magicDNSSuffix": "tail8eff9.ts.net"}}
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the TailscaleTailnet");
     fake.insert(
         "/api/v1/namespaces/tailscale-gateway/secrets",
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "oauth", "namespace": "tailscale-gateway"},

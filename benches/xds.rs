@@ -89,7 +89,7 @@ impl EnvoyGatewayExtension for PassThrough {
 }
 
 fn res(v: serde_json::Value) -> Resource {
-    Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    Resource::from_value(v).expect("building the resource")
 }
 
 fn service_json(i: usize) -> serde_json::Value {
@@ -179,7 +179,7 @@ fn translate_request() -> PostTranslateModifyRequest {
 async fn client(addr: SocketAddr) -> EnvoyGatewayExtensionClient<Channel> {
     EnvoyGatewayExtensionClient::connect(format!("http://{addr}"))
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}"))
+        .expect("connecting to the extension server")
         .max_decoding_message_size(MAX)
         .max_encoding_message_size(MAX)
 }
@@ -223,8 +223,8 @@ async fn main() {
     let cache = Cache::default();
     fill(&cache);
 
-    let ours_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-    let ours_addr = ours_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let ours_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding our server's listener");
+    let ours_addr = ours_listener.local_addr().expect("reading our server's address");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_cache = cache.clone();
     let ours = tokio::spawn(async move {
@@ -233,11 +233,12 @@ async fn main() {
             let _ = stop_rx.await;
         })
         .await
-        .unwrap_or_else(|e| panic!("serve: {e}"));
+        .expect("serving our extension");
     });
 
-    let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-    let floor_addr = floor_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let floor_listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the floor server's listener");
+    let floor_addr = floor_listener.local_addr().expect("reading the floor server's address");
     let (floor_stop_tx, floor_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let floor = tokio::spawn(async move {
         Server::builder()
@@ -253,7 +254,7 @@ async fn main() {
                 },
             )
             .await
-            .unwrap_or_else(|e| panic!("floor: {e}"));
+            .expect("serving the pass-through floor server");
     });
 
     let translate = translate_request();
@@ -268,7 +269,11 @@ async fn main() {
 
     let mut ours_c = client(ours_addr).await;
     let floor_c = client(floor_addr).await;
-    let out = ours_c.post_translate_modify(translate.clone()).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let out = ours_c
+        .post_translate_modify(translate.clone())
+        .await
+        .expect("calling PostTranslateModify on our server")
+        .into_inner();
     let added_routes: usize =
         out.routes.iter().map(|r| r.virtual_hosts.iter().map(|v| v.routes.len()).sum::<usize>()).sum();
     println!(

@@ -741,13 +741,14 @@ mod tests {
 
     /// A request as the validating webhook reads it (objects of our kinds parsed in one pass).
     fn request(op: &str, object: Value) -> AdmissionRequest<'static> {
-        parse_review(review_text(op, "gateway.tailscale.com", object), true).unwrap_or_else(|e| panic!("{e}"))
+        parse_review(review_text(op, "gateway.tailscale.com", object), true).expect("parsing the AdmissionReview")
     }
 
     #[test]
     fn foreign_kinds_and_deletes_are_allowed() {
         let object = json!({"kind": "TailscaleServices", "apiVersion": "gateway.tailscale.com/v1alpha1"});
-        let r = parse_review(review_text("CREATE", "apps", object), true).unwrap_or_else(|e| panic!("{e}"));
+        let r = parse_review(review_text("CREATE", "apps", object), true)
+            .expect("parsing an AdmissionReview of a foreign kind");
         assert!(matches!(r.object, Payload::Raw(_)), "{:?}", r.object);
         assert_eq!(validate(&r, &NoCluster), Decision::allow());
         let d = request("DELETE", json!({"kind": "TailscaleServices"}));
@@ -784,13 +785,13 @@ mod tests {
         }
         // Without `typed` (the mutating webhook), the object stays the JSON that was sent.
         let raw = parse_review(review_text("CREATE", "gateway.tailscale.com", object), false)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("parsing the AdmissionReview untyped");
         assert!(matches!(raw.object, Payload::Raw(o) if o.get().contains("\"tailnet\":\"t\"")), "{:?}", raw.object);
         // An object sent before its kind is kept raw and parsed when validated.
         let late_kind = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u2",
             "object":{"apiVersion":"gateway.tailscale.com/v1alpha1","kind":"TailscaleEndpoints","metadata":{"name":"e"},"spec":{"tailnet":"t","proxy":{"replicas":1000}}},
             "kind":{"group":"gateway.tailscale.com","version":"v1alpha1","kind":"TailscaleEndpoints"},"operation":"CREATE","namespace":"ns"}}"#;
-        let r = parse_review(late_kind, true).unwrap_or_else(|e| panic!("{e}"));
+        let r = parse_review(late_kind, true).expect("parsing an AdmissionReview whose kind comes after the object");
         assert!(matches!(r.object, Payload::Raw(_)), "{:?}", r.object);
         let d = validate(&r, &NoCluster);
         assert!(!d.allowed && d.message.as_deref().unwrap_or_default().contains("spec.proxy.replicas"), "{d:?}");
@@ -879,7 +880,7 @@ mod tests {
             if let Some(n) = content_length {
                 req = req.header(header::CONTENT_LENGTH, n);
             }
-            let req = req.body(http_body_util::StreamBody::new(frames)).unwrap_or_else(|e| panic!("{e}"));
+            let req = req.body(http_body_util::StreamBody::new(frames)).expect("building the request");
             let status = match read_json_body_within(req, Duration::from_secs(5)).await {
                 Err(resp) => resp.status(),
                 Ok(_) => StatusCode::OK,
@@ -900,7 +901,7 @@ mod tests {
         let req = http::Request::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(stalled)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("building the stalled request");
         match read_json_body_within(req, Duration::from_millis(50)).await {
             Err(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT),
             Ok(body) => panic!("{body:?}"),

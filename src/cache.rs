@@ -878,14 +878,14 @@ mod tests {
         Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {"tailnet": "t"}, "status": {"devices": devices}}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("building the TailscaleEndpoints resource")
     }
 
     fn services(ns: &str, name: &str, match_labels: serde_json::Value, vip: Option<&str>) -> Resource {
         Resource::from_value(json!({"apiVersion": API_VERSION, "kind": "TailscaleServices",
             "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": {"matchLabels": match_labels}, "vipService": {"name": vip, "ports": ["tcp:80"]}}}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("building the TailscaleServices resource")
     }
 
     #[test]

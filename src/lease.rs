@@ -345,21 +345,20 @@ mod tests {
                     .await
                     .unwrap_or_else(|| panic!("expected {} {}, the client stopped", step.method, step.path));
                 assert_eq!((req.method(), req.uri().path()), (&step.method, step.path));
-                let bytes =
-                    req.into_body().collect_bytes().await.unwrap_or_else(|e| panic!("reading the request body: {e}"));
+                let bytes = req.into_body().collect_bytes().await.expect("reading the request body");
                 let body: serde_json::Value = if bytes.is_empty() {
                     serde_json::Value::Null
                 } else {
-                    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"))
+                    serde_json::from_slice(&bytes).expect("parsing the request body")
                 };
                 (step.check)(&body);
-                let answer = serde_json::to_vec(&step.answer).unwrap_or_else(|e| panic!("{e}"));
+                let answer = serde_json::to_vec(&step.answer).expect("serializing the scripted answer");
                 send.send_response(
                     Response::builder()
                         .status(step.status)
                         .header("content-type", "application/json")
                         .body(Body::from(answer))
-                        .unwrap_or_else(|e| panic!("{e}")),
+                        .expect("building the scripted response"),
                 );
             }
         });
@@ -380,7 +379,7 @@ mod tests {
     }
 
     async fn finish(task: tokio::task::JoinHandle<()>) {
-        task.await.unwrap_or_else(|e| panic!("mock API server: {e}"));
+        task.await.expect("joining the mock API server task");
     }
 
     #[tokio::test]
@@ -401,7 +400,7 @@ mod tests {
             ),
         ]);
         let mut a = LeaderElector::new(client, config("pod-a"));
-        assert!(a.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(a.try_acquire_or_renew().await.expect("acquiring the lease"));
         finish(server).await;
     }
 
@@ -424,7 +423,7 @@ mod tests {
             ),
         ]);
         let mut a = LeaderElector::new(client, config("pod-a"));
-        assert!(a.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(a.try_acquire_or_renew().await.expect("renewing the lease"));
         finish(server).await;
     }
 
@@ -451,13 +450,13 @@ mod tests {
             ),
         ]);
         let mut b = LeaderElector::new(client, config("pod-b"));
-        assert!(!b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(!b.try_acquire_or_renew().await.expect("trying to take over the held lease"));
         // Longer than the lease's own duration (1s), but the lease changed: still held.
         tokio::time::pause();
         tokio::time::advance(Duration::from_millis(1100)).await;
-        assert!(!b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(!b.try_acquire_or_renew().await.expect("trying to take over the changed lease"));
         tokio::time::advance(Duration::from_millis(1100)).await;
-        assert!(b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(b.try_acquire_or_renew().await.expect("taking over the expired lease"));
         finish(server).await;
     }
 
@@ -477,7 +476,7 @@ mod tests {
             ),
         ]);
         let mut b = LeaderElector::new(client, config("pod-b"));
-        assert!(b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(b.try_acquire_or_renew().await.expect("taking the released lease"));
         finish(server).await;
     }
 
@@ -498,8 +497,8 @@ mod tests {
             exchange(Method::PUT, PATH, |b| assert_eq!(holder(b), Some("pod-b")), StatusCode::CONFLICT, conflict()),
         ]);
         let mut b = LeaderElector::new(client, config("pod-b"));
-        assert!(!b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
-        assert!(!b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(!b.try_acquire_or_renew().await.expect("trying to acquire the lease in a lost race"));
+        assert!(!b.try_acquire_or_renew().await.expect("trying to acquire the lease again after the lost race"));
         finish(server).await;
     }
 
@@ -559,12 +558,12 @@ mod tests {
         let running = tokio::spawn(elector.run(tx, async move {
             let _ = stopped.await;
         }));
-        rx.wait_for(|leading| *leading).await.unwrap_or_else(|e| panic!("{e}"));
+        rx.wait_for(|leading| *leading).await.expect("waiting to lead");
         // Let one renewal happen (renew interval 50ms), then shut down.
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(*rx.borrow(), "still leading after renewing");
         let _ = stop.send(());
-        running.await.unwrap_or_else(|e| panic!("{e}"));
+        running.await.expect("joining the elector task");
         assert!(!*rx.borrow_and_update(), "not leading after shutdown");
         finish(server).await;
     }
@@ -594,10 +593,10 @@ mod tests {
         let running = tokio::spawn(LeaderElector::new(client, cfg).run(tx, async move {
             let _ = stopped.await;
         }));
-        rx.wait_for(|leading| *leading).await.unwrap_or_else(|e| panic!("{e}"));
-        rx.wait_for(|leading| !*leading).await.unwrap_or_else(|e| panic!("{e}"));
+        rx.wait_for(|leading| *leading).await.expect("waiting to lead");
+        rx.wait_for(|leading| !*leading).await.expect("waiting to step down");
         let _ = stop.send(());
-        running.await.unwrap_or_else(|e| panic!("{e}"));
+        running.await.expect("joining the elector task");
         finish(server).await;
     }
 
@@ -608,7 +607,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let (method, path) = (req.method().clone(), req.uri().path().to_string());
-                let bytes = req.into_body().collect_bytes().await.unwrap_or_else(|e| panic!("{e}"));
+                let bytes = req.into_body().collect_bytes().await.expect("reading the request body");
                 let (status, answer) = {
                     let mut current = store.lock().unwrap_or_else(|e| e.into_inner());
                     let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
@@ -635,9 +634,9 @@ mod tests {
                         other => panic!("unexpected request {other:?}"),
                     }
                 };
-                let answer = serde_json::to_vec(&answer).unwrap_or_else(|e| panic!("{e}"));
+                let answer = serde_json::to_vec(&answer).expect("serializing the answer");
                 send.send_response(
-                    Response::builder().status(status).body(Body::from(answer)).unwrap_or_else(|e| panic!("{e}")),
+                    Response::builder().status(status).body(Body::from(answer)).expect("building the response"),
                 );
             }
         });
@@ -654,7 +653,7 @@ mod tests {
         let store = Arc::new(Mutex::new(None));
         let mut a = LeaderElector::new(lease_server(store.clone()), config("pod-a"));
         let mut b = LeaderElector::new(lease_server(store.clone()), config("pod-b"));
-        let step = |r: Result<bool, LeaseError>| r.unwrap_or_else(|e| panic!("{e}"));
+        let step = |r: Result<bool, LeaseError>| r.expect("trying to acquire or renew the lease");
 
         assert!(step(a.try_acquire_or_renew().await), "a creates the lease");
         assert!(!step(b.try_acquire_or_renew().await));
@@ -690,7 +689,7 @@ mod tests {
         let a = tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-a")).run(tx_a, async move {
             let _ = stopped_a.await;
         }));
-        rx_a.wait_for(|l| *l).await.unwrap_or_else(|e| panic!("{e}"));
+        rx_a.wait_for(|l| *l).await.expect("waiting for pod-a to lead");
         let b = tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-b")).run(tx_b, async move {
             let _ = stopped_b.await;
         }));
@@ -699,16 +698,16 @@ mod tests {
         assert!(*rx_a.borrow() && !*rx_b.borrow());
 
         let _ = stop_a.send(());
-        a.await.unwrap_or_else(|e| panic!("{e}"));
+        a.await.expect("joining pod-a's elector task");
         assert!(!*rx_a.borrow_and_update());
         // Released, so b takes over on its next round, well before the lease would expire.
         let before = Instant::now();
-        rx_b.wait_for(|l| *l).await.unwrap_or_else(|e| panic!("{e}"));
+        rx_b.wait_for(|l| *l).await.expect("waiting for pod-b to take over");
         assert!(before.elapsed() <= config("pod-b").retry_interval);
         assert_eq!(stored_holder(&store).as_deref(), Some("pod-b"));
 
         let _ = stop_b.send(());
-        b.await.unwrap_or_else(|e| panic!("{e}"));
+        b.await.expect("joining pod-b's elector task");
         assert_eq!(stored_holder(&store), None, "released on shutdown");
     }
 }

@@ -366,7 +366,7 @@ mod tests {
     }
 
     fn at(seconds: i64) -> jiff::Timestamp {
-        jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap_or_else(|e| panic!("{e}"))
+        jiff::Timestamp::from_second(1_800_000_000 + seconds).expect("building the timestamp")
     }
 
     fn created(cache: &Cache, name: &str) -> Option<jiff::Timestamp> {
@@ -464,8 +464,8 @@ mod tests {
 
     #[test]
     fn objects_are_as_old_as_this_server_has_known_them() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let write = |text: String| std::fs::write(dir.path().join("svc.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let write = |text: String| std::fs::write(dir.path().join("svc.yaml"), text).expect("writing svc.yaml");
         write(format!("{}---\n{TAILNET}", services("a", "a", "round-robin")));
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
@@ -496,13 +496,13 @@ mod tests {
 
     #[test]
     fn a_document_that_turns_bad_keeps_its_last_valid_version_and_its_claims() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
         let main = dir.path().join("services.yaml");
-        std::fs::create_dir_all(dir.path().join("more")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&main, services("web", "web", "round-robin")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("more")).expect("creating the more directory");
+        std::fs::write(&main, services("web", "web", "round-robin")).expect("writing services.yaml");
         // A deeper file claiming the same VIP name: rejected while `web` holds it.
         std::fs::write(dir.path().join("more/copy.yaml"), services("copy", "web", "round-robin"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("writing more/copy.yaml");
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
         assert_eq!(local.load(&cache), LoadSummary { objects: 1, rejected: 1, reported: 1 });
@@ -512,7 +512,7 @@ mod tests {
             services("web", "web", "[round-robin]"),                  // fails its type
             "kind: TailscaleServices\nmetadata: {name: web\n".into(), // fails YAML
         ] {
-            std::fs::write(&main, bad).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&main, bad).expect("writing a bad services.yaml");
             let summary = local.load(&cache);
             assert_eq!(
                 (summary.objects, summary.rejected, summary.reported),
@@ -530,7 +530,7 @@ mod tests {
         }
 
         // Removing the document is a deletion: the copy may have the name now.
-        std::fs::write(&main, TAILNET).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&main, TAILNET).expect("replacing services.yaml with the tailnet only");
         assert_eq!(local.load(&cache), LoadSummary { objects: 2, rejected: 0, reported: 0 });
         assert!(cache.read().services(&ObjectKey::new("default", "web")).is_none());
         assert_eq!(strategy(&cache, "copy").as_deref(), Some("round-robin"));
@@ -538,9 +538,9 @@ mod tests {
 
     #[test]
     fn a_kept_version_is_always_the_same_object_and_never_shadows_a_fresh_one() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
         let file = dir.path().join("s.yaml");
-        let write = |path: &Path, text: String| std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        let write = |path: &Path, text: String| std::fs::write(path, text).expect("writing a manifest");
         let names = |cache: &Cache| {
             let idx = cache.read();
             idx.all_services().map(|(k, _)| k.name.clone()).collect::<Vec<_>>()
@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(strategy(&cache, "a").as_deref(), Some("least-request"));
 
         // Several objects in one `kind: List` document: no guessing which one broke.
-        std::fs::remove_file(dir.path().join("moved.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(dir.path().join("moved.yaml")).expect("removing moved.yaml");
         let item = |name: &str, strategy: &str| {
             serde_json::json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
                 "metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": "web"}},
@@ -586,9 +586,8 @@ mod tests {
 
     #[test]
     fn without_a_valid_past_a_bad_document_is_only_skipped() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join("s.yaml"), services("web", "web", "round-robn"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        std::fs::write(dir.path().join("s.yaml"), services("web", "web", "round-robn")).expect("writing s.yaml");
         let cache = Cache::default();
         let mut local = LocalDir::new(dir.path());
         assert_eq!(local.load(&cache), LoadSummary { objects: 0, rejected: 1, reported: 1 });

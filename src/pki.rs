@@ -151,12 +151,15 @@ mod tests {
 
     #[test]
     fn issues_and_reloads() {
-        let ca = Ca::generate("test-ca").unwrap_or_else(|e| panic!("{e}"));
-        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let ca = Ca::generate("test-ca").expect("generating the CA");
+        let server =
+            ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).expect("issuing the server certificate");
         assert!(server.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(!format!("{server:?}").contains("PRIVATE KEY"));
-        let again = Ca::from_pem(ca.pair().clone()).unwrap_or_else(|e| panic!("{e}"));
-        let client = again.issue_client("admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
+        let again = Ca::from_pem(ca.pair().clone()).expect("loading the CA from its PEM");
+        let client = again
+            .issue_client("admin", &["system:masters"])
+            .expect("issuing a client certificate from the reloaded CA");
         assert!(client.key_pem.contains("PRIVATE KEY"));
     }
 }

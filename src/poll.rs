@@ -41,7 +41,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(4_100)).await;
         assert_eq!(looks.load(std::sync::atomic::Ordering::SeqCst), 3, "at 0, 2 and 4 s");
         stop.cancel();
-        task.await.unwrap_or_else(|e| panic!("{e}"));
+        task.await.expect("joining the polling task");
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(looks.load(std::sync::atomic::Ordering::SeqCst), 3, "no look after stop");
     }

@@ -175,7 +175,7 @@ mod tests {
     use super::*;
 
     fn res(v: Value) -> Resource {
-        Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        Resource::from_value(v).expect("building the resource")
     }
 
     #[test]

@@ -593,7 +593,7 @@ mod tests {
 
     fn fresh(now: i64) -> Material {
         let (m, steps) = plan(None, &names(), now, &Policy::default())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("planning fresh material")
             .unwrap_or_else(|| panic!("nothing planned"));
         assert_eq!(steps, [Step::Fresh]);
         m
@@ -604,7 +604,7 @@ mod tests {
     }
 
     fn step(m: &Material, now: i64) -> Option<(Material, Vec<Step>)> {
-        plan(Some(m), &names(), now, &Policy::default()).unwrap_or_else(|e| panic!("{e}"))
+        plan(Some(m), &names(), now, &Policy::default()).expect("planning the next step")
     }
 
     #[test]
@@ -639,7 +639,7 @@ mod tests {
         let m = fresh(now);
         let other = crate::install::service_dns_names("gw2", "tsgw", "cluster.local");
         let (re, steps) = plan(Some(&m), &other, now, &Policy::default())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("planning for changed names")
             .unwrap_or_else(|| panic!("names changed"));
         assert_eq!(steps, [Step::RenewedServing]);
         assert_eq!(info(&re.serving.cert_pem).names, other);
@@ -738,7 +738,7 @@ mod tests {
                 let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 bodies.push((ct, serde_json::from_slice(&bytes).unwrap_or(Value::Null)));
                 let mut resp = Response::new(kube::client::Body::from(serde_json::to_vec(&e.body).unwrap_or_default()));
-                *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or_else(|e| panic!("{e}"));
+                *resp.status_mut() = http::StatusCode::from_u16(e.status).expect("building the scripted status code");
                 send.send_response(resp);
             }
             bodies
@@ -781,8 +781,8 @@ mod tests {
             expect("GET", SECRET, 404, status(404, "NotFound")),
             expect("POST", SECRETS, 201, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls"}})),
         ]);
-        let m = SelfCert::new(client, config()).ensure(unix_now()).await.unwrap_or_else(|e| panic!("{e}"));
-        let bodies = task.await.unwrap_or_else(|e| panic!("{e}"));
+        let m = SelfCert::new(client, config()).ensure(unix_now()).await.expect("ensuring the certificate Secret");
+        let bodies = task.await.expect("joining the scripted API server task");
         let created = &bodies[1].1;
         assert_eq!(created["metadata"]["name"], "tls");
         assert_eq!(created["metadata"]["labels"]["app.kubernetes.io/managed-by"], "tailscale-gateway");
@@ -799,7 +799,10 @@ mod tests {
             expect("POST", SECRETS, 409, status(409, "AlreadyExists")),
             expect("GET", SECRET, 200, secret_json(&winner, "7")),
         ]);
-        let m = SelfCert::new(client, config()).ensure(now).await.unwrap_or_else(|e| panic!("{e}"));
+        let m = SelfCert::new(client, config())
+            .ensure(now)
+            .await
+            .expect("ensuring the certificate Secret after losing the create race");
         assert_eq!(m, winner, "every replica serves the same certificate");
         assert_eq!(task.await.map(|b| b.len()).unwrap_or_default(), 3, "no further writes");
     }
@@ -815,9 +818,9 @@ mod tests {
             expect("PUT", SECRET, 409, status(409, "Conflict")),
             expect("GET", SECRET, 200, secret_json(&winner, "6")),
         ]);
-        let m = SelfCert::new(client, config()).ensure(later).await.unwrap_or_else(|e| panic!("{e}"));
+        let m = SelfCert::new(client, config()).ensure(later).await.expect("ensuring the rotated certificate Secret");
         assert_eq!(m, winner);
-        let bodies = task.await.unwrap_or_else(|e| panic!("{e}"));
+        let bodies = task.await.expect("joining the scripted API server task");
         assert_eq!(bodies[1].1["metadata"]["resourceVersion"], "5", "optimistic concurrency on the version read");
     }
 
@@ -846,9 +849,9 @@ mod tests {
             expect("GET", apis, 200, apiservice.clone()),
             expect("PATCH", apis, 200, apiservice),
         ]);
-        let n = SelfCert::new(client, config()).publish_ca_bundle(bundle).await.unwrap_or_else(|e| panic!("{e}"));
+        let n = SelfCert::new(client, config()).publish_ca_bundle(bundle).await.expect("publishing the CA bundle");
         assert_eq!(n, 2);
-        let bodies = task.await.unwrap_or_else(|e| panic!("{e}"));
+        let bodies = task.await.expect("joining the scripted API server task");
         assert_eq!(bodies[1].0, "application/json-patch+json");
         assert_eq!(
             bodies[1].1,
@@ -881,7 +884,10 @@ mod tests {
                 status(404, "NotFound"),
             ),
         ]);
-        let n = SelfCert::new(client, config()).publish_ca_bundle("x").await.unwrap_or_else(|e| panic!("{e}"));
+        let n = SelfCert::new(client, config())
+            .publish_ca_bundle("x")
+            .await
+            .expect("publishing the CA bundle with registrations missing");
         assert_eq!(n, 0);
         assert_eq!(task.await.map(|b| b.len()).unwrap_or_default(), 3);
     }

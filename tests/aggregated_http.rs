@@ -27,7 +27,7 @@ type MockHandle = tower_test::mock::Handle<Request<kube::client::Body>, Response
 fn chain(pem: &str) -> PeerCerts {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("parsing test certificate: {e}"));
+        .expect("parsing the test certificate chain");
     PeerCerts(certs.into())
 }
 
@@ -41,7 +41,7 @@ fn endpoints(name: &str, online: bool) -> Resource {
         "spec": {"tailnet": "corp"},
         "status": {"devices": [{"hostname": format!("{name}-0"), "nodeID": format!("n-{name}"), "online": online,
             "tailscaleIP": "100.64.0.1"}]}}))
-    .unwrap_or_else(|e| panic!("building endpoints: {e}"))
+    .expect("building the TailscaleEndpoints resource")
 }
 
 struct Delegation {
@@ -65,7 +65,7 @@ fn delegation(cache: Cache) -> Delegation {
         ("requestheader-extra-headers-prefix".to_string(), "[\"X-Remote-Extra-\"]".to_string()),
         ("client-ca-file".to_string(), client_ca.pair().cert_pem.clone()),
     ]);
-    delegated.set_config(AuthnConfig::from_data(&data).unwrap_or_else(|e| panic!("auth config: {e}")));
+    delegated.set_config(AuthnConfig::from_data(&data).expect("parsing the requestheader authentication config"));
     let api = AggregatedApi::new(cache, Auth::Delegated(delegated), CancellationToken::new());
     Delegation { front_proxy, client_ca, api, mock }
 }
@@ -75,7 +75,7 @@ fn request(path: &str, certs: PeerCerts, headers: &[(&str, &str)]) -> Request<Bo
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let mut req = builder.body(Body::empty()).unwrap_or_else(|e| panic!("building request: {e}"));
+    let mut req = builder.body(Body::empty()).expect("building the request");
     req.extensions_mut().insert(certs);
     req
 }
@@ -90,7 +90,9 @@ async fn send(api: &AggregatedApi, req: Request<Body>) -> (StatusCode, Value) {
 #[tokio::test]
 async fn remote_user_header_from_untrusted_certificate_is_rejected() {
     let d = delegation(Cache::default());
-    let stranger = ca("stranger-ca").issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let stranger = ca("stranger-ca")
+        .issue_client("front-proxy-client", &[])
+        .expect("issuing a client certificate from a stranger CA");
     let headers = [("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
     let (status, body) = send(&d.api, request(GV, chain(&stranger.cert_pem), &headers)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
@@ -98,7 +100,10 @@ async fn remote_user_header_from_untrusted_certificate_is_rejected() {
     assert_eq!(body["reason"], "Unauthorized");
 
     // A front-proxy-CA certificate whose CN is not allowed may not speak for others either.
-    let wrong_cn = d.front_proxy.issue_client("not-the-aggregator", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let wrong_cn = d
+        .front_proxy
+        .issue_client("not-the-aggregator", &[])
+        .expect("issuing a front-proxy client certificate with a disallowed CN");
     let (status, _) = send(&d.api, request(GV, chain(&wrong_cn.cert_pem), &headers)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -110,7 +115,8 @@ async fn remote_user_header_from_untrusted_certificate_is_rejected() {
 #[tokio::test]
 async fn trusted_front_proxy_passes_the_aggregator_probe() {
     let d = delegation(Cache::default());
-    let proxy = d.front_proxy.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let proxy =
+        d.front_proxy.issue_client("front-proxy-client", &[]).expect("issuing the front-proxy client certificate");
     // The availability check: system:kube-aggregator in system:masters, no SubjectAccessReview.
     let headers = [("X-Remote-User", "system:kube-aggregator"), ("X-Remote-Group", "system:masters")];
     let (status, body) = send(&d.api, request(GV, chain(&proxy.cert_pem), &headers)).await;
@@ -124,10 +130,11 @@ async fn answer_sar(mut mock: MockHandle, allowed: bool) -> Value {
     let (req, respond) = mock.next_request().await.unwrap_or_else(|| panic!("no request reached the API server"));
     assert_eq!(req.uri().path(), "/apis/authorization.k8s.io/v1/subjectaccessreviews");
     let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let mut sar: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("SAR body: {e}"));
+    let mut sar: Value = serde_json::from_slice(&bytes).expect("parsing the SubjectAccessReview body");
     sar["status"] = json!({"allowed": allowed, "reason": if allowed { "" } else { "no RBAC policy matched" }});
     let body = kube::client::Body::from(serde_json::to_vec(&sar).unwrap_or_default());
-    respond.send_response(Response::builder().status(201).body(body).unwrap_or_else(|e| panic!("{e}")));
+    respond
+        .send_response(Response::builder().status(201).body(body).expect("building the SubjectAccessReview response"));
     sar
 }
 
@@ -136,12 +143,13 @@ async fn subject_access_review_denial_is_a_403_status_and_is_cached() {
     let cache = Cache::default();
     cache.apply(endpoints("web", true));
     let d = delegation(cache);
-    let proxy = d.front_proxy.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let proxy =
+        d.front_proxy.issue_client("front-proxy-client", &[]).expect("issuing the front-proxy client certificate");
     let headers = [("X-Remote-User", "bob"), ("X-Remote-Group", "dev"), ("X-Remote-Extra-Scopes", "read")];
     let path = format!("{GV}/namespaces/default/tailscaledevices");
     let server = tokio::spawn(answer_sar(d.mock, false));
     let (status, body) = send(&d.api, request(&path, chain(&proxy.cert_pem), &headers)).await;
-    let sar = server.await.unwrap_or_else(|e| panic!("mock task: {e}"));
+    let sar = server.await.expect("joining the mock API server task");
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["reason"], "Forbidden");
     let message = body["message"].as_str().unwrap_or_default();
@@ -165,12 +173,12 @@ async fn client_ca_certificate_is_authorized_as_its_own_user_not_the_headers() {
     let cache = Cache::default();
     cache.apply(endpoints("web", true));
     let d = delegation(cache);
-    let alice = d.client_ca.issue_client("alice", &["readers"]).unwrap_or_else(|e| panic!("{e}"));
+    let alice = d.client_ca.issue_client("alice", &["readers"]).expect("issuing alice's client certificate");
     let headers = [("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
     let server = tokio::spawn(answer_sar(d.mock, true));
     let path = format!("{GV}/namespaces/default/tailscaledevices/web-0");
     let (status, body) = send(&d.api, request(&path, chain(&alice.cert_pem), &headers)).await;
-    let sar = server.await.unwrap_or_else(|e| panic!("mock task: {e}"));
+    let sar = server.await.expect("joining the mock API server task");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["kind"], "TailscaleDevice");
     assert_eq!(sar["spec"]["user"], "alice");
@@ -180,8 +188,8 @@ async fn client_ca_certificate_is_authorized_as_its_own_user_not_the_headers() {
 
 fn local_api(cache: Cache) -> (AggregatedApi, PeerCerts) {
     let ca = ca("local-ca");
-    let auth = Auth::local(&ca.pair().cert_pem).unwrap_or_else(|e| panic!("local auth: {e}"));
-    let admin = ca.issue_client("admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
+    let auth = Auth::local(&ca.pair().cert_pem).expect("building local authentication from the CA");
+    let admin = ca.issue_client("admin", &["system:masters"]).expect("issuing the admin client certificate");
     let api =
         AggregatedApi::new(cache, auth, CancellationToken::new()).with_bookmark_interval(Duration::from_millis(100));
     (api, chain(&admin.cert_pem))
@@ -192,7 +200,8 @@ async fn local_mode_needs_a_certificate_from_the_local_ca() {
     let (api, admin) = local_api(Cache::default());
     let (status, _) = send(&api, request(GV, PeerCerts::default(), &[])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let other = ca("other").issue_client("admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
+    let other =
+        ca("other").issue_client("admin", &["system:masters"]).expect("issuing a client certificate from another CA");
     let (status, _) = send(&api, request(GV, chain(&other.cert_pem), &[])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = send(&api, request(GV, admin.clone(), &[])).await;
@@ -213,13 +222,13 @@ async fn next_event(body: &mut Body, buffer: &mut Vec<u8>) -> Value {
     loop {
         if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=pos).collect();
-            return serde_json::from_slice(&line).unwrap_or_else(|e| panic!("event line: {e}"));
+            return serde_json::from_slice(&line).expect("parsing a watch event line");
         }
         let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
             .await
             .unwrap_or_else(|_| panic!("no watch event within 5s"))
             .unwrap_or_else(|| panic!("watch stream ended"))
-            .unwrap_or_else(|e| panic!("watch stream failed: {e}"));
+            .expect("reading the watch stream");
         if let Ok(data) = frame.into_data() {
             buffer.extend_from_slice(&data);
         }
@@ -326,7 +335,7 @@ async fn openapi_v2_is_json_by_default_and_protobuf_when_asked() {
     assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some(PROTOBUF));
     assert_eq!(resp.headers().get("vary").and_then(|v| v.to_str().ok()), Some("Accept"));
     let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let doc = pb::Document::decode(bytes).unwrap_or_else(|e| panic!("decoding the protobuf document: {e}"));
+    let doc = pb::Document::decode(bytes).expect("decoding the protobuf document");
     assert_eq!(doc.swagger, "2.0");
     let names: Vec<_> = doc.definitions.iter().flat_map(|d| &d.additional_properties).map(|n| &n.name).collect();
     assert!(names.iter().any(|n| n.ends_with(".TailscaleDevice")), "{names:?}");
@@ -388,7 +397,7 @@ fn crd_objects() -> Vec<Resource> {
             "spec": {"selector": {"matchLabels": {"tier": "web"}}, "vipService": {"name": "svc:web"}},
             "status": {"endpointCount": 2, "vipService": {"name": "svc:web", "backendCount": 2, "healthyBackends": 1}}}),
     ];
-    docs.into_iter().map(|d| Resource::from_value(d).unwrap_or_else(|e| panic!("building object: {e}"))).collect()
+    docs.into_iter().map(|d| Resource::from_value(d).expect("building a resource from the fixture")).collect()
 }
 
 fn crd_cache() -> Cache {

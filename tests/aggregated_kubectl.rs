@@ -57,7 +57,7 @@ impl Kubectl<'_> {
 
     /// Runs a command that must succeed; returns stdout and stderr.
     async fn run_both(&self, args: &[&str]) -> (String, String) {
-        let out = self.command(args).output().await.unwrap_or_else(|e| panic!("running kubectl: {e}"));
+        let out = self.command(args).output().await.expect("running kubectl");
         let (stdout, stderr) =
             (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
         assert!(out.status.success(), "{} {args:?} failed: {stderr}\n{stdout}", self.bin.display());
@@ -65,7 +65,7 @@ impl Kubectl<'_> {
     }
 
     async fn fails(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().await.unwrap_or_else(|e| panic!("running kubectl: {e}"));
+        let out = self.command(args).output().await.expect("running kubectl");
         assert!(!out.status.success(), "kubectl {args:?} should fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
@@ -80,7 +80,7 @@ impl Kubectl<'_> {
 
 fn copy_examples(to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for entry in std::fs::read_dir(&from).unwrap_or_else(|e| panic!("reading examples: {e}")).flatten() {
+    for entry in std::fs::read_dir(&from).expect("reading the examples directory").flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "yaml") {
             std::fs::copy(&p, to.join(entry.file_name())).unwrap_or_else(|e| panic!("copying {}: {e}", p.display()));
@@ -203,15 +203,15 @@ async fn crd_watch(k: &Kubectl<'_>, dir: &Path) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning kubectl -w: {e}"));
+        .expect("spawning kubectl get tssvc -w");
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut lines = BufReader::new(stdout).lines();
     line_with(&mut lines, "web-service").await;
     let file = dir.join("services.yaml");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&file).expect("reading services.yaml");
     let edited = text.replace("healthyBackends: 3}", "healthyBackends: 4}");
     assert_ne!(edited, text, "test fixture changed: cannot edit web-service's status");
-    std::fs::write(&file, edited).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, edited).expect("writing the edited services.yaml");
     let event = line_with(&mut lines, "web-service").await;
     assert!(event.contains(" 4 "), "web-service should now have 4 healthy backends: {event}");
     let _ = child.kill().await;
@@ -317,7 +317,7 @@ async fn exercise(k: &Kubectl<'_>, dir: &Path) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning kubectl -w: {e}"));
+        .expect("spawning kubectl get tsdev -w");
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = 0;
@@ -328,10 +328,10 @@ async fn exercise(k: &Kubectl<'_>, dir: &Path) {
         seen += 1;
     }
     let file = dir.join("endpoints-west.yaml");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&file).expect("reading endpoints-west.yaml");
     let flipped = text.replace("connected: false, online: false", "connected: true, online: true");
     assert_ne!(flipped, text, "test fixture changed: cannot flip web-proxy-west-1");
-    std::fs::write(&file, flipped).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, flipped).expect("writing the flipped endpoints-west.yaml");
     let event = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.contains("web-proxy-west-1") {
@@ -352,14 +352,13 @@ async fn kubectl_against_local_mode() {
     assert!(!bins.is_empty(), "no kubectl on PATH or in {SDK}: this test needs one (install kubectl)");
     // A fresh server and copy of the examples per kubectl, since each run edits a file.
     for bin in &bins {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let tmp = tempfile::tempdir().expect("creating a temporary directory");
         let dir = tmp.path().join("manifests");
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&dir).expect("creating the manifests directory");
         copy_examples(&dir);
-        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
-        let running = runtime::start(ServeArgs::local(&dir, tmp.path().join("state"), addr))
-            .await
-            .unwrap_or_else(|e| panic!("starting local mode: {e:#}"));
+        let addr = "127.0.0.1:0".parse().expect("parsing the listen address");
+        let running =
+            runtime::start(ServeArgs::local(&dir, tmp.path().join("state"), addr)).await.expect("starting local mode");
         let kubeconfig = running.kubeconfig.clone().unwrap_or_else(|| panic!("local mode wrote no kubeconfig"));
         let k = Kubectl { bin, kubeconfig: &kubeconfig, cache_dir: tmp.path().join("cache") };
         exercise_crds(&k, &dir).await;
@@ -373,15 +372,14 @@ async fn kubectl_against_local_mode() {
 async fn uids_are_stable_across_restarts() {
     let bins = kubectls();
     let bin = bins.first().unwrap_or_else(|| panic!("no kubectl on PATH or in {SDK}: this test needs one"));
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let tmp = tempfile::tempdir().expect("creating a temporary directory");
     let dir = tmp.path().join("manifests");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).expect("creating the manifests directory");
     copy_examples(&dir);
     let uids = || async {
-        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
-        let running = runtime::start(ServeArgs::local(&dir, tmp.path().join("state"), addr))
-            .await
-            .unwrap_or_else(|e| panic!("starting local mode: {e:#}"));
+        let addr = "127.0.0.1:0".parse().expect("parsing the listen address");
+        let running =
+            runtime::start(ServeArgs::local(&dir, tmp.path().join("state"), addr)).await.expect("starting local mode");
         let kubeconfig = running.kubeconfig.clone().unwrap_or_else(|| panic!("no kubeconfig"));
         let k = Kubectl { bin, kubeconfig: &kubeconfig, cache_dir: tmp.path().join("cache") };
         let columns = "custom-columns=NAME:.metadata.name,UID:.metadata.uid";

@@ -8,7 +8,7 @@ fn check(args: &[&str]) -> (i32, String) {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .unwrap_or_else(|e| panic!("running check: {e}"));
+        .expect("running tailscale-gateway check");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -25,8 +25,11 @@ fn valid_examples_pass() {
 #[test]
 fn every_invalid_example_is_rejected_with_its_field() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/invalid");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("reading tests/manifests/invalid")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert!(files.len() >= 8, "one example per rule family");
     for f in files {
@@ -73,15 +76,15 @@ fn standard_input_is_read_with_dash() {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("running check: {e}"));
+            .expect("spawning tailscale-gateway check -f -");
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            stdin.write_all(input.as_bytes()).expect("writing the manifest to check's stdin");
         }
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        let out = child.wait_with_output().expect("waiting for tailscale-gateway check");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let good = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tailnets.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("reading examples/tailnets.yaml");
     let (code, out) = run(&good);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 file(s): 2 valid object(s), 0 rejected"), "{out}");
@@ -111,7 +114,7 @@ fn paths_may_also_be_given_without_f() {
 
 #[test]
 fn serve_without_a_cluster_says_why_once() {
-    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().expect("creating a temporary HOME");
     let out = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0"])
         .env("HOME", home.path())
@@ -119,7 +122,7 @@ fn serve_without_a_cluster_says_why_once() {
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("KUBERNETES_SERVICE_PORT")
         .output()
-        .unwrap_or_else(|e| panic!("running serve: {e}"));
+        .expect("running tailscale-gateway serve");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("use --local DIR to run without a cluster"), "{err}");

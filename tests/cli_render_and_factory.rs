@@ -12,7 +12,7 @@ fn render_prints_what_the_reconciler_would_create() {
         .args(["render", "-f", "examples/endpoints-east.yaml", "-f", "examples/services.yaml"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("running tailscale-gateway render");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
@@ -31,7 +31,7 @@ fn render_prints_what_the_reconciler_would_create() {
         .args(["render", "-f", "tests/manifests/invalid/bad-endpoints.yaml"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("running tailscale-gateway render on an invalid file");
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.tailnet: Required value"));
 
@@ -40,7 +40,7 @@ fn render_prints_what_the_reconciler_would_create() {
         .args(["render", "examples/tailnets.yaml"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("running tailscale-gateway render on a file with nothing to render");
     assert!(none.status.success());
     assert!(none.stdout.is_empty());
     assert!(String::from_utf8_lossy(&none.stderr).contains("nothing to render"), "{none:?}");
@@ -48,27 +48,27 @@ fn render_prints_what_the_reconciler_would_create() {
 
 #[tokio::test]
 async fn https_factory_talks_to_the_api_named_by_the_tailnet() {
-    let fake = FakeTailscale::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakeTailscale::start().await.expect("starting the fake Tailscale API");
     fake.register_device("web-proxy-east-0", &["tag:k8s-proxy"]);
     let cfg = fake.client_config();
     let tailnet: tailscale_gateway::api::TailscaleTailnet = serde_json::from_value(serde_json::json!({
         "apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet", "metadata": {"name": "t"},
         "spec": {"oauthSecretRef": {"name": "oauth"}, "apiURL": format!("{}/", fake.url())}
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the TailscaleTailnet");
     let api = HttpsApiFactory
         .build(
             &tailnet,
             OAuthCredentials { client_id: cfg.client_id.clone(), client_secret: cfg.client_secret.clone() },
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let devices = api.list_devices().await.unwrap_or_else(|e| panic!("{e}"));
+        .expect("building the Tailscale API client");
+    let devices = api.list_devices().await.expect("listing devices through the built client");
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].hostname, "web-proxy-east-0");
 
     let wrong = HttpsApiFactory
         .build(&tailnet, OAuthCredentials { client_id: cfg.client_id, client_secret: "wrong".into() })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("building the Tailscale API client with a wrong secret");
     let err = wrong.list_devices().await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("rejected the credentials"), "{err}");
 }

@@ -2,7 +2,7 @@
 
 #[test]
 fn checked_in_crds_match_the_types() {
-    let generated = tailscale_gateway::api::crds_yaml().unwrap_or_else(|e| panic!("generating CRDs: {e}"));
+    let generated = tailscale_gateway::api::crds_yaml().expect("generating the CRDs");
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tailscale-gateway.crds.yaml");
     let checked_in = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     assert!(

@@ -42,14 +42,14 @@ fn check_generated(rel: &str, expected: &str) {
 #[test]
 fn generated_chart_files_are_current() {
     check_generated(rbac::HELM_TEMPLATE_PATH, &rbac::helm_template());
-    let crds = api::crds_yaml().unwrap_or_else(|e| panic!("generating CRDs: {e}"));
+    let crds = api::crds_yaml().expect("generating the CRDs");
     check_generated("charts/tailscale-gateway/files/crds.yaml", &crds);
 }
 
 #[test]
 fn the_chart_version_is_the_crate_version() {
-    let text = std::fs::read_to_string(chart().join("Chart.yaml")).unwrap_or_else(|e| panic!("Chart.yaml: {e}"));
-    let chart: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("Chart.yaml: {e}"));
+    let text = std::fs::read_to_string(chart().join("Chart.yaml")).expect("reading Chart.yaml");
+    let chart: Value = serde_saphyr::from_str(&text).expect("parsing Chart.yaml");
     assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(format!("ghcr.io/tailscale-gateway/tailscale-gateway:v{}", env!("CARGO_PKG_VERSION")), install::IMAGE);
@@ -66,7 +66,7 @@ struct Helm {
 impl Helm {
     fn new() -> Helm {
         let bin = util::cluster::binary("helm", "HELM_VERSION");
-        Helm { bin, home: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
+        Helm { bin, home: tempfile::tempdir().expect("creating helm's temporary home") }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -111,7 +111,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
     let out = Command::new(util::cluster::kubectl_binary())
         .args(["kustomize", &root().join(dir).to_string_lossy()])
         .output()
-        .unwrap_or_else(|e| panic!("running kubectl: {e}"));
+        .expect("running kubectl kustomize");
     assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     parse(&String::from_utf8_lossy(&out.stdout), dir)
 }

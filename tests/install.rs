@@ -65,7 +65,7 @@ fn serve_defaults() -> ServeArgs {
         #[command(flatten)]
         serve: ServeArgs,
     }
-    Cli::try_parse_from(["tailscale-gateway"]).unwrap_or_else(|e| panic!("{e}")).serve
+    Cli::try_parse_from(["tailscale-gateway"]).expect("parsing the default serve arguments").serve
 }
 
 #[test]
@@ -258,14 +258,14 @@ fn the_deployment_is_highly_available_and_locked_down() {
 /// The paths in the webhook configurations and probes answer on a running server.
 #[tokio::test]
 async fn the_binary_serves_the_manifest_paths() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
     let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&manifests).expect("creating the manifests directory");
     let state = dir.path().join("state");
-    let mut args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
-    args.health_addr = Some("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
-    let running = runtime::start(args).await.unwrap_or_else(|e| panic!("start: {e:#}"));
-    let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap_or_else(|e| panic!("{e}"));
+    let mut args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().expect("parsing the listen address"));
+    args.health_addr = Some("127.0.0.1:0".parse().expect("parsing the health address"));
+    let running = runtime::start(args).await.expect("starting the server");
+    let ca = std::fs::read_to_string(state.join("ca.crt")).expect("reading the generated ca.crt");
     let mut conn = util::Conn::open(running.https_addr, util::client_config(&[&ca], None)).await;
     let docs = all_docs();
     for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
@@ -393,7 +393,7 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
         "apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
         "metadata": {"name": "corp", "uid": "uid-corp", "generation": 1},
         "spec": {"tailnet": "-", "oauthSecretRef": {"name": "oauth"}, "tags": ["tag:k8s"]}}))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the TailscaleTailnet");
     fake.insert(&format!("{gw}/tailscaletailnets"), serde_json::to_value(&tn).unwrap_or_default());
     fake.insert(
         &format!("/api/v1/namespaces/{ns}/secrets"),
@@ -432,18 +432,20 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
     let load_ep = || -> Arc<TailscaleEndpoints> {
         sync_owned(&fake, &mut writers.lock().unwrap_or_else(|p| p.into_inner()));
         let v = fake.get(&format!("{ep_coll}/web")).unwrap_or_else(|| panic!("endpoints gone"));
-        let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let ep: TailscaleEndpoints = serde_json::from_value(v).expect("parsing the stored TailscaleEndpoints");
         cache.apply(Resource::Endpoints(ep.clone()));
         Arc::new(ep)
     };
     for _ in 0..2 {
-        endpoints::reconcile(load_ep(), ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        endpoints::reconcile(load_ep(), ctx.clone()).await.expect("reconciling the TailscaleEndpoints");
     }
     // Scale down: surplus Secrets are deleted.
     let mut smaller = fake.get(&format!("{ep_coll}/web")).unwrap_or_default();
     smaller["spec"]["proxy"]["replicas"] = json!(1);
     fake.insert(&ep_coll, smaller);
-    endpoints::reconcile(load_ep(), ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(load_ep(), ctx.clone())
+        .await
+        .expect("reconciling the TailscaleEndpoints scaled down to one replica");
     let mut deleting = fake.get(&format!("{ep_coll}/web")).unwrap_or_default();
     deleting["metadata"]["deletionTimestamp"] = json!("2025-06-25T11:00:00Z");
     fake.insert(&ep_coll, deleting);
@@ -460,7 +462,7 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
     fake.insert(&svc_coll, svc);
     let load_svc = || -> Arc<TailscaleServices> {
         let v = fake.get(&format!("{svc_coll}/api")).unwrap_or_else(|| panic!("services gone"));
-        let s: TailscaleServices = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let s: TailscaleServices = serde_json::from_value(v).expect("parsing the stored TailscaleServices");
         cache.apply(Resource::Services(s.clone()));
         Arc::new(s)
     };
@@ -468,7 +470,8 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
         let _ = services::reconcile(load_svc(), ctx.clone()).await;
         // The reflector's job: deliver the auto-provisioned endpoints to the cache.
         if let Some(ep) = fake.get(&format!("{ep_coll}/api-endpoints")) {
-            let ep: TailscaleEndpoints = serde_json::from_value(ep).unwrap_or_else(|e| panic!("{e}"));
+            let ep: TailscaleEndpoints =
+                serde_json::from_value(ep).expect("parsing the auto-provisioned TailscaleEndpoints");
             cache.apply(Resource::Endpoints(ep));
         }
     }
@@ -511,9 +514,9 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
         },
     );
     let now = tailscale_gateway::selfcert::unix_now();
-    let m = certs.ensure(now).await.unwrap_or_else(|e| panic!("{e}"));
+    let m = certs.ensure(now).await.expect("ensuring the serving certificate");
     let _ = certs.ensure(now + 80 * 86_400).await; // renewal: a replace
-    certs.publish_ca_bundle(&m.bundle).await.unwrap_or_else(|e| panic!("{e}"));
+    certs.publish_ca_bundle(&m.bundle).await.expect("publishing the CA bundle");
 
     // Controllers and their watches (list/watch cluster-wide) while leading.
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
@@ -614,7 +617,7 @@ fn production_sources() -> Vec<(PathBuf, String)> {
         .into_iter()
         .filter(|p| !p.ends_with("controller_tests.rs") && !p.ends_with("testing.rs"))
         .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{e}"));
+            let text = std::fs::read_to_string(&p).expect("reading a source file");
             let cut = text.find("#[cfg(test)]\nmod tests").unwrap_or(text.len());
             (p, text[..cut].to_string())
         })
@@ -679,7 +682,7 @@ fn proxies_are_granted_only_what_we_hold() {
         "apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
         "metadata": {"name": "web", "namespace": "prod", "uid": "u"},
         "spec": {"tailnet": "corp", "proxy": {"replicas": 2}}}))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the TailscaleEndpoints");
     let role = tailscale_gateway::reconciler::builders::role(&ep, &Default::default());
     let rules = serde_json::to_value(&role.rules).unwrap_or_default();
     let held = expand_table(Scope::Cluster);
@@ -699,7 +702,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
     let out = std::process::Command::new(kubectl)
         .args(["kustomize", &root().join(dir).to_string_lossy()])
         .output()
-        .unwrap_or_else(|e| panic!("running kubectl: {e}"));
+        .expect("running /usr/bin/kubectl kustomize");
     assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{dir} output: {e}"))
@@ -786,7 +789,7 @@ fn kustomize_builds_the_cert_manager_variant() {
         serve: ServeArgs,
     }
     let parsed = Cli::try_parse_from(std::iter::once("tailscale-gateway").chain(args.iter().copied().skip(1)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the serve arguments");
     assert!(parsed.serve.tls_cert_file.is_some());
 }
 

@@ -34,7 +34,7 @@ fn versions_pin_every_component() {
 #[test]
 #[should_panic(expected = "is missing: run hack/control-plane.sh")]
 fn a_missing_binary_fails_naming_the_build_script() {
-    let empty = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let empty = tempfile::tempdir().expect("creating an empty temporary directory");
     util::cluster::binary_in(empty.path(), "kube-apiserver", "KUBERNETES_VERSION");
 }
 
@@ -170,15 +170,15 @@ impl Gateway {
     /// checks the name `SERVICE.NAMESPACE.svc` of the APIService's Service).
     fn start_with_names(cp: &ControlPlane, extra: &[&str]) -> Gateway {
         let dir = cp.dir().join("gateway");
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let ca = Ca::generate("tsgw-test-webhook-ca").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&dir).expect("creating the gateway directory");
+        let ca = Ca::generate("tsgw-test-webhook-ca").expect("generating the webhook CA");
         let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         names.extend(extra.iter().map(|n| n.to_string()));
-        let serving = ca.issue_server(&names).unwrap_or_else(|e| panic!("{e}"));
+        let serving = ca.issue_server(&names).expect("issuing the serving certificate");
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert, &serving.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&key, &serving.key_pem).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.join("ca.crt"), &ca.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cert, &serving.cert_pem).expect("writing tls.crt");
+        std::fs::write(&key, &serving.key_pem).expect("writing tls.key");
+        std::fs::write(dir.join("ca.crt"), &ca.pair().cert_pem).expect("writing ca.crt");
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"));
         cmd.arg("serve")
@@ -218,7 +218,8 @@ impl Gateway {
     /// `webhooks/FILE` with `clientConfig` pointed at this server by URL (a loopback address is
     /// refused in a Service's Endpoints) and our CA as caBundle.
     fn webhook_configuration(&self, file: &str, path: &str) -> Value {
-        let text = std::fs::read_to_string(root().join("webhooks").join(file)).unwrap_or_else(|e| panic!("{e}"));
+        let text =
+            std::fs::read_to_string(root().join("webhooks").join(file)).expect("reading the webhook configuration");
         let mut doc: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("webhooks/{file}: {e}"));
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         let hooks = doc["webhooks"].as_array_mut().unwrap_or_else(|| panic!("webhooks/{file} has no webhooks"));
@@ -327,7 +328,7 @@ fn webhooks_are_called_by_a_real_apiserver() {
     apply_ok(&cp, &good);
     let stored: Value =
         serde_json::from_str(&cp.kubectl_ok(&["get", "tailscaleservices", "defaults-me", "-o", "json"]))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("parsing the stored TailscaleServices");
     assert_eq!(stored.pointer("/spec/vipService/name"), Some(&json!("svc:defaults-me")), "{stored:#}");
     assert_eq!(stored.pointer("/spec/loadBalancing/strategy"), None, "Envoy Gateway's policy is kept: {stored:#}");
     assert_eq!(
@@ -391,8 +392,9 @@ const DEVICES: &str = "/apis/tailnet.gateway.tailscale.com/v1alpha1/tailscaledev
 /// `localhost` with the server's port (kube-apiserver dials it as `--enable-aggregator-routing=false`
 /// allows), and the caBundle is our CA.
 fn apiservice_objects(gw: &Gateway) -> Value {
-    let text = std::fs::read_to_string(root().join("apiservice/apiservice.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    let mut apiservice: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("apiservice.yaml: {e}"));
+    let text =
+        std::fs::read_to_string(root().join("apiservice/apiservice.yaml")).expect("reading apiservice/apiservice.yaml");
+    let mut apiservice: Value = serde_saphyr::from_str(&text).expect("parsing apiservice/apiservice.yaml");
     apiservice["spec"]["service"]["port"] = json!(gw.port);
     apiservice["spec"]["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(&gw.ca_pem));
     let service_ref = apiservice["spec"]["service"].clone();
@@ -456,7 +458,7 @@ fn curl(gw: &Gateway, path: &str, args: &[&str]) -> (u16, String) {
         .args(args)
         .arg(format!("{}{path}", gw.url))
         .output()
-        .unwrap_or_else(|e| panic!("running curl: {e}"));
+        .expect("running curl");
     let text = stdout(&out);
     let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text}{}", stderr(&out)));
     (code.trim().parse().unwrap_or_else(|e| panic!("curl status {code:?}: {e}; {}", stderr(&out))), body.to_string())
@@ -578,7 +580,7 @@ fn watch_sees_a_status_change(cp: &ControlPlane) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning kubectl -w: {e}"));
+        .expect("spawning kubectl get tsdev -w");
     let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -595,7 +597,8 @@ fn watch_sees_a_status_change(cp: &ControlPlane) {
     for i in 0..6 {
         next(&format!("line {i} of the initial list"));
     }
-    let text = std::fs::read_to_string(root().join("examples/endpoints-west.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(root().join("examples/endpoints-west.yaml"))
+        .expect("reading examples/endpoints-west.yaml");
     let flipped = text.replace("connected: false, online: false", "connected: true, online: true");
     assert_ne!(flipped, text, "test fixture changed: cannot flip web-proxy-west-1");
     let out = cp.kubectl_output(&["apply", "--server-side", "--subresource=status", "-f", "-"], Some(&flipped));
@@ -700,7 +703,7 @@ fn wait_server_ready(server: &mut Process, port: u16) {
             .args(["-sk", "--max-time", "5"])
             .arg(format!("https://127.0.0.1:{port}/readyz"))
             .output()
-            .unwrap_or_else(|e| panic!("running curl: {e}"));
+            .expect("running curl");
         if stdout(&out).trim() == "ok" {
             return;
         }
@@ -712,10 +715,10 @@ fn wait_server_ready(server: &mut Process, port: u16) {
 /// `key` of the Secret's data, decoded.
 fn secret_value(cp: &ControlPlane, namespace: &str, name: &str, key: &str) -> String {
     let secret: Value = serde_json::from_str(&cp.kubectl_ok(&["get", "secret", name, "-n", namespace, "-o", "json"]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the Secret");
     let b64 = secret["data"][key].as_str().unwrap_or_else(|| panic!("secret {name} has no {key}: {secret:#}"));
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_else(|e| panic!("{e}"));
-    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"))
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("decoding the Secret value as base64");
+    String::from_utf8(bytes).expect("decoding the Secret value as UTF-8")
 }
 
 /// The caBundles (base64, as stored) of our two webhook configurations' webhooks and of the
@@ -757,7 +760,7 @@ fn self_managed_certificates_are_shared_and_published() {
     let bundle = secret_value(&cp, "tailscale-gateway", "tailscale-gateway-tls", "ca-bundle.crt");
     assert!(bundle.contains(ca.trim()), "the bundle lacks the signing CA");
     let ca_file = cp.dir().join("self-managed-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&ca_file, &ca).expect("writing self-managed-ca.crt");
     // Both serve a certificate from the Secret's CA, for the Service's DNS name.
     let host = "tailscale-gateway.tailscale-gateway.svc";
     for port in [port_a, port_b] {
@@ -768,7 +771,7 @@ fn self_managed_certificates_are_shared_and_published() {
             .arg(format!("{host}:{port}:127.0.0.1"))
             .arg(format!("https://{host}:{port}/readyz"))
             .output()
-            .unwrap_or_else(|e| panic!("running curl: {e}"));
+            .expect("running curl");
         assert_eq!(stdout(&out).trim(), "ok", "replica on {port} with the Secret's CA: {}", stderr(&out));
     }
 
@@ -857,7 +860,7 @@ fn leader_election_hands_over_a_real_lease() {
         "-o",
         "json",
     ]))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the reconciler Lease");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 3, "{lease:#}");
     let transitions = lease["spec"]["leaseTransitions"].as_i64().unwrap_or_default();
     for _ in 0..20 {
@@ -915,7 +918,7 @@ fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
     let mut all = vec!["get"];
     all.extend_from_slice(args);
     all.extend(["-o", "json"]);
-    serde_json::from_str(&cp.kubectl_ok(&all)).unwrap_or_else(|e| panic!("{e}"))
+    serde_json::from_str(&cp.kubectl_ok(&all)).expect("parsing kubectl get's JSON output")
 }
 
 /// Polls `kubectl get ARGS -o json` until `want` holds; returns the object.
@@ -927,7 +930,7 @@ fn get_until(cp: &ControlPlane, server: &mut Process, args: &[&str], want: impl 
         all.extend(["-o", "json"]);
         let out = cp.kubectl_output(&all, None);
         if out.status.success() {
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+            let v: Value = serde_json::from_slice(&out.stdout).expect("parsing kubectl get's JSON output");
             if want(&v) {
                 return v;
             }
@@ -952,8 +955,8 @@ fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
 #[ignore = "needs the real control plane: run hack/test.sh"]
 fn reconciler_creates_owned_objects_on_a_real_apiserver() {
     use tailscale_gateway::tailscale::fake::FakeTailscale;
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let fake = rt.block_on(FakeTailscale::start()).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    let fake = rt.block_on(FakeTailscale::start()).expect("starting the fake Tailscale API");
     let creds = fake.client_config();
 
     let cp = ControlPlane::start();
@@ -1102,7 +1105,7 @@ fn reconciler_creates_owned_objects_on_a_real_apiserver() {
         c["data"]["serve-config.json"].as_str().is_some_and(|t| t.contains("svc:web"))
     });
     let serve: Value = serde_json::from_str(cm["data"]["serve-config.json"].as_str().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing serve-config.json");
     assert_eq!(
         serve,
         json!({"Services": {"svc:web": {"TCP": {"80": {"HTTP": true}},

@@ -159,11 +159,11 @@ fn apply_scenario(cp: &ControlPlane) {
 /// Our server from the built binary, in cluster mode without the reconciler, extension on `xds`.
 fn start_server(cp: &ControlPlane, https: u16, xds: u16) -> Process {
     let dir = cp.dir().join("gateway");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let ca = Ca::generate("tsgw-test-serving-ca").unwrap_or_else(|e| panic!("{e}"));
-    let serving = ca.issue_server(&["127.0.0.1".to_string()]).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.join("tls.crt"), &serving.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.join("tls.key"), &serving.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).expect("creating the gateway directory");
+    let ca = Ca::generate("tsgw-test-serving-ca").expect("generating the serving CA");
+    let serving = ca.issue_server(&["127.0.0.1".to_string()]).expect("issuing the serving certificate");
+    std::fs::write(dir.join("tls.crt"), &serving.cert_pem).expect("writing tls.crt");
+    std::fs::write(dir.join("tls.key"), &serving.key_pem).expect("writing tls.key");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"));
     cmd.arg("serve")
         .arg(format!("--listen=127.0.0.1:{https}"))
@@ -303,13 +303,11 @@ fn start_tap(rt: &tokio::runtime::Runtime, upstream: u16) -> (u16, Arc<Mutex<Vec
     let calls = Arc::new(Mutex::new(Vec::new()));
     let _guard = rt.enter();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{upstream}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("parsing the extension's upstream address")
         .connect_lazy();
     let tap = Tap { upstream: channel, calls: calls.clone() };
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap_or_else(|e| panic!("binding the recording proxy: {e}"));
-    let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding the recording proxy");
+    let port = listener.local_addr().expect("reading the recording proxy's address").port();
     rt.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let served = tonic::transport::Server::builder().add_service(tap).serve_with_incoming(incoming).await;
@@ -359,7 +357,7 @@ fn start_envoy_gateway(cp: &ControlPlane, extension_port: u16) -> (Process, XdsP
     let bin = util::cluster::binary("envoy-gateway", "ENVOY_GATEWAY_VERSION");
     let root = cp.dir().join("envoy-gateway-root");
     for dir in ["certs", "tmp", "home"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(root.join(dir)).expect("creating the Envoy Gateway root directories");
     }
     let write = |rel: &str, text: &str| {
         std::fs::write(root.join(rel), text).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -369,10 +367,10 @@ fn start_envoy_gateway(cp: &ControlPlane, extension_port: u16) -> (Process, XdsP
     if std::fs::hard_link(&bin, &inside).is_err() {
         std::fs::copy(&bin, &inside).unwrap_or_else(|e| panic!("copying {}: {e}", bin.display()));
     }
-    let ca = Ca::generate("tsgw-test-envoy-gateway-ca").unwrap_or_else(|e| panic!("{e}"));
+    let ca = Ca::generate("tsgw-test-envoy-gateway-ca").expect("generating the Envoy Gateway CA");
     let names = ["envoy-gateway", "localhost", "127.0.0.1"].map(String::from);
-    let serving = ca.issue_server(&names).unwrap_or_else(|e| panic!("{e}"));
-    let client = ca.issue_client("envoy", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let serving = ca.issue_server(&names).expect("issuing the Envoy Gateway serving certificate");
+    let client = ca.issue_client("envoy", &[]).expect("issuing Envoy's client certificate");
     write("certs/ca.crt", &ca.pair().cert_pem);
     write("certs/tls.crt", &serving.cert_pem);
     write("certs/tls.key", &serving.key_pem);
@@ -540,7 +538,7 @@ fn metrics(cp: &ControlPlane, https: u16) -> String {
         .args(["-H", "X-Remote-User: metrics-test", "-H", "X-Remote-Group: system:masters"])
         .arg(format!("https://127.0.0.1:{https}/metrics"))
         .output()
-        .unwrap_or_else(|e| panic!("running curl: {e}"));
+        .expect("running curl");
     assert!(out.status.success(), "GET /metrics: {}", stderr(&out));
     stdout(&out)
 }
@@ -554,7 +552,7 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
 /// The length of `bytes` re-encoded from what `M` decodes of them (shorter when fields unknown
 /// to `M` were dropped).
 fn known_len<M: Message + Default>(bytes: &Bytes) -> usize {
-    M::decode(bytes.clone()).unwrap_or_else(|e| panic!("{e}")).encoded_len()
+    M::decode(bytes.clone()).expect("decoding the recorded message").encoded_len()
 }
 
 /// The load-balancing policies of `c`, one line each, typed configs decoded where we know them.
@@ -613,7 +611,8 @@ fn report_post_cluster_modify(calls: &[Call]) -> PostClusterModifyRequest {
         assert!(call.response.is_ok(), "our {} failed: {:?}", call.method, call.response);
     }
     for call in calls.iter().filter(|c| c.method == "PostRouteModify") {
-        let r = pb::PostRouteModifyRequest::decode(call.request.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let r = pb::PostRouteModifyRequest::decode(call.request.clone())
+            .expect("decoding a recorded PostRouteModify request");
         let route = r.route.unwrap_or_default();
         let kinds: Vec<String> = r
             .post_route_context
@@ -639,7 +638,8 @@ fn report_post_cluster_modify(calls: &[Call]) -> PostClusterModifyRequest {
         })
         .collect();
     let call = ours.last().unwrap_or_else(|| panic!("no PostClusterModify for {ROUTE_CLUSTER}: {methods:?}"));
-    let request = PostClusterModifyRequest::decode(call.request.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let request = PostClusterModifyRequest::decode(call.request.clone())
+        .expect("decoding the recorded PostClusterModify request");
     let c = request.cluster.clone().unwrap_or_default();
     eprintln!("PostClusterModify for {ROUTE_CLUSTER} ({} call(s), {} bytes):", ours.len(), call.request.len());
     eprintln!("  type {:?}, eds_cluster_config {:?}", discovery_type(&c), c.eds_cluster_config);
@@ -657,7 +657,7 @@ fn report_post_cluster_modify(calls: &[Call]) -> PostClusterModifyRequest {
         eprintln!("  backend_extension_resources[{i}]: {}", String::from_utf8_lossy(&res.unstructured_bytes));
     }
     let answer = match &call.response {
-        Ok(bytes) => PostClusterModifyResponse::decode(bytes.clone()).unwrap_or_else(|e| panic!("{e}")),
+        Ok(bytes) => PostClusterModifyResponse::decode(bytes.clone()).expect("decoding our PostClusterModify response"),
         Err(status) => panic!("our PostClusterModify failed: {status}"),
     };
     if std::env::var_os("TSGW_DUMP_XDS").is_some() {
@@ -677,7 +677,7 @@ fn real_envoy_gateway_calls_the_extension() {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("building the tokio runtime");
     let cp = ControlPlane::start();
     install_crds(&cp);
     apply_scenario(&cp);
@@ -710,7 +710,7 @@ fn real_envoy_gateway_calls_the_extension() {
     assert_eq!(hosts.len(), 1, "{levels:?}");
     let (host, port) = hosts[0].rsplit_once(':').unwrap_or_else(|| panic!("{hosts:?}"));
     assert_eq!(host, "web-proxy-west-svc.default.svc.cluster.local", "the egress endpoints only: {levels:?}");
-    let port: u16 = port.parse().unwrap_or_else(|e| panic!("{e}"));
+    let port: u16 = port.parse().expect("parsing the endpoint port");
     assert!((3000..=3999).contains(&port), "match port {port}");
     assert_eq!(
         route_cluster.outlier_detection,
@@ -786,7 +786,8 @@ fn real_envoy_gateway_calls_the_extension() {
     assert_eq!(discovery_type(&sent), Some(cluster::DiscoveryType::Eds), "Envoy Gateway sends an EDS cluster");
     let resources = request.post_cluster_context.map(|c| c.backend_extension_resources).unwrap_or_default();
     assert_eq!(resources.len(), 1, "one backendRef, one extension resource");
-    let object: Value = serde_json::from_slice(&resources[0].unstructured_bytes).unwrap_or_else(|e| panic!("{e}"));
+    let object: Value =
+        serde_json::from_slice(&resources[0].unstructured_bytes).expect("parsing the backend extension resource");
     assert_eq!(
         (object["kind"].as_str(), object["metadata"]["name"].as_str()),
         (Some("TailscaleServices"), Some("web-service"))

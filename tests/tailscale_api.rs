@@ -15,16 +15,16 @@ async fn fake() -> FakeTailscale {
 }
 
 async fn fake_with(opts: FakeOptions) -> FakeTailscale {
-    FakeTailscale::start_with(opts).await.unwrap_or_else(|e| panic!("starting the fake API: {e}"))
+    FakeTailscale::start_with(opts).await.expect("starting the fake Tailscale API")
 }
 
 fn client(cfg: ClientConfig) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::new(cfg).unwrap_or_else(|e| panic!("building the client: {e}"))
+    Client::new(cfg).expect("building the Tailscale API client")
 }
 
 fn ok<T>(r: Result<T, ApiError>) -> T {
-    r.unwrap_or_else(|e| panic!("API call failed: {e}"))
+    r.expect("calling the Tailscale API")
 }
 
 const TOKEN: &str = "/api/v2/oauth/token";
@@ -70,7 +70,7 @@ async fn concurrent_callers_share_one_token_fetch() {
         tokio::spawn(async move { c.list_devices().await.map(|d| d.len()) })
     });
     for r in futures::future::join_all(calls).await {
-        assert_eq!(ok(r.unwrap_or_else(|e| panic!("task: {e}"))), 0);
+        assert_eq!(ok(r.expect("joining a list_devices task")), 0);
     }
     assert_eq!(fake.tokens_issued(), 1);
     assert_eq!(fake.count("GET", DEVICES), 8);

@@ -18,14 +18,14 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
         let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&manifests).expect("creating the manifests directory");
         copy_examples(&manifests);
         let state = dir.path().join("state");
-        let args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
-        let running = runtime::start(args).await.unwrap_or_else(|e| panic!("start: {e:#}"));
-        let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap_or_else(|e| panic!("{e}"));
+        let args = ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().expect("parsing the listen address"));
+        let running = runtime::start(args).await.expect("starting the server");
+        let ca = std::fs::read_to_string(state.join("ca.crt")).expect("reading the generated ca.crt");
         Server { running, ca, _dir: dir }
     }
 
@@ -56,8 +56,8 @@ fn decode_patch(r: &Value) -> Value {
     assert_eq!(r["patchType"], "JSONPatch");
     let raw = base64::engine::general_purpose::STANDARD
         .decode(r["patch"].as_str().unwrap_or_else(|| panic!("no patch in {r}")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{e}"))
+        .expect("decoding the patch as base64");
+    serde_json::from_slice(&raw).expect("parsing the patch")
 }
 
 #[tokio::test]
@@ -141,9 +141,9 @@ async fn mutates_with_defaults_once() {
     let mut patched = obj.clone();
     json_patch::patch(
         &mut patched,
-        &serde_json::from_value::<json_patch::Patch>(patch).unwrap_or_else(|e| panic!("{e}")),
+        &serde_json::from_value::<json_patch::Patch>(patch).expect("parsing the JSON patch"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("applying the JSON patch");
     assert_eq!(patched.pointer("/spec/vipService/name"), Some(&json!("svc:defaults-me")));
     assert_eq!(patched.pointer("/spec/loadBalancing/strategy"), None, "unset: Envoy Gateway's policy is kept");
     assert_eq!(patched.pointer("/spec/loadBalancing/healthCheck/interval"), Some(&json!("10s")));
@@ -267,8 +267,8 @@ async fn local_mode_picks_up_changed_files() {
     );
     let r = response(&c.post_json("/validate", &review("CREATE", other.clone(), None)).await);
     assert_eq!(r["allowed"], true, "nothing claims svc:new-app yet");
-    let yaml = serde_saphyr::to_string(&claim).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(s.manifests().join("new-app.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
+    let yaml = serde_saphyr::to_string(&claim).expect("serializing the claim as YAML");
+    std::fs::write(s.manifests().join("new-app.yaml"), yaml).expect("writing new-app.yaml");
     let mut denied = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -280,7 +280,7 @@ async fn local_mode_picks_up_changed_files() {
     }
     assert!(denied, "the new file's VIP claim reached the cache");
     // A broken file is reported and skipped; what was loaded stays.
-    std::fs::write(s.manifests().join("broken.yaml"), "kind: [unclosed\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.manifests().join("broken.yaml"), "kind: [unclosed\n").expect("writing broken.yaml");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     {
         let idx = s.running.cache.read();
@@ -292,27 +292,30 @@ async fn local_mode_picks_up_changed_files() {
 
 #[tokio::test]
 async fn replaced_certificate_files_are_served_without_dropping_connections() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let ca = tailscale_gateway::pki::Ca::generate("test CA").unwrap_or_else(|e| panic!("{e}"));
-    let first = ca.issue_server(&["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let ca = tailscale_gateway::pki::Ca::generate("test CA").expect("generating the test CA");
+    let first = ca.issue_server(&["localhost".into()]).expect("issuing the first serving certificate");
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &first.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &first.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&cert, &first.cert_pem).expect("writing tls.crt");
+    std::fs::write(&key, &first.key_pem).expect("writing tls.key");
     let manifests = dir.path().join("m");
-    std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
-    let mut args =
-        ServeArgs::local(&manifests, dir.path().join("state"), "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
+    std::fs::create_dir_all(&manifests).expect("creating the manifests directory");
+    let mut args = ServeArgs::local(
+        &manifests,
+        dir.path().join("state"),
+        "127.0.0.1:0".parse().expect("parsing the listen address"),
+    );
     args.tls_cert_file = Some(cert.clone());
     args.tls_key_file = Some(key.clone());
     args.tls_reload_interval = Duration::from_millis(100);
-    let running = runtime::start(args).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let running = runtime::start(args).await.expect("starting the server");
     let cfg = util::client_config(&[&ca.pair().cert_pem], None);
     let mut old = Conn::open(running.https_addr, cfg.clone()).await;
     assert_eq!(old.get("/healthz").await.status, 200);
 
-    let second = ca.issue_server(&["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &second.key_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&cert, &second.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    let second = ca.issue_server(&["localhost".into()]).expect("issuing the second serving certificate");
+    std::fs::write(&key, &second.key_pem).expect("writing the new tls.key");
+    std::fs::write(&cert, &second.cert_pem).expect("writing the new tls.crt");
     let mut rotated = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;

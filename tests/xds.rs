@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 const API: &str = "gateway.tailscale.com/v1alpha1";
 
 fn res(v: Value) -> Resource {
-    Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    Resource::from_value(v).expect("building the resource")
 }
 
 fn endpoints(name: &str, region: &str, online: &[bool], connection_type: &str) -> Value {
@@ -113,7 +113,7 @@ impl Running {
     async fn client(&self) -> EnvoyGatewayExtensionClient<Channel> {
         EnvoyGatewayExtensionClient::connect(format!("http://{}", self.addr))
             .await
-            .unwrap_or_else(|e| panic!("connect: {e}"))
+            .expect("connecting to the extension server")
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
@@ -125,13 +125,13 @@ impl Running {
         tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
             .unwrap_or_else(|_| panic!("server did not stop"))
-            .unwrap_or_else(|e| panic!("server task: {e}"));
+            .expect("joining the server task");
     }
 }
 
 async fn start_with(cache: Cache, tls: Option<TlsFiles>) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a listener");
+    let addr = listener.local_addr().expect("reading the listener's address");
     let metrics = XdsMetrics::default();
     let opts = XdsOptions {
         addr,
@@ -149,7 +149,7 @@ async fn start_with(cache: Cache, tls: Option<TlsFiles>) -> Running {
             let _ = rx.await;
         })
         .await
-        .unwrap_or_else(|e| panic!("serve: {e}"));
+        .expect("serving the extension");
     });
     Running { addr, metrics, stop: Some(tx), task }
 }
@@ -183,7 +183,7 @@ fn eg_cluster(name: &str) -> Cluster {
 }
 
 fn ext(v: &Value) -> ExtensionResource {
-    ExtensionResource { unstructured_bytes: serde_json::to_vec(v).unwrap_or_else(|e| panic!("{e}")) }
+    ExtensionResource { unstructured_bytes: serde_json::to_vec(v).expect("serializing the extension resource") }
 }
 
 fn cluster_request(c: Cluster, resources: Vec<ExtensionResource>) -> PostClusterModifyRequest {
@@ -223,7 +223,7 @@ async fn cluster_for_tailscale_services_gets_endpoints_priorities_health_checks_
             vec![ext(&web_service_json())],
         ))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify")
         .into_inner();
     let c = resp.cluster.unwrap_or_else(|| panic!("no cluster"));
     assert_eq!(c.name, "httproute/default/web/rule/0");
@@ -273,7 +273,7 @@ async fn cluster_for_tailscale_services_gets_endpoints_priorities_health_checks_
     let again = client
         .post_cluster_modify(cluster_request(c.clone(), vec![ext(&web_service_json())]))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify again")
         .into_inner();
     assert_eq!(again.cluster, Some(c));
     assert_eq!(server.metrics.calls("PostClusterModify"), 2);
@@ -313,7 +313,7 @@ async fn the_routes_backend_port_and_weights_are_used() {
     let c = client
         .post_cluster_modify(cluster_request(eg_cluster("httproute/default/split/rule/0"), vec![ext(&web), ext(&api)]))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify for the split route")
         .into_inner()
         .cluster
         .unwrap_or_else(|| panic!("no cluster"));
@@ -342,7 +342,7 @@ async fn the_routes_backend_port_and_weights_are_used() {
     let c = client
         .post_cluster_modify(cluster_request(eg_cluster("httproute/default/other/rule/0"), vec![ext(&web)]))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify for an unknown route")
         .into_inner()
         .cluster
         .unwrap_or_else(|| panic!("no cluster"));
@@ -363,7 +363,7 @@ async fn cluster_for_tailscale_endpoints_and_new_cluster_connect_timeout() {
             vec![ext(&endpoints("web-proxy-east", "east", &[true, true], "ingress"))],
         ))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify with a bare cluster")
         .into_inner();
     let c = resp.cluster.unwrap_or_else(|| panic!("no cluster"));
     let la = c.load_assignment.clone().unwrap_or_default();
@@ -390,7 +390,7 @@ async fn bad_resources_leave_the_cluster_unchanged_and_are_counted() {
         let resp = client
             .post_cluster_modify(cluster_request(original.clone(), resources))
             .await
-            .unwrap_or_else(|e| panic!("a bad object must not fail the call: {e}"))
+            .expect("a bad object must not fail the call")
             .into_inner();
         let back = resp.cluster.unwrap_or_else(|| panic!("no cluster"));
         assert_eq!(back.encode_to_vec(), original.encode_to_vec(), "byte-identical");
@@ -403,7 +403,7 @@ async fn bad_resources_leave_the_cluster_unchanged_and_are_counted() {
     let resp = client
         .post_cluster_modify(cluster_request(original.clone(), vec![ext(&pod), ext(&web_service_json())]))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify with a bad object next to a good one")
         .into_inner();
     let c = resp.cluster.unwrap_or_default();
     assert_eq!(c.load_assignment.map(|l| l.endpoints.len()), Some(3));
@@ -413,7 +413,7 @@ async fn bad_resources_leave_the_cluster_unchanged_and_are_counted() {
     let resp = client
         .post_cluster_modify(PostClusterModifyRequest::default())
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostClusterModify without a cluster")
         .into_inner();
     assert!(resp.cluster.is_none());
     server.stop().await;
@@ -449,7 +449,7 @@ async fn route_gets_vip_host_rewrite_only_with_our_backends() {
             }),
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostRouteModify with our extension resource")
         .into_inner()
         .route
         .unwrap_or_default();
@@ -466,7 +466,7 @@ async fn route_gets_vip_host_rewrite_only_with_our_backends() {
             post_route_context: Some(PostRouteExtensionContext::default()),
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostRouteModify without extension resources")
         .into_inner()
         .route
         .unwrap_or_default();
@@ -515,7 +515,7 @@ async fn translate_adds_gateway_routes_and_clusters_and_is_idempotent() {
     let server = start().await;
     let mut client = server.client().await;
     let req = translate_request();
-    let resp = client.post_translate_modify(req.clone()).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let resp = client.post_translate_modify(req.clone()).await.expect("calling PostTranslateModify").into_inner();
 
     // Everything received comes back, unrelated resources byte-identical and in order.
     for (i, c) in req.clusters.iter().enumerate() {
@@ -562,7 +562,7 @@ async fn translate_adds_gateway_routes_and_clusters_and_is_idempotent() {
             routes: resp.routes.clone(),
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostTranslateModify on its own output")
         .into_inner();
     assert_eq!(again.encode_to_vec(), resp.encode_to_vec());
     let mut unique: Vec<&str> = again.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -583,7 +583,7 @@ async fn pass_through_hooks_return_their_input() {
             post_virtual_host_context: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostVirtualHostModify")
         .into_inner();
     assert_eq!(got.virtual_host, Some(vh));
     let listener = Listener { name: "default/eg/http".into(), ..Default::default() };
@@ -593,7 +593,7 @@ async fn pass_through_hooks_return_their_input() {
             post_listener_context: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostHTTPListenerModify")
         .into_inner();
     assert_eq!(got.listener, Some(listener));
     let la = ClusterLoadAssignment { cluster_name: "httproute/default/site/rule/0".into(), ..Default::default() };
@@ -603,7 +603,7 @@ async fn pass_through_hooks_return_their_input() {
             post_endpoints_context: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("calling PostEndpointsModify")
         .into_inner();
     assert_eq!(got.load_assignment, Some(la));
     for hook in ["PostVirtualHostModify", "PostHTTPListenerModify", "PostEndpointsModify"] {
@@ -622,7 +622,11 @@ async fn large_translations_fit_the_default_message_size() {
     req.clusters
         .extend((0..6000).map(|i| Cluster { name: format!("httproute/bulk/{i}/{long}"), ..Default::default() }));
     assert!(req.encoded_len() > 6_000_000);
-    let resp = client.post_translate_modify(req.clone()).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let resp = client
+        .post_translate_modify(req.clone())
+        .await
+        .expect("calling PostTranslateModify with a request over 6 MB")
+        .into_inner();
     assert_eq!(resp.clusters.len(), req.clusters.len() + 1);
     server.stop().await;
 }
@@ -634,17 +638,17 @@ async fn health_reports_serving_once_the_cache_is_synced() {
     let cache = Cache::new(10);
     let server = start_with(cache.clone(), None).await;
     let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("parsing the channel address")
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("connecting to the health service");
     let mut health = HealthClient::new(channel);
     let status = |h: &mut HealthClient<Channel>| {
         let mut h = h.clone();
         async move {
             h.check(HealthCheckRequest { service: SERVICE_NAME.into() })
                 .await
-                .unwrap_or_else(|e| panic!("{e}"))
+                .expect("calling the health check")
                 .into_inner()
                 .status
         }
@@ -678,7 +682,7 @@ async fn tls_channel(
         tls = tls.identity(Identity::from_pem(&pair.cert_pem, &pair.key_pem));
     }
     Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("parsing the channel address")
         .tls_config(tls)?
         .connect()
         .await
@@ -701,12 +705,12 @@ async fn served_cert(addr: SocketAddr, ca: &tailscale_gateway::pki::Ca) -> Vec<u
     use rustls::pki_types::ServerName;
     let mut cfg = std::sync::Arc::unwrap_or_clone(util::client_config(&[&ca.pair().cert_pem], None));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
-    let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connecting to the server");
+    let name = ServerName::try_from("localhost").expect("parsing the server name localhost");
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+        .expect("completing the TLS handshake");
     let (_, session) = tls.get_ref();
     assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "gRPC needs HTTP/2 by ALPN");
     session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
@@ -714,40 +718,43 @@ async fn served_cert(addr: SocketAddr, ca: &tailscale_gateway::pki::Ca) -> Vec<u
 
 fn der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")).to_vec()
+    CertificateDer::from_pem_slice(pem.as_bytes()).expect("parsing the certificate PEM").to_vec()
 }
 
 #[tokio::test]
 async fn serves_over_tls_and_picks_up_a_rotated_certificate() {
     use tailscale_gateway::pki::Ca;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let ca = Ca::generate("xds test ca").unwrap_or_else(|e| panic!("{e}"));
-    let first = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let ca = Ca::generate("xds test ca").expect("generating the xDS test CA");
+    let first = ca.issue_server(&["localhost".to_string()]).expect("issuing the first serving certificate");
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &first.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &first.key_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&cert, &first.cert_pem).expect("writing tls.crt");
+    std::fs::write(&key, &first.key_pem).expect("writing tls.key");
     let cache = Cache::new(10);
     fill_cache(&cache);
     let files = TlsFiles { reload_interval: Duration::from_millis(50), ..TlsFiles::new(&cert, &key) };
     let server = start_with(cache, Some(files)).await;
     assert_eq!(served_cert(server.addr, &ca).await, der(&first.cert_pem));
-    let open = tls_channel(server.addr, &ca, None).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
-    assert_eq!(modify_web(open.clone()).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    let open = tls_channel(server.addr, &ca, None).await.expect("opening a TLS channel");
+    assert_eq!(modify_web(open.clone()).await.expect("modifying the web cluster"), 3);
 
     // Rotated in place, key first (a reader may see a half-updated pair and must keep the old one).
-    let second = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &second.key_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&cert, &second.cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    let second = ca.issue_server(&["localhost".to_string()]).expect("issuing the second serving certificate");
+    std::fs::write(&key, &second.key_pem).expect("writing the new tls.key");
+    std::fs::write(&cert, &second.cert_pem).expect("writing the new tls.crt");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while served_cert(server.addr, &ca).await != der(&second.cert_pem) {
         assert!(tokio::time::Instant::now() < deadline, "the rotated certificate was never served");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // The connection opened before the rotation keeps working, and new ones work too.
-    assert_eq!(modify_web(open).await.unwrap_or_else(|e| panic!("{e}")), 3);
-    let fresh = tls_channel(server.addr, &ca, None).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
-    assert_eq!(modify_web(fresh).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    assert_eq!(
+        modify_web(open).await.expect("modifying the web cluster over the connection opened before the rotation"),
+        3
+    );
+    let fresh = tls_channel(server.addr, &ca, None).await.expect("opening a TLS channel after the rotation");
+    assert_eq!(modify_web(fresh).await.expect("modifying the web cluster over a fresh connection"), 3);
     server.stop().await;
 }
 
@@ -755,15 +762,15 @@ async fn serves_over_tls_and_picks_up_a_rotated_certificate() {
 async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
     use tailscale_gateway::pki::Ca;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let ca = Ca::generate("xds test ca").unwrap_or_else(|e| panic!("{e}"));
-    let clients = Ca::generate("envoy gateway clients").unwrap_or_else(|e| panic!("{e}"));
-    let stranger = Ca::generate("someone else").unwrap_or_else(|e| panic!("{e}"));
-    let pair = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let ca = Ca::generate("xds test ca").expect("generating the xDS test CA");
+    let clients = Ca::generate("envoy gateway clients").expect("generating the client CA");
+    let stranger = Ca::generate("someone else").expect("generating a stranger CA");
+    let pair = ca.issue_server(&["localhost".to_string()]).expect("issuing the serving certificate");
     let (cert, key, client_ca) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
-    std::fs::write(&cert, &pair.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&key, &pair.key_pem).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&client_ca, &clients.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&cert, &pair.cert_pem).expect("writing tls.crt");
+    std::fs::write(&key, &pair.key_pem).expect("writing tls.key");
+    std::fs::write(&client_ca, &clients.pair().cert_pem).expect("writing the client CA");
     let cache = Cache::new(10);
     fill_cache(&cache);
     let files = TlsFiles {
@@ -773,12 +780,16 @@ async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
     };
     let server = start_with(cache, Some(files)).await;
 
-    let envoy_gateway = clients.issue_client("envoy-gateway", &[]).unwrap_or_else(|e| panic!("{e}"));
-    let ok = tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
-    assert_eq!(modify_web(ok).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    let envoy_gateway =
+        clients.issue_client("envoy-gateway", &[]).expect("issuing the envoy-gateway client certificate");
+    let ok = tls_channel(server.addr, &ca, Some(&envoy_gateway))
+        .await
+        .expect("opening a TLS channel with the client certificate");
+    assert_eq!(modify_web(ok).await.expect("modifying the web cluster"), 3);
 
     // No certificate, or one from another CA: the handshake or the first call fails.
-    let forged = stranger.issue_client("envoy-gateway", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let forged =
+        stranger.issue_client("envoy-gateway", &[]).expect("issuing a forged client certificate from a stranger CA");
     for client in [None, Some(&forged)] {
         let refused = match tls_channel(server.addr, &ca, client).await {
             Err(_) => true,
@@ -788,8 +799,8 @@ async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
     }
     // The server is still serving after refusing them.
     let again =
-        tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.unwrap_or_else(|e| panic!("TLS connect: {e}"));
-    assert_eq!(modify_web(again.clone()).await.unwrap_or_else(|e| panic!("{e}")), 3);
+        tls_channel(server.addr, &ca, Some(&envoy_gateway)).await.expect("opening a TLS channel after the refusals");
+    assert_eq!(modify_web(again.clone()).await.expect("modifying the web cluster after the refusals"), 3);
 
     // The client CA rotates in place: its clients get in without a restart, the old CA's do not,
     // and a connection made before the rotation keeps working.
@@ -802,17 +813,20 @@ async fn with_a_client_ca_only_clients_it_signed_get_in_and_the_ca_reloads() {
             }
         }
     };
-    std::fs::write(&client_ca, "half-written").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&client_ca, "half-written").expect("writing a half-written client CA");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!refused(envoy_gateway.clone()).await, "an unusable CA file replaced the bundle in use");
-    std::fs::write(&client_ca, &stranger.pair().cert_pem).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&client_ca, &stranger.pair().cert_pem).expect("replacing the client CA with the stranger's");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while refused(forged.clone()).await {
         assert!(tokio::time::Instant::now() < deadline, "the rotated client CA was never used");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(refused(envoy_gateway.clone()).await, "a client of the replaced CA still got in");
-    assert_eq!(modify_web(again).await.unwrap_or_else(|e| panic!("{e}")), 3);
+    assert_eq!(
+        modify_web(again).await.expect("modifying the web cluster over the connection opened before the CA change"),
+        3
+    );
     server.stop().await;
 }
 
@@ -828,7 +842,7 @@ fn yaml_docs(file: &str) -> Vec<Value> {
 fn envoy_gateway_example_matches_what_the_server_serves() {
     let cm = &yaml_docs("examples/envoy-gateway/envoy-gateway-config.yaml")[0];
     let inner = cm.pointer("/data/envoy-gateway.yaml").and_then(Value::as_str).unwrap_or_else(|| panic!("no config"));
-    let eg: Value = serde_saphyr::from_str(inner).unwrap_or_else(|e| panic!("{e}"));
+    let eg: Value = serde_saphyr::from_str(inner).expect("parsing the inner envoy-gateway.yaml");
     let em = eg.get("extensionManager").unwrap_or_else(|| panic!("no extensionManager"));
     let kinds: Vec<&str> = em["backendResources"]
         .as_array()

@@ -613,8 +613,8 @@ mod tests {
 
     #[test]
     fn request_header_trusts_only_allowed_front_proxies() {
-        let front = Ca::generate("front-proxy-ca").unwrap_or_else(|e| panic!("{e}"));
-        let other = Ca::generate("other-ca").unwrap_or_else(|e| panic!("{e}"));
+        let front = Ca::generate("front-proxy-ca").expect("generating the front-proxy CA");
+        let other = Ca::generate("other-ca").expect("generating another CA");
         let data = BTreeMap::from([
             ("requestheader-client-ca-file".to_string(), front.pair().cert_pem.clone()),
             ("requestheader-allowed-names".to_string(), "[\"front-proxy-client\"]".to_string()),
@@ -622,23 +622,25 @@ mod tests {
             ("requestheader-group-headers".to_string(), "[\"X-Remote-Group\"]".to_string()),
             ("requestheader-extra-headers-prefix".to_string(), "[\"X-Remote-Extra-\"]".to_string()),
         ]);
-        let cfg = AuthnConfig::from_data(&data).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = AuthnConfig::from_data(&data).expect("parsing the authentication config");
         let rh = cfg.request_header.as_ref().unwrap_or_else(|| panic!("no requestheader config"));
         let mut headers = HeaderMap::new();
-        headers.insert("x-remote-user", "alice".parse().unwrap_or_else(|e| panic!("{e}")));
-        headers.append("x-remote-group", "dev".parse().unwrap_or_else(|e| panic!("{e}")));
-        headers.append("x-remote-group", "ops".parse().unwrap_or_else(|e| panic!("{e}")));
-        headers.insert("x-remote-extra-scopes%2fa", "s1".parse().unwrap_or_else(|e| panic!("{e}")));
+        headers.insert("x-remote-user", "alice".parse().expect("parsing the X-Remote-User value"));
+        headers.append("x-remote-group", "dev".parse().expect("parsing an X-Remote-Group value"));
+        headers.append("x-remote-group", "ops".parse().expect("parsing an X-Remote-Group value"));
+        headers.insert("x-remote-extra-scopes%2fa", "s1".parse().expect("parsing an X-Remote-Extra value"));
 
-        let good = front.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let good = front.issue_client("front-proxy-client", &[]).expect("issuing the front-proxy client certificate");
         let user = rh.authenticate(&chain(&good.cert_pem), &headers).unwrap_or_else(|| panic!("not authenticated"));
         assert_eq!(user.username, "alice");
         assert_eq!(user.groups, ["dev", "ops", "system:authenticated"].map(String::from));
         assert_eq!(user.extra.get("scopes/a"), Some(&vec!["s1".to_string()]));
 
-        let wrong_cn = front.issue_client("someone-else", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let wrong_cn =
+            front.issue_client("someone-else", &[]).expect("issuing a front-proxy certificate with another CN");
         assert!(rh.authenticate(&chain(&wrong_cn.cert_pem), &headers).is_none());
-        let wrong_ca = other.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let wrong_ca =
+            other.issue_client("front-proxy-client", &[]).expect("issuing a client certificate from another CA");
         assert!(rh.authenticate(&chain(&wrong_ca.cert_pem), &headers).is_none());
         assert!(rh.authenticate(&PeerCerts::default(), &headers).is_none());
     }
@@ -647,7 +649,7 @@ mod tests {
     fn broken_configmap_is_an_error() {
         let data = BTreeMap::from([("client-ca-file".to_string(), "not a pem".to_string())]);
         assert!(AuthnConfig::from_data(&data).is_err());
-        let empty = AuthnConfig::from_data(&BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let empty = AuthnConfig::from_data(&BTreeMap::new()).expect("parsing an empty authentication config");
         assert!(empty.request_header.is_none());
     }
 
@@ -675,7 +677,8 @@ mod tests {
              \"tailscaledevices\" in API group \"tailnet.gateway.tailscale.com\" in the namespace \"default\""
         );
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap_or_else(|e| panic!("{e}")));
+        headers
+            .insert(http::header::AUTHORIZATION, "Bearer abc".parse().expect("parsing the Authorization header value"));
         assert_eq!(bearer_token(&headers), Some("abc"));
     }
 }

@@ -187,7 +187,7 @@ mod tests {
     use super::*;
 
     fn find(path: &str, v: &Value) -> Vec<Value> {
-        JsonPath::parse(path).unwrap_or_else(|e| panic!("{e}")).find(v).into_iter().cloned().collect()
+        JsonPath::parse(path).expect("parsing the JSONPath").find(v).into_iter().cloned().collect()
     }
 
     #[test]
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(cell("string", &[]), Cell::Null);
         assert_eq!(cell("boolean", &[&json!(true)]), Cell::Bool(true));
         assert_eq!(cell("number", &[&json!(1.5)]), Cell::Number(serde_json::Number::from_f64(1.5).unwrap_or(0.into())));
-        let now: jiff::Timestamp = "2025-06-25T10:05:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2025-06-25T10:05:00Z".parse().expect("parsing the timestamp");
         assert_eq!(cell("date", &[&t]).at(now), "5m");
         assert_eq!(cell("date", &[&s]), "<invalid>");
         assert_eq!(cell("string", &[&Value::Null]), Cell::Null);

@@ -297,11 +297,11 @@ mod tests {
             "spec": {"selector": {"matchLabels": {"app": "web"}}},
             "status": {"endpointCount": 2, "vipService": {"name": "svc:web", "backendCount": 3, "healthyBackends": 1}}
         }))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the TailscaleServices");
         let names: Vec<&str> = TailscaleServices::info().columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["Name", "VIP", "ENDPOINTS", "HEALTHY", "DNS", "PUBLISHED", "AGE"]);
         assert_eq!(TailscaleServices::info().columns[4].priority, 1);
-        let now: jiff::Timestamp = "2025-06-25T10:30:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2025-06-25T10:30:00Z".parse().expect("parsing the timestamp");
         let cells: Vec<Cell<'_>> = svc.cells().into_iter().map(|c| c.at(now)).collect();
         assert_eq!(cells[0], "web");
         assert_eq!(cells[1], "svc:web");
@@ -324,7 +324,7 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ok", "message": "",
                 "lastTransitionTime": "2025-06-25T10:00:00Z"}], "tailnetInfo": {"name": "corp.com"}}
         }))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the TailscaleTailnet");
         let cells = tn.cells();
         assert_eq!(cells[1], "corp.com");
         assert_eq!(cells[2], Cell::Null);

@@ -361,7 +361,7 @@ mod tests {
     fn our_document_round_trips_through_the_wire_encoding() {
         let doc = openapi_v2(&[crate::aggregated::request::ApiGroup::Tailnet]);
         let bytes = encode(&doc);
-        let decoded = pb::Document::decode(bytes.as_slice()).unwrap_or_else(|e| panic!("decoding: {e}"));
+        let decoded = pb::Document::decode(bytes.as_slice()).expect("decoding our encoded document");
         assert_eq!(to_json(&decoded), doc);
 
         let defs = decoded.definitions.unwrap_or_default().additional_properties;

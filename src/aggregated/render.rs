@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn responses_match_the_serde_rendering_byte_for_byte() {
-        let now: jiff::Timestamp = "2025-06-25T12:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2025-06-25T12:00:00Z".parse().expect("parsing the timestamp");
         let mut devices = snapshot();
         devices.push(full_device("c", "web-0", 7));
         same_bytes_as_reference(devices, now);
@@ -621,7 +621,7 @@ mod tests {
         // AGE, and LAST SEEN unless the device is online ("now").
         assert_eq!(cells.ages.len(), if dev.object.online { 1 } else { 2 });
         for now in ["2025-06-25T10:35:00Z", "2026-01-01T00:00:00Z", "2020-01-01T00:00:00Z"] {
-            let now: jiff::Timestamp = now.parse().unwrap_or_else(|e| panic!("{e}"));
+            let now: jiff::Timestamp = now.parse().expect("parsing the timestamp");
             let mut got = Vec::new();
             cells.write(&mut got, now);
             let fresh: Vec<Cell<'_>> = dev.object.cells().into_iter().map(|c| c.at(now)).collect();
@@ -680,7 +680,7 @@ mod tests {
         opts.continue_after = p1
             .continue_token
             .as_deref()
-            .map(|t| super::super::request::decode_continue(t).unwrap_or_else(|e| panic!("{e}")));
+            .map(|t| super::super::request::decode_continue(t).expect("decoding the continue token"));
         let p2 = select_page(snapshot(), &opts);
         assert_eq!(p2.items.iter().map(|s| s.revision).collect::<Vec<_>>(), vec![3, 4]);
         assert!(p2.continue_token.is_none());

@@ -538,9 +538,9 @@ mod tests {
     fn a_huge_watch_timeout_is_clamped_not_overflowed() {
         let q =
             |v: &str| vec![("watch".to_string(), "true".to_string()), ("timeoutSeconds".to_string(), v.to_string())];
-        let huge = ListOptions::from_query(&q("9223372036854775807")).unwrap_or_else(|e| panic!("{e}"));
+        let huge = ListOptions::from_query(&q("9223372036854775807")).expect("parsing a huge watch timeout");
         assert_eq!(huge.timeout, Some(MAX_WATCH));
-        let short = ListOptions::from_query(&q("5")).unwrap_or_else(|e| panic!("{e}"));
+        let short = ListOptions::from_query(&q("5")).expect("parsing a short watch timeout");
         assert_eq!(short.timeout, Some(Duration::from_secs(5)));
         // Adding the clamped timeout to now cannot overflow.
         let _ = tokio::time::Instant::now() + huge.timeout.unwrap_or_default();
@@ -650,7 +650,7 @@ mod tests {
             ("resourceVersion", "12"),
             ("includeObject", "Object"),
         ]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the list options");
         assert_eq!(o.limit, 500);
         assert!(o.watch && o.filters());
         assert_eq!(o.resource_version.as_deref(), Some("12"));

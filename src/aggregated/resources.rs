@@ -794,7 +794,7 @@ mod tests {
 
     #[test]
     fn an_online_device_is_seen_now_and_an_offline_one_says_since_when() {
-        let now: jiff::Timestamp = "2026-12-07T00:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2026-12-07T00:00:00Z".parse().expect("parsing the timestamp");
         fn last_seen(d: &Device, now: jiff::Timestamp) -> Option<Cell<'_>> {
             d.cells().into_iter().nth(5).map(|c| c.at(now))
         }
@@ -861,7 +861,7 @@ mod tests {
 
     #[test]
     fn device_cells_line_up_with_columns() {
-        let now: jiff::Timestamp = "2025-06-25T10:35:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2025-06-25T10:35:00Z".parse().expect("parsing the timestamp");
         let dev = device();
         let cells: Vec<Cell<'_>> = dev.cells().into_iter().map(|c| c.at(now)).collect();
         assert_eq!(cells.len(), Device::info().columns.len());

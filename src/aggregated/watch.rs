@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn selectors_turn_changes_into_added_and_deleted() {
         let opts = ListOptions {
-            labels: Selector::parse("env=prod").unwrap_or_else(|e| panic!("{e}")),
+            labels: Selector::parse("env=prod").expect("parsing the label selector"),
             ..ListOptions::default()
         };
         let mut f = Filter::new(Some("default".into()), opts);

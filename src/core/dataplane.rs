@@ -581,14 +581,14 @@ mod tests {
                 "metadata": {"name": "e", "namespace": "d"},
                 "spec": {"tailnet": "t", "proxy": {"connectionType": ct}, "ports": [{"port": 3000}],
                          "egressTargets": [{"name": "db", "ip": "100.64.0.7", "ports": [5432]}]}}))
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("parsing the TailscaleEndpoints")
         };
         let svc: TailscaleServices = serde_json::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1",
             "kind": "TailscaleServices", "metadata": {"name": "web", "namespace": "d"},
             "spec": {"vipService": {"ports": ["tcp:80", "tcp:9000-9010"]},
                      "serve": [{"port": 80, "protocol": "HTTP", "backendRef": {"name": "web", "port": 8080}}]},
             "status": {"vipService": {"name": "svc:web"}}}))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("parsing the TailscaleServices");
         let selecting = [Selecting { services: &svc, dns_name: Some("web.tail1.ts.net") }];
         let place = Placement::default();
         let ingress = proxy_plan(&ep("ingress"), &selecting, &place);

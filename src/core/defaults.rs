@@ -110,7 +110,7 @@ mod tests {
 
     fn apply(doc: &Value, ops: Vec<PatchOperation>) -> Value {
         let mut d = doc.clone();
-        json_patch::patch(&mut d, &json_patch::Patch(ops)).unwrap_or_else(|e| panic!("{e}"));
+        json_patch::patch(&mut d, &json_patch::Patch(ops)).expect("applying the JSON patch");
         d
     }
 

@@ -210,9 +210,9 @@ mod tests {
         for bad in ["http:80", "tcp:0", "tcp:65536", "tcp:", "tcp:80-70", "udp:1-2", "tcp:+1", "tcp:1-", "80"] {
             assert!(vip_port(bad).is_err(), "{bad}");
         }
-        let a = vip_port("tcp:80-90").unwrap_or_else(|e| panic!("{e}"));
-        let b = vip_port("tcp:85").unwrap_or_else(|e| panic!("{e}"));
-        let c = vip_port("udp:85").unwrap_or_else(|e| panic!("{e}"));
+        let a = vip_port("tcp:80-90").expect("parsing tcp:80-90");
+        let b = vip_port("tcp:85").expect("parsing tcp:85");
+        let c = vip_port("udp:85").expect("parsing udp:85");
         assert!(a.overlaps(&b));
         assert!(!a.overlaps(&c));
     }

@@ -233,7 +233,7 @@ mod tests {
             ]),
         };
         let s = Selector::from_label_selector(&sel, &FieldPath::new("spec").child("selector"))
-            .unwrap_or_else(|e| panic!("{e:?}"));
+            .expect("building the selector from a LabelSelector");
         assert!(s.matches(&labels(&[("env", "prod"), ("region", "east")])));
         assert!(!s.matches(&labels(&[("env", "prod"), ("region", "north")])));
         assert!(!s.matches(&labels(&[("env", "prod"), ("region", "east"), ("canary", "")])));
@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn parses_kubectl_selectors() {
-        let s =
-            Selector::parse("env=prod, tier in (web, api),!canary,zone,owner!=bob").unwrap_or_else(|e| panic!("{e}"));
+        let s = Selector::parse("env=prod, tier in (web, api),!canary,zone,owner!=bob")
+            .expect("parsing a kubectl selector");
         assert!(s.matches(&labels(&[("env", "prod"), ("tier", "web"), ("zone", "a")])));
         assert!(!s.matches(&labels(&[("env", "prod"), ("tier", "db"), ("zone", "a")])));
         assert!(!s.matches(&labels(&[("env", "prod"), ("tier", "web"), ("zone", "a"), ("owner", "bob")])));

@@ -278,7 +278,7 @@ mod tests {
         for path in files {
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for doc in crate::manifest::parse_file(&path, &text) {
-                let (source, value) = doc.unwrap_or_else(|p| panic!("{p}"));
+                let (source, value) = doc.expect("parsing an example document");
                 if value.get("apiVersion").and_then(Value::as_str) != Some(crate::api::API_VERSION) {
                     continue;
                 }

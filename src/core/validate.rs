@@ -691,7 +691,7 @@ mod tests {
     }
 
     fn res(v: serde_json::Value) -> Resource {
-        Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        Resource::from_value(v).expect("building the resource")
     }
 
     fn services(spec: serde_json::Value) -> Resource {

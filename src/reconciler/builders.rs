@@ -902,7 +902,7 @@ mod tests {
     }
 
     fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
-        serde_json::to_value(v).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::to_value(v).expect("serializing to JSON")
     }
 
     #[test]
@@ -1023,13 +1023,13 @@ mod tests {
     fn config_secret_holds_hujson_and_round_trips_the_key() {
         let cfg = tailscaled_config("web", 1, Some("tskey-auth-abc".into()), &["svc:web".into()]);
         assert!(!format!("{cfg:?}").contains("tskey"), "Debug must not print the key");
-        let secret = config_secret(&ep(2), 1, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        let secret = config_secret(&ep(2), 1, &cfg).expect("building the config Secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("web-1-config"));
         let labels = secret.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels[REPLICA_LABEL], "1");
         assert_eq!(labels[SECRET_TYPE_LABEL], "config");
         let raw = &secret.data.as_ref().and_then(|d| d.get("cap-107.hujson")).unwrap_or_else(|| panic!("file")).0;
-        let parsed: serde_json::Value = serde_json::from_slice(raw).unwrap_or_else(|e| panic!("{e}"));
+        let parsed: serde_json::Value = serde_json::from_slice(raw).expect("parsing the HuJSON config");
         assert_eq!(
             parsed,
             json!({"Version": "alpha0", "Locked": false, "AuthKey": "tskey-auth-abc", "Hostname": "web-1",
@@ -1038,8 +1038,8 @@ mod tests {
         assert_eq!(existing_auth_key(&secret).as_deref(), Some("tskey-auth-abc"));
         assert_eq!(replica_index(&secret), Some(1));
         assert_eq!(is_config_secret(&secret), Some(true));
-        let keyless =
-            config_secret(&ep(2), 0, &tailscaled_config("web", 0, None, &[])).unwrap_or_else(|e| panic!("{e}"));
+        let keyless = config_secret(&ep(2), 0, &tailscaled_config("web", 0, None, &[]))
+            .expect("building the config Secret without a key");
         assert_eq!(existing_auth_key(&keyless), None);
         let raw = &keyless.data.as_ref().and_then(|d| d.get("cap-107.hujson")).unwrap_or_else(|| panic!("file")).0;
         let text = String::from_utf8_lossy(raw);
@@ -1099,7 +1099,7 @@ mod tests {
 
     #[test]
     fn ready_when_devices_equal_replicas_and_stable_when_unchanged() {
-        let now: Timestamp = "2025-06-25T10:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: Timestamp = "2025-06-25T10:00:00Z".parse().expect("parsing the timestamp");
         let st = device_state(&state("nABC"));
         let dev = device_status("web", 0, &st, &[]).unwrap_or_else(|| panic!("device"));
         let mut e = ep(2);
@@ -1121,7 +1121,7 @@ mod tests {
 
     #[test]
     fn services_status_reports_vip_and_backends() {
-        let now: Timestamp = "2025-06-25T10:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now: Timestamp = "2025-06-25T10:00:00Z".parse().expect("parsing the timestamp");
         let mut svc = TailscaleServices::new("web", Default::default());
         svc.metadata.generation = Some(4);
         let selected = vec![SelectedEndpointsStatus {

@@ -73,7 +73,7 @@ fn harness() -> Harness {
         "spec": {"tailnet": "-", "oauthSecretRef": {"name": "oauth"}, "tags": ["tag:k8s"]},
         "status": {"tailnetInfo": {"name": "tail8eff9.ts.net", "magicDNSSuffix": "tail8eff9.ts.net"}}
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parsing the TailscaleTailnet");
     fake.insert(
         "/apis/gateway.tailscale.com/v1alpha1/tailscaletailnets",
         serde_json::to_value(&tailnet).unwrap_or_default(),
@@ -122,7 +122,7 @@ impl Harness {
     fn endpoints_stale_stores(&self) -> Arc<TailscaleEndpoints> {
         let epp = ep_path();
         let v = self.fake.get(&format!("{epp}/web")).unwrap_or_else(|| panic!("endpoints missing"));
-        let ep: TailscaleEndpoints = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let ep: TailscaleEndpoints = serde_json::from_value(v).expect("parsing the stored TailscaleEndpoints");
         self.cache.apply(Resource::Endpoints(ep.clone()));
         Arc::new(ep)
     }
@@ -135,7 +135,7 @@ impl Harness {
     fn services(&self, name: &str) -> Arc<TailscaleServices> {
         let spp = svc_path();
         let v = self.fake.get(&format!("{spp}/{name}")).unwrap_or_else(|| panic!("services missing"));
-        let svc: TailscaleServices = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        let svc: TailscaleServices = serde_json::from_value(v).expect("parsing the stored TailscaleServices");
         self.cache.apply(Resource::Services(svc.clone()));
         Arc::new(svc)
     }
@@ -171,8 +171,8 @@ impl Harness {
     }
 
     async fn refresh_devices(&self) {
-        let handle = self.ctx.tailnet_api("corp").await.unwrap_or_else(|e| panic!("{e}"));
-        self.ctx.devices_max_age(&handle, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+        let handle = self.ctx.tailnet_api("corp").await.expect("getting the corp tailnet's API handle");
+        self.ctx.devices_max_age(&handle, Duration::ZERO).await.expect("refreshing the device list");
     }
 }
 
@@ -206,7 +206,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     // and each replica's Secrets, checked on the API server before a key is minted (the stores
     // may trail it).
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the new TailscaleEndpoints");
     let (writes, reads): (Vec<Recorded>, Vec<Recorded>) =
         h.fake.take_requests().into_iter().partition(Recorded::is_write);
     assert_eq!(
@@ -262,7 +262,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     // from the API server either (the owned objects come from the stores).
     let calls = h.ts.total_calls();
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the unchanged TailscaleEndpoints");
     assert_eq!(summary(&h.fake.take_requests()), Vec::<String>::new(), "steady state sends no request");
     assert_eq!(h.ts.total_calls(), calls, "no Tailscale API call either");
 
@@ -271,7 +271,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     h.register(1, "n1");
     h.refresh_devices().await;
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling after the proxies registered");
     let writes = h.writes();
     assert_eq!(summary(&writes), vec![format!("PATCH {epp}/web/status")]);
     let status = &writes[0].body.as_ref().unwrap_or_else(|| panic!("body"))["status"];
@@ -282,7 +282,9 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     assert_eq!(h.ts.state().auth_keys.len(), 2);
     // The live device data reached the shared cache (aggregated API).
     assert!(h.cache.read().live_devices("corp").iter().any(|d| d.node_id == "n1"));
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone())
+        .await
+        .expect("reconciling the registered TailscaleEndpoints again");
     assert_eq!(summary(&h.writes()), Vec::<String>::new(), "steady again");
 
     // 4. Scale down to 1: web-1's device leaves the tailnet and its Secrets go.
@@ -290,7 +292,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     ep["spec"]["proxy"]["replicas"] = json!(1);
     ep["metadata"]["generation"] = json!(2);
     h.fake.insert(&ep_path(), ep);
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the scale-down to 1");
     let all_writes = h.writes();
     let writes: Vec<String> = summary(&all_writes).into_iter().filter(|s| !s.contains("/events")).collect();
     assert_eq!(
@@ -310,7 +312,9 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     };
     assert_eq!(scaled_down(&all_writes), 1, "one ScaledDown event");
     // Reconciled again before the stores see the deletions: nothing left to delete, no second Event.
-    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone())
+        .await
+        .expect("reconciling again before the stores see the deletions");
     assert_eq!(scaled_down(&h.fake.take_requests()), 0);
     assert_eq!(h.ts.calls("delete_device"), 1);
 
@@ -318,7 +322,7 @@ async fn endpoints_lifecycle_create_steady_register_scale_down_delete() {
     let mut ep = h.fake.get(&format!("{epp}/web")).unwrap_or_default();
     ep["metadata"]["deletionTimestamp"] = json!("2025-06-25T11:00:00Z");
     h.fake.insert(&ep_path(), ep);
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the deletion");
     assert!(h.ts.state().devices.is_empty());
     let writes = h.writes();
     assert_eq!(summary(&writes), vec![format!("PATCH {epp}/web")]);
@@ -334,14 +338,14 @@ async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key()
     let epp = ep_path();
     let h = harness();
     h.fake.insert(&epp, endpoints_json(2));
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the new TailscaleEndpoints");
     let key = |i: i32| h.auth_key(i);
     let keys = (key(0), key(1));
     assert!(!keys.0.is_empty() && keys.0 != keys.1, "a key per replica: {keys:?}");
     h.fake.take_requests();
 
     // Reconciled again before any watch event reached the stores: they are still empty.
-    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.expect("reconciling again with stale stores");
     assert_eq!(h.ts.state().auth_keys.len(), 2, "the keys on the API server are found, none minted");
     assert_eq!((key(0), key(1)), keys, "and the config keeps them");
     let writes: Vec<Recorded> = h.writes().into_iter().filter(|w| !w.is_event()).collect();
@@ -358,7 +362,7 @@ async fn endpoints_stale_stores_cost_idempotent_applies_but_never_a_second_key()
     }
 
     // Once the stores catch up, nothing is sent.
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling once the stores caught up");
     assert_eq!(summary(&h.fake.take_requests()), Vec::<String>::new());
 }
 
@@ -367,10 +371,10 @@ async fn endpoints_scale_down_and_up_again_faster_than_the_stores() {
     let epp = ep_path();
     let h = harness();
     h.fake.insert(&epp, endpoints_json(2));
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the new TailscaleEndpoints");
     h.register(0, "n0");
     h.refresh_devices().await;
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling after replica 0 registered");
     // Replica 1 registers, and the replicas go down to 1, before the stores hear of either.
     h.register(1, "n1");
     h.refresh_devices().await;
@@ -380,7 +384,9 @@ async fn endpoints_scale_down_and_up_again_faster_than_the_stores() {
         h.fake.insert(&epp, ep);
     };
     set_replicas(1);
-    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone())
+        .await
+        .expect("reconciling the scale-down to 1 with stale stores");
     assert_eq!(h.ts.calls("delete_device"), 1, "the device the stores had not seen is removed all the same");
     assert_eq!(h.ts.state().devices.iter().map(|d| d.node_id.clone()).collect::<Vec<_>>(), vec!["n0"]);
     assert!(h.fake.get(&format!("{SECRETS}/web-1")).is_none());
@@ -389,7 +395,9 @@ async fn endpoints_scale_down_and_up_again_faster_than_the_stores() {
     // spent key or its old registration from the stale store; it gets a new key.
     let keys = h.ts.state().auth_keys.len();
     set_replicas(2);
-    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints_stale_stores(), h.ctx.clone())
+        .await
+        .expect("reconciling the scale-up to 2 with stale stores");
     assert_eq!(h.ts.state().auth_keys.len(), keys + 1, "a fresh key for the new replica 1");
     assert_eq!(h.auth_key(1), format!("tskey-auth-k{}-SECRET", keys + 1), "the config is recreated with it");
     assert!(h.fake.get(&format!("{SECRETS}/web-1")).is_some(), "and an empty state Secret again");
@@ -415,14 +423,14 @@ async fn endpoints_transient_api_error_keeps_status() {
     let epp = ep_path();
     let h = harness();
     h.fake.insert(&ep_path(), endpoints_json(1));
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the new TailscaleEndpoints");
     h.register(0, "n0");
     h.fake.take_requests();
     // The device list cannot be refreshed (500) and no auth key can be minted (429): the
     // reconcile fails, the status stays as it was, and the error policy backs off.
     h.ts.fail_next(Some("list_devices"), 500, 1);
-    let handle = h.ctx.tailnet_api("corp").await.unwrap_or_else(|e| panic!("{e}"));
-    let stale = h.ctx.devices_max_age(&handle, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+    let handle = h.ctx.tailnet_api("corp").await.expect("getting the corp tailnet's API handle");
+    let stale = h.ctx.devices_max_age(&handle, Duration::ZERO).await.expect("reading the cached device list");
     assert!(stale.is_empty(), "a failed refresh reuses the last list");
     let mut ep = h.fake.get(&format!("{epp}/web")).unwrap_or_default();
     ep["spec"]["proxy"]["replicas"] = json!(2);
@@ -437,7 +445,7 @@ async fn endpoints_transient_api_error_keeps_status() {
     let first = endpoints::error_policy(h.endpoints(), &err, h.ctx.clone());
     assert_ne!(first, kube::runtime::controller::Action::await_change());
     // Next time it goes through.
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling after the API recovered");
     assert_eq!(h.ts.state().auth_keys.len(), 2);
 }
 
@@ -470,7 +478,7 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     ready_endpoints(&h);
     let serve = json!({"serve": [{"port": 443, "protocol": "TCP", "backendRef": {"name": "web", "port": 8443}}]});
     h.fake.insert(&svc_path(), services_json("web", serve));
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling the new TailscaleServices");
     let writes = h.writes();
     let objects: Vec<String> = summary(&writes).into_iter().filter(|s| !s.contains("/events")).collect();
     assert_eq!(objects, vec![format!("PATCH {spp}/web/status")]);
@@ -495,14 +503,14 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
 
     // Steady state: one GET of the VIP service, no write anywhere.
     let puts = h.ts.calls("put_vip_service");
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling the unchanged TailscaleServices");
     assert_eq!(summary(&h.writes()), Vec::<String>::new(), "steady state writes nothing");
     assert_eq!(h.ts.calls("put_vip_service"), puts);
     assert_eq!(h.ts.calls("delete_vip_service"), 0);
 
     // The selected endpoints serve the VIP first, then advertise it on their registered replicas.
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the selected TailscaleEndpoints");
     let writes = h.writes();
     let cm = writes
         .iter()
@@ -518,7 +526,7 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     h.register(0, "n0");
     h.refresh_devices().await;
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling after replica 0 registered");
     let writes = h.writes();
     let cfg0 = writes
         .iter()
@@ -535,7 +543,9 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     h.fake.insert(&svc_path(), svc);
     h.services("web");
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone())
+        .await
+        .expect("reconciling the endpoints after the VIP stopped being served");
     let writes = h.writes();
     let advertised = |writes: &[Recorded]| {
         let cfg = writes.iter().find(|w| w.path.ends_with("web-0-config")).and_then(|w| w.body.clone())?;
@@ -545,7 +555,9 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     assert_eq!(advertised(&writes), Some(Value::Null), "advertisement removed: {:?}", summary(&writes));
     assert!(!writes.iter().any(|w| w.path.ends_with("/configmaps/web-proxies")), "serve entry kept while advertised");
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone())
+        .await
+        .expect("reconciling the endpoints again to drop the serve entry");
     let writes = h.writes();
     let cm = writes.iter().find(|w| w.path.ends_with("/configmaps/web-proxies")).and_then(|w| w.body.clone());
     let served: Option<Value> =
@@ -556,7 +568,7 @@ async fn services_create_vip_then_steady_state_writes_nothing() {
     let mut svc = h.fake.get(&format!("{spp}/web")).unwrap_or_default();
     svc["metadata"]["deletionTimestamp"] = json!("2025-06-25T11:00:00Z");
     h.fake.insert(&svc_path(), svc);
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling the TailscaleServices deletion");
     assert!(h.ts.state().vips.is_empty());
     assert_eq!(summary(&h.writes()), vec![format!("PATCH {spp}/web")]);
 }
@@ -567,10 +579,10 @@ async fn an_https_vip_is_advertised_once_its_shared_certificate_exists() {
     ready_endpoints(&h);
     let serve = json!({"serve": [{"port": 443, "protocol": "HTTPS", "backendRef": {"name": "web", "port": 8080}}]});
     h.fake.insert(&svc_path(), services_json("web", serve));
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling the HTTPS TailscaleServices");
     h.services("web"); // the status (VIP name, DNS name) reaches the cache
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling the selected TailscaleEndpoints");
     let writes = h.writes();
     let domain = "web.tail8eff9.ts.net";
     let cert = writes
@@ -585,7 +597,7 @@ async fn an_https_vip_is_advertised_once_its_shared_certificate_exists() {
     h.register(0, "n0");
     h.refresh_devices().await;
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.expect("reconciling after replica 0 registered");
     let advertised = |writes: &[Recorded]| {
         let cfg = writes.iter().find(|w| w.path.ends_with("web-0-config")).and_then(|w| w.body.clone())?;
         let hujson: Value = serde_json::from_str(&unb64(&cfg["data"]["cap-107.hujson"])).ok()?;
@@ -597,7 +609,9 @@ async fn an_https_vip_is_advertised_once_its_shared_certificate_exists() {
     secret["data"] = json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"});
     h.fake.insert(SECRETS, secret);
     h.fake.take_requests();
-    endpoints::reconcile(h.endpoints(), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    endpoints::reconcile(h.endpoints(), h.ctx.clone())
+        .await
+        .expect("reconciling after the shared certificate was written");
     assert_eq!(advertised(&h.writes()), Some(json!(["svc:web"])), "{:?}", summary(&h.writes()));
 }
 
@@ -617,7 +631,7 @@ async fn services_transient_errors_keep_status_and_never_duplicate_the_vip() {
     h.ts.fail_after_effect("put_vip_service", 500);
     assert!(services::reconcile(h.services("web"), h.ctx.clone()).await.is_err());
     assert!(h.writes().is_empty(), "no status on failure");
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("retrying after the PUT's 500");
     assert_eq!(h.ts.calls("put_vip_service"), 1, "no second create");
     assert_eq!(h.ts.state().vips.len(), 1);
     assert_eq!(
@@ -648,7 +662,7 @@ async fn services_never_adopt_a_foreign_vip_service() {
         },
     );
     h.fake.insert(&svc_path(), services_json("web", json!({})));
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling next to a foreign VIP service");
     assert_eq!(h.ts.calls("put_vip_service"), 0);
     let writes = h.writes();
     assert!(writes.iter().any(|w| w.is_event()), "a warning event");
@@ -660,7 +674,7 @@ async fn services_never_adopt_a_foreign_vip_service() {
     let mut svc = h.fake.get(&format!("{spp}/web")).unwrap_or_default();
     svc["metadata"]["deletionTimestamp"] = json!("2025-06-25T11:00:00Z");
     h.fake.insert(&svc_path(), svc);
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling the TailscaleServices deletion");
     assert!(h.ts.state().vips.contains_key("svc:web"));
     assert_eq!(h.ts.calls("delete_vip_service"), 0);
 }
@@ -673,7 +687,9 @@ async fn services_auto_provision_and_clean_up_endpoints() {
     let template = json!({"endpointTemplate": {"tailnet": "corp", "tags": ["tag:web"], "proxy": {"replicas": 1},
                                                "ports": [{"port": 443}]}});
     h.fake.insert(&svc_path(), services_json("web", template));
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone())
+        .await
+        .expect("reconciling the TailscaleServices with an endpointTemplate");
     let writes = h.writes();
     let provisioned = writes
         .iter()
@@ -687,9 +703,11 @@ async fn services_auto_provision_and_clean_up_endpoints() {
     // The reflector delivers it; the next reconcile selects it and provisions nothing more.
     let ep: TailscaleEndpoints =
         serde_json::from_value(h.fake.get(&format!("{epp}/web-endpoints")).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("parsing the auto-provisioned TailscaleEndpoints");
     h.cache.apply(Resource::Endpoints(ep));
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone())
+        .await
+        .expect("reconciling once the provisioned endpoints are cached");
     let again = h.writes();
     assert!(!again.iter().any(|w| w.path.contains("tailscaleendpoints/web-endpoints")), "{:?}", summary(&again));
     // The selector moves away: the auto-provisioned endpoints is orphaned and deleted.
@@ -697,7 +715,7 @@ async fn services_auto_provision_and_clean_up_endpoints() {
     svc["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
     svc["spec"].as_object_mut().map(|s| s.remove("endpointTemplate"));
     h.fake.insert(&svc_path(), svc);
-    services::reconcile(h.services("web"), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    services::reconcile(h.services("web"), h.ctx.clone()).await.expect("reconciling after the selector moved away");
     let writes = h.writes();
     assert!(summary(&writes).contains(&format!("DELETE {epp}/web-endpoints")), "{:?}", summary(&writes));
 }
@@ -713,9 +731,11 @@ async fn tailnet_discovers_suffix_and_reports_bad_credentials() {
     });
     let path = "/apis/gateway.tailscale.com/v1alpha1/tailscaletailnets/corp";
     let get = |h: &Harness| -> Arc<TailscaleTailnet> {
-        Arc::new(serde_json::from_value(h.fake.get(path).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}")))
+        Arc::new(
+            serde_json::from_value(h.fake.get(path).unwrap_or_default()).expect("parsing the stored TailscaleTailnet"),
+        )
     };
-    tailnet::reconcile(get(&h), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    tailnet::reconcile(get(&h), h.ctx.clone()).await.expect("reconciling the new TailscaleTailnet");
     let writes = h.writes();
     assert_eq!(summary(&writes), vec![format!("PATCH {path}/status")]);
     let status = &writes[0].body.as_ref().unwrap_or_else(|| panic!("body"))["status"];
@@ -723,7 +743,7 @@ async fn tailnet_discovers_suffix_and_reports_bad_credentials() {
     assert_eq!(status["conditions"][0]["status"], "True");
     assert!(!writes[0].body.as_ref().map(Value::to_string).unwrap_or_default().contains("very-secret"));
     // Steady state.
-    tailnet::reconcile(get(&h), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    tailnet::reconcile(get(&h), h.ctx.clone()).await.expect("reconciling the unchanged TailscaleTailnet");
     assert!(h.writes().is_empty(), "steady state writes nothing");
     // The Secret loses its client_secret: Ready=False, InvalidCredentials, one Warning event.
     h.fake.insert(
@@ -731,7 +751,9 @@ async fn tailnet_discovers_suffix_and_reports_bad_credentials() {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "oauth", "namespace": "tailscale-gateway"},
                "data": {"client_id": b64("id")}}),
     );
-    tailnet::reconcile(get(&h), h.ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    tailnet::reconcile(get(&h), h.ctx.clone())
+        .await
+        .expect("reconciling the TailscaleTailnet with a Secret lacking client_secret");
     let writes = h.writes();
     assert_eq!(writes.iter().filter(|w| w.is_event()).count(), 1);
     let status =

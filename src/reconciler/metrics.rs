@@ -105,7 +105,7 @@ mod tests {
             t.fail("kube");
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_else(|e| panic!("{e}"));
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encoding the metrics");
         assert!(out.contains("tailscale_gateway_reconcile_runs_total{controller=\"endpoints\"} 1"), "{out}");
         assert!(
             out.contains("tailscale_gateway_reconcile_errors_total{controller=\"endpoints\",error=\"kube\"} 1"),

@@ -115,7 +115,7 @@ mod tests {
     fn svc(name: &str, spec: serde_json::Value) -> TailscaleServices {
         serde_json::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
             "metadata": {"name": name, "namespace": "prod", "uid": format!("uid-{name}")}, "spec": spec}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("parsing the TailscaleServices")
     }
 
     fn template() -> serde_json::Value {

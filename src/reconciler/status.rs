@@ -86,7 +86,7 @@ mod tests {
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
+        s.parse().expect("parsing the timestamp")
     }
 
     #[test]

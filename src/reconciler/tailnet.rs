@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn failure_keeps_the_discovered_info() {
-        let now = "2025-06-25T10:00:00Z".parse().unwrap_or_else(|e| panic!("{e}"));
+        let now = "2025-06-25T10:00:00Z".parse().expect("parsing the timestamp");
         let mut t = tn(Some("-"));
         let info = TailnetInfo { name: "x".into(), magic_dns_suffix: Some("tail1.ts.net".into()) };
         let ok = tailnet_status(&t, Ok(info.clone()), now);

@@ -568,7 +568,7 @@ mod tests {
         assert!(ts.get_vip_service("svc:a").await.is_err_and(|e| e.is_transient()));
         assert!(ts.get_vip_service("svc:a").await.is_ok());
         let body = VipService { name: "svc:a".into(), ..VipService::default() };
-        ts.put_vip_service(&body).await.unwrap_or_else(|e| panic!("{e}"));
+        ts.put_vip_service(&body).await.expect("putting the VIP service");
         let created = ts.get_vip_service("svc:a").await.ok().flatten().unwrap_or_else(|| panic!("created"));
         assert_eq!(created.addrs.len(), 2);
         assert!(ts.put_vip_service(&body).await.is_err(), "an update must resend addrs");

@@ -141,7 +141,7 @@ mod tests {
         Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleEndpoints",
             "metadata": {"name": name, "namespace": "ns", "labels": labels}, "spec": {"tailnet": "t"},
             "status": {"devices": devs}}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("building the TailscaleEndpoints resource")
     }
 
     fn svc(name: &str, selector: serde_json::Value, vip_ready: bool) -> Resource {
@@ -149,7 +149,7 @@ mod tests {
         Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
             "metadata": {"name": name, "namespace": "ns"}, "spec": {"selector": {"matchLabels": selector}},
             "status": status}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("building the TailscaleServices resource")
     }
 
     fn keys(names: &[&str]) -> BTreeSet<ObjectKey> {
@@ -209,7 +209,7 @@ mod tests {
                 "spec": {"selector": {"matchLabels": {"app": "web"}}, "vipService": {"ports": ["tcp:80", "tcp:81"]},
                          "serve": [{"port": port, "backendRef": {"name": "web", "port": 8080}}]},
                 "status": {"vipService": {"name": "svc:web"}}}))
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("building the TailscaleServices resource")
         };
         cache.apply(with_serve(80));
         let before = snapshot(&cache.read());
@@ -230,7 +230,7 @@ mod tests {
             Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
                 "metadata": {"name": "t"}, "spec": {"oauthSecretRef": {"name": "s"}},
                 "status": {"tailnetInfo": {"name": "t", "magicDNSSuffix": suffix}}}))
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("building the TailscaleTailnet resource")
         };
         cache.apply(tailnet(None));
         let before = snapshot(&cache.read());

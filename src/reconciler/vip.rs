@@ -236,7 +236,7 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> Timestamp {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
+        s.parse().expect("parsing the timestamp")
     }
 
     fn me(cluster: &str) -> Identity {
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(body.annotations[CONSUMER_COUNT_ANNOTATION], "1");
         assert_eq!(body.annotations[SCHEMA_VERSION_ANNOTATION], "1");
         assert_eq!(body.annotations[LAST_UPDATED_ANNOTATION], "2025-06-25T10:00:00Z");
-        let reg = Registry::of(&body).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("registry"));
+        let reg = Registry::of(&body).expect("reading the registry annotations").unwrap_or_else(|| panic!("registry"));
         assert_eq!(reg.consumers["c1"].service, "prod/web");
         assert!(body.comment.contains("prod/web"));
     }
@@ -359,7 +359,7 @@ mod tests {
         // 31 minutes later c1 has not been seen: c2's heartbeat drops it and takes ownership.
         let t1 = t0 + Duration::from_secs(31 * 60);
         let body = put(plan_attach(Some(&shared), &desired(), &me("c2"), t1));
-        let reg = Registry::of(&body).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("registry"));
+        let reg = Registry::of(&body).expect("reading the registry annotations").unwrap_or_else(|| panic!("registry"));
         assert_eq!(reg.consumers.keys().collect::<Vec<_>>(), vec!["c2"]);
         assert_eq!(reg.owner_cluster, "c2");
         // And c2 leaving with only stale c1 left deletes it.

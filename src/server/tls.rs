@@ -233,27 +233,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_rotation_before_the_reloader_starts_is_not_missed() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let ca = crate::pki::Ca::generate("reload test ca").unwrap_or_else(|e| panic!("{e}"));
-        let issue = || ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let ca = crate::pki::Ca::generate("reload test ca").expect("generating the CA");
+        let issue = || ca.issue_server(&["localhost".to_string()]).expect("issuing a serving certificate");
         let (loaded, rotated) = (issue(), issue());
         let store = CertStore::new(
-            certified_key(loaded.cert_pem.as_bytes(), loaded.key_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            certified_key(loaded.cert_pem.as_bytes(), loaded.key_pem.as_bytes())
+                .expect("loading the first certificate"),
         );
         // The files already hold the next pair when the reloader starts.
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert, &rotated.cert_pem).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&key, &rotated.key_pem).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cert, &rotated.cert_pem).expect("writing the rotated tls.crt");
+        std::fs::write(&key, &rotated.key_pem).expect("writing the rotated tls.key");
         let stop = CancellationToken::new();
         let task = tokio::spawn(reload_on_change(store.clone(), cert, key, Duration::from_millis(10), stop.clone()));
-        let want =
-            certified_key(rotated.cert_pem.as_bytes(), rotated.key_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let want = certified_key(rotated.cert_pem.as_bytes(), rotated.key_pem.as_bytes())
+            .expect("loading the rotated certificate");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while store.current().cert != want.cert {
             assert!(tokio::time::Instant::now() < deadline, "the rotated pair was never served");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         stop.cancel();
-        task.await.unwrap_or_else(|e| panic!("{e}"));
+        task.await.expect("joining the reloader task");
     }
 }

@@ -722,9 +722,9 @@ mod tests {
     fn retry_after_reads_seconds_only() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
-        h.insert(RETRY_AFTER, "3".parse().unwrap_or_else(|e| panic!("{e}")));
+        h.insert(RETRY_AFTER, "3".parse().expect("parsing a Retry-After value"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap_or_else(|e| panic!("{e}")));
+        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("parsing a Retry-After date"));
         assert_eq!(retry_after(&h), None);
     }
 
@@ -758,7 +758,7 @@ mod tests {
             expiry: Some(Duration::from_secs(3600)),
         };
         let body = KeyCreateBody::from_request(&req);
-        let json = serde_json::to_value(&body).unwrap_or_else(|e| panic!("{e}"));
+        let json = serde_json::to_value(&body).expect("serializing the key request body");
         assert_eq!(
             json,
             serde_json::json!({

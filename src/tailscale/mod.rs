@@ -226,7 +226,7 @@ mod tests {
     fn device_json_round_trip() {
         let json = r#"{"id":"123","nodeId":"nABC","name":"a.tail1.ts.net","hostname":"a","addresses":["100.64.0.1"],
             "authorized":true,"connectedToControl":true,"lastSeen":"2025-06-25T10:30:00Z","os":"linux","extra":1}"#;
-        let d: Device = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        let d: Device = serde_json::from_str(json).expect("parsing the device JSON");
         assert_eq!(d.node_id, "nABC");
         assert!(d.connected_to_control);
         assert_eq!(d.to_live().addresses, vec!["100.64.0.1".to_string()]);

@@ -364,7 +364,7 @@ mod tests {
     use crate::cache::Cache;
 
     fn res(v: Value) -> Resource {
-        Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        Resource::from_value(v).expect("building the resource")
     }
 
     fn endpoints(name: &str, region: &str, connection_type: &str) -> Resource {

@@ -99,7 +99,7 @@ mod tests {
         m.observe("PostClusterModify", Duration::from_micros(50));
         m.error("PostClusterModify", "unparseable");
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_else(|e| panic!("{e}"));
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encoding the metrics");
         assert!(out.contains("xds_hook_calls_total{hook=\"PostClusterModify\"} 1"), "{out}");
         assert!(out.contains("xds_hook_errors_total{hook=\"PostClusterModify\",reason=\"unparseable\"} 1"), "{out}");
         assert!(out.contains("xds_hook_duration_seconds_count{hook=\"PostClusterModify\"} 1"), "{out}");

@@ -450,12 +450,12 @@ mod tests {
 
     #[test]
     fn unusable_tls_files_are_named_in_the_error() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let ca = crate::pki::Ca::generate("xds unit ca").unwrap_or_else(|e| panic!("{e}"));
-        let pair = ca.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let ca = crate::pki::Ca::generate("xds unit ca").expect("generating the CA");
+        let pair = ca.issue_server(&["localhost".to_string()]).expect("issuing the serving certificate");
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, text).expect("writing a TLS file");
             path
         };
         let (cert, key, junk) =
@@ -478,20 +478,20 @@ mod tests {
 
     #[test]
     fn the_client_ca_changes_only_for_a_different_usable_bundle() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
         let (one, two) = (crate::pki::Ca::generate("one"), crate::pki::Ca::generate("two"));
         let (Ok(one), Ok(two)) = (one, two) else { panic!("CAs") };
-        let server = one.issue_server(&["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let server = one.issue_server(&["localhost".to_string()]).expect("issuing the serving certificate");
         let path = |name: &str, text: &str| {
             let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&p, text).expect("writing a TLS file");
             p
         };
         let files = TlsFiles {
             client_ca: Some(path("ca.crt", &one.pair().cert_pem)),
             ..TlsFiles::new(path("tls.crt", &server.cert_pem), path("tls.key", &server.key_pem))
         };
-        let tls = tls_config(&files).unwrap_or_else(|e| panic!("{e}"));
+        let tls = tls_config(&files).expect("building the TLS config");
         let Some(ca) = tls.client_ca else { panic!("no client CA verifier") };
         assert!(matches!(ca.update(one.pair().cert_pem.clone().into_bytes()), Ok(false)), "same bundle");
         assert!(ca.update(b"not PEM".to_vec()).is_err());

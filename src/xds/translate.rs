@@ -124,7 +124,7 @@ mod tests {
     use crate::core::envoy::merge_translation;
 
     fn res(v: serde_json::Value) -> Resource {
-        Resource::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        Resource::from_value(v).expect("building the resource")
     }
 
     fn cache() -> Cache {

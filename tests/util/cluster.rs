@@ -74,10 +74,9 @@ pub fn free_port() -> u16 {
 
 /// `N` distinct loopback ports that were free a moment ago (all held open until all are chosen).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
-        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a free port: {e}"))
-    });
-    listeners.map(|l| l.local_addr().unwrap_or_else(|e| panic!("{e}")).port())
+    let listeners: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port"));
+    listeners.map(|l| l.local_addr().expect("reading a free port's address").port())
 }
 
 /// A child process in its own process group, its output in a log file; the group is killed on drop.
@@ -91,7 +90,7 @@ impl Process {
     /// Spawns `cmd` in a new process group, stdout and stderr to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
         let out = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let err = out.try_clone().expect("cloning the log file handle for stderr");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name} ({:?}): {e}", cmd.get_program()));
         Process { name: name.to_string(), child, log }
@@ -161,16 +160,18 @@ fn write_pair(dir: &Path, stem: &str, pair: &CertPair) -> (PathBuf, PathBuf) {
 impl Pki {
     /// Generates every certificate the control plane needs and writes them under `dir`.
     pub fn generate(dir: &Path) -> (Pki, PkiFiles) {
-        let ca = Ca::generate("tsgw-test-cluster-ca").unwrap_or_else(|e| panic!("{e}"));
-        let front_proxy_ca = Ca::generate("tsgw-test-front-proxy-ca").unwrap_or_else(|e| panic!("{e}"));
+        let ca = Ca::generate("tsgw-test-cluster-ca").expect("generating the cluster CA");
+        let front_proxy_ca = Ca::generate("tsgw-test-front-proxy-ca").expect("generating the front-proxy CA");
         let names: Vec<String> =
             ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"]
                 .map(String::from)
                 .to_vec();
-        let serving = ca.issue_server(&names).unwrap_or_else(|e| panic!("{e}"));
-        let admin = ca.issue_client("tsgw-test-admin", &["system:masters"]).unwrap_or_else(|e| panic!("{e}"));
-        let proxy = front_proxy_ca.issue_client("front-proxy-client", &[]).unwrap_or_else(|e| panic!("{e}"));
-        let sa = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let serving = ca.issue_server(&names).expect("issuing the kube-apiserver serving certificate");
+        let admin =
+            ca.issue_client("tsgw-test-admin", &["system:masters"]).expect("issuing the admin client certificate");
+        let proxy =
+            front_proxy_ca.issue_client("front-proxy-client", &[]).expect("issuing the front-proxy client certificate");
+        let sa = rcgen::KeyPair::generate().expect("generating the service-account key");
         let (serving_cert, serving_key) = write_pair(dir, "apiserver", &serving);
         let (admin_cert, admin_key) = write_pair(dir, "admin", &admin);
         let (proxy_client_cert, proxy_client_key) = write_pair(dir, "front-proxy-client", &proxy);
@@ -217,7 +218,10 @@ impl ControlPlane {
     pub fn start() -> ControlPlane {
         let etcd_bin = binary("etcd", "ETCD_VERSION");
         let apiserver_bin = binary("kube-apiserver", "KUBERNETES_VERSION");
-        let dir = tempfile::Builder::new().prefix("tsgw-cluster-").tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("tsgw-cluster-")
+            .tempdir()
+            .expect("creating the cluster's temporary directory");
         let (pki, files) = Pki::generate(dir.path());
         let started = Instant::now();
         let (etcd, etcd_url) = start_etcd(&etcd_bin, dir.path());
@@ -252,7 +256,7 @@ impl ControlPlane {
         if let Some(text) = stdin {
             use std::io::Write;
             let mut pipe = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
-            pipe.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("writing kubectl's stdin: {e}"));
+            pipe.write_all(text.as_bytes()).expect("writing kubectl's stdin");
         }
         child.wait_with_output().unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     }
@@ -406,5 +410,5 @@ fn write_kubeconfig(dir: &Path, name: &str, server: &str, f: &PkiFiles) -> PathB
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin", "namespace": "default"}}],
         "current-context": "test",
     });
-    write(dir, name, &serde_json::to_string_pretty(&config).unwrap_or_else(|e| panic!("{e}")))
+    write(dir, name, &serde_json::to_string_pretty(&config).expect("serializing the kubeconfig"))
 }

@@ -22,21 +22,21 @@ pub fn client_config(ca_pems: &[&str], client: Option<(&str, &str)>) -> Arc<rust
     let mut roots = rustls::RootCertStore::empty();
     for pem in ca_pems {
         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots.add(c.unwrap_or_else(|e| panic!("CA PEM: {e}"))).unwrap_or_else(|e| panic!("adding root: {e}"));
+            roots.add(c.expect("parsing a CA PEM")).expect("adding a CA to the root store");
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("selecting the default TLS protocol versions")
         .with_root_certificates(roots);
     let cfg = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
                 .collect::<Result<_, _>>()
-                .unwrap_or_else(|e| panic!("{e}"));
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-            builder.with_client_auth_cert(chain, key).unwrap_or_else(|e| panic!("{e}"))
+                .expect("parsing the client certificate chain");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("parsing the client key");
+            builder.with_client_auth_cert(chain, key).expect("setting the client certificate")
         }
     };
     Arc::new(cfg)
@@ -68,8 +68,8 @@ impl Conn {
     /// Connects and completes the TLS handshake.
     pub async fn open(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Conn {
         let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
-        let tls = TlsConnector::from(cfg).connect(name, tcp).await.unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+        let name = ServerName::try_from("localhost").expect("parsing the server name localhost");
+        let tls = TlsConnector::from(cfg).connect(name, tcp).await.expect("completing the TLS handshake");
         let server_cert = tls
             .get_ref()
             .1
@@ -77,7 +77,7 @@ impl Conn {
             .and_then(|c| c.first().cloned())
             .unwrap_or_else(|| panic!("no server cert"));
         let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap_or_else(|e| panic!("{e}"));
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("completing the HTTP/1 handshake");
         tokio::spawn(conn);
         Conn { sender, server_cert }
     }
@@ -88,14 +88,14 @@ impl Conn {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let req = req.body(Full::new(Bytes::from(body))).unwrap_or_else(|e| panic!("{e}"));
-        self.sender.ready().await.unwrap_or_else(|e| panic!("connection not ready: {e}"));
+        let req = req.body(Full::new(Bytes::from(body))).expect("building the request");
+        self.sender.ready().await.expect("waiting for the connection to be ready");
         let resp = self.sender.send_request(req).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let content_type =
             resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes().to_vec();
+        let body = resp.into_body().collect().await.expect("reading the response body").to_bytes().to_vec();
         Resp { status, content_type, body, headers }
     }
 
@@ -113,11 +113,11 @@ impl Conn {
 /// Copies the examples (valid ones only) into `dir`.
 pub fn copy_examples(dir: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(&src).expect("reading the examples directory") {
+        let entry = entry.expect("reading an examples directory entry");
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
-            std::fs::copy(&path, dir.join(entry.file_name())).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::copy(&path, dir.join(entry.file_name())).expect("copying an example");
         }
     }
 }
@@ -158,9 +158,9 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(request.as_bytes()).await.expect("sending the request");
     let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.read_to_string(&mut out).await.expect("reading the response");
     out
 }
 
