@@ -695,12 +695,16 @@ where
     };
     let our = our_kind(&request);
     let kind = our.map_or("other", Kind::name);
-    if !decision.allowed {
+    // Each denial is counted in the metrics; the log says at most one a second (a caller could
+    // send thousands), with how many it left out.
+    static DENIALS: crate::errors::Throttle = crate::errors::Throttle::every(std::time::Duration::from_secs(1));
+    if let Some(left_out) = (!decision.allowed).then(|| DENIALS.allow()).flatten() {
         tracing::info!(
             webhook = webhook.label(),
             kind,
-            uid = &*request.uid,
-            reason = decision.message.as_deref().unwrap_or_default(),
+            uid = %crate::errors::Clipped(&request.uid),
+            reason = %crate::errors::Clipped(decision.message.as_deref().unwrap_or_default()),
+            left_out,
             "denied"
         );
     }

@@ -28,6 +28,52 @@ impl fmt::Display for Clipped<'_> {
     }
 }
 
+/// How often a warning a peer can cause again and again may be logged: one line per
+/// [`WARN_EVERY`], saying how many were left out since the last.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// The interval of the throttled warnings.
+pub const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Throttle {
+    /// A throttle that lets one warning through per [`WARN_EVERY`].
+    pub const fn new() -> Self {
+        Self::every(WARN_EVERY)
+    }
+
+    /// A throttle that lets one warning through per `every`.
+    pub const fn every(every: std::time::Duration) -> Self {
+        Self { every, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// `Some(left out since the last one let through)` when a warning may be logged now; `None`
+    /// (and one more left out) when not.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, left_out) = &mut *state;
+        match last {
+            Some(at) if at.elapsed() < self.every => {
+                *left_out += 1;
+                None
+            }
+            _ => {
+                *last = Some(std::time::Instant::now());
+                Some(std::mem::take(left_out))
+            }
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `s` cut to [`MAX_LOG_FIELD`] bytes, with `… (N bytes)` when it was longer.
 pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= MAX_LOG_FIELD {
@@ -122,6 +168,17 @@ mod tests {
         assert!(!format!("{}", Chain(&e)).contains("Status {"));
         assert!(is_api_code(&e, 404));
         assert!(!is_api_code(&e, 403));
+    }
+
+    #[test]
+    fn a_throttle_lets_one_through_per_interval_and_counts_the_others() {
+        let throttle = Throttle::every(std::time::Duration::from_millis(200));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(throttle.allow(), Some(2));
+        assert_eq!(throttle.allow(), None);
     }
 
     #[test]

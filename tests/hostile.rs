@@ -104,7 +104,7 @@ impl Server {
             .args(["--health-addr", &health.to_string()])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("creating the log file"))
             .spawn()
             .expect("starting serve");
         let process = util::KillOnDrop(child);
@@ -122,6 +122,11 @@ impl Server {
     fn tls(&self) -> Arc<rustls::ClientConfig> {
         let ca = std::fs::read_to_string(self.state.join("ca.crt")).expect("the local CA");
         util::client_config(&[&ca], None)
+    }
+
+    /// What the server has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("serve.log")).expect("reading the server's log")
     }
 
     /// Peak resident memory of the server, in KiB.
@@ -230,6 +235,35 @@ async fn eight_million_empty_health_checks_are_refused_before_decoding() {
     assert!(peak < before + 64 * 1024, "peak RSS grew from {before} KiB to {peak} KiB");
     let (status, text) = raw_grpc(server.xds, "PostTranslateModify", &b"\x12\x00".repeat(1000)).await;
     assert_eq!(status, "0", "{text}");
+}
+
+/// Row 6: a peer that repeats a call the server warns about gets one warning per interval, which
+/// says how many it left out, not one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_warnings_are_rate_limited() {
+    let server = Server::start(&[]).await;
+    for _ in 0..200 {
+        let (status, _) = raw_grpc(server.xds, "PostTranslateModify", &b"\x12\x00".repeat(30_000)).await;
+        assert_eq!(status, "8", "RESOURCE_EXHAUSTED");
+    }
+    // Denials are logged at most once a second.
+    let mut conn = util::Conn::open(server.https, server.tls()).await;
+    let bad = serde_json::json!({
+        "apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleTailnet",
+        "metadata": {"name": "bad", "namespace": "default"}, "spec": {}
+    });
+    let started = Instant::now();
+    for _ in 0..200 {
+        let answer = conn.post_json("/validate", &util::review("CREATE", bad.clone(), None)).await.json();
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    let log = server.log();
+    let refused = log.lines().filter(|l| l.contains("extension call refused")).count();
+    assert_eq!(refused, 1, "one warning for 200 refused calls within the interval:\n{log}");
+    let denied = log.lines().filter(|l| l.contains("denied")).count();
+    assert!((1..=seconds + 1).contains(&denied), "{denied} denials logged in {seconds} s:\n{log}");
+    assert!(log.contains("left_out"), "{log}");
 }
 
 /// Row 2: the HTTPS port holds at most --max-connections; more are closed at once instead of

@@ -261,7 +261,10 @@ impl RequestHeaderConfig {
         }
         let (cn, _) = cert_subject(certs.leaf()?)?;
         if !self.allowed_names.is_empty() && !self.allowed_names.contains(&cn) {
-            tracing::warn!(cn, "front-proxy certificate CN is not in requestheader-allowed-names");
+            static THROTTLE: crate::errors::Throttle = crate::errors::Throttle::new();
+            if let Some(left_out) = THROTTLE.allow() {
+                tracing::warn!(cn = %crate::errors::Clipped(&cn), left_out, "front-proxy certificate CN is not in requestheader-allowed-names");
+            }
             return None;
         }
         let first = |names: &[String]| {

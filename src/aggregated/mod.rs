@@ -243,7 +243,14 @@ async fn answer(
         Ok(user) => user,
         Err(e) => {
             let code = e.status();
-            tracing::info!(path, verb = %attrs.verb, status = code.as_u16(), error = %e, "aggregated API request refused");
+            // Anyone who reaches the port can cause this: at most one line a second.
+            static REFUSED: crate::errors::Throttle = crate::errors::Throttle::every(std::time::Duration::from_secs(1));
+            if let Some(left_out) = REFUSED.allow() {
+                let path = crate::errors::Clipped(path);
+                let error = e.to_string();
+                let error = crate::errors::Clipped(&error);
+                tracing::info!(%path, verb = %attrs.verb, status = code.as_u16(), %error, left_out, "aggregated API request refused");
+            }
             return status_response(code, e.to_string());
         }
     };

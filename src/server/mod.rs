@@ -14,10 +14,10 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,8 +60,6 @@ pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 /// How long open connections get to finish after shutdown starts, or after they were asked to
 /// close for being idle.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Fewest seconds between two "connection limit reached" warnings of one listener.
-const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +104,7 @@ pub struct Slots {
     max: usize,
     flag: &'static str,
     refused: Arc<AtomicU64>,
-    warned: Arc<Mutex<Option<Instant>>>,
+    warned: Arc<crate::errors::Throttle>,
 }
 
 impl Slots {
@@ -123,9 +121,7 @@ impl Slots {
             return Some(slot);
         }
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.is_none_or(|at| at.elapsed() >= REFUSED_WARN_EVERY) {
-            *warned = Some(Instant::now());
+        if self.warned.allow().is_some() {
             tracing::warn!(
                 %peer,
                 open = self.max,
@@ -243,7 +239,10 @@ pub(crate) async fn accept(listener: &TcpListener, stop: &CancellationToken) -> 
                 }
                 Err(error) => {
                     let listener = listener.local_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-                    tracing::warn!(%error, %listener, "accept failed");
+                    static THROTTLE: crate::errors::Throttle = crate::errors::Throttle::new();
+                    if let Some(left_out) = THROTTLE.allow() {
+                        tracing::warn!(%error, %listener, left_out, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

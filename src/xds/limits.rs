@@ -369,7 +369,13 @@ where
             let size = match check(&method, &bytes, limits.max_resources, limits.max_decoded_size) {
                 Ok(size) => size,
                 Err(status) => {
-                    tracing::warn!(hook = %method, error = status.message(), "extension call refused");
+                    static THROTTLE: crate::errors::Throttle = crate::errors::Throttle::new();
+                    match THROTTLE.allow() {
+                        Some(left_out) => {
+                            tracing::warn!(hook = %method, error = status.message(), left_out, "extension call refused")
+                        }
+                        None => tracing::debug!(hook = %method, error = status.message(), "extension call refused"),
+                    }
                     return Ok(status.into_http());
                 }
             };

@@ -62,10 +62,12 @@ impl ExtensionService {
             }
             seen.insert(id.clone())
         };
-        if first {
+        // A peer can send a new object in every call: at most one warning per interval.
+        static THROTTLE: crate::errors::Throttle = crate::errors::Throttle::new();
+        if let Some(left_out) = first.then(|| THROTTLE.allow()).flatten() {
             let error = err.to_string();
             let error = crate::errors::Clipped(&error);
-            tracing::warn!(hook, object = %id, reason = err.reason(), %error, "extension resource left unchanged");
+            tracing::warn!(hook, object = %id, reason = err.reason(), %error, left_out, "extension resource left unchanged");
         } else {
             tracing::debug!(hook, object = %id, reason = err.reason(), "extension resource left unchanged (again)");
         }
