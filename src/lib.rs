@@ -5,10 +5,8 @@
 
 pub mod admission;
 pub mod aggregated;
-pub mod api;
 pub mod cache;
 pub mod check;
-pub mod core;
 pub mod errors;
 pub mod install;
 pub mod lease;
@@ -25,3 +23,8 @@ pub mod selfcert;
 pub mod server;
 pub mod tailscale;
 pub mod xds;
+
+/// The pure core (`crates/core`): its own crate, so the compiler keeps it free of I/O. Its
+/// resource types are `crate::api`; the rest is `crate::core`.
+pub use tailscale_gateway_core as core;
+pub use tailscale_gateway_core::api;

@@ -564,6 +564,49 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use crate::core::Kind;
+
+    fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path();
+            if path.is_dir() {
+                yaml_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every example and invalid manifest, parsed as local mode parses them, uses only fields the
+    /// schemas know (the one about misspelt fields aside).
+    #[test]
+    fn examples_have_no_unknown_fields() {
+        let mut files = Vec::new();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        yaml_files(&root.join("examples"), &mut files);
+        yaml_files(&root.join("tests/manifests/invalid"), &mut files);
+        let mut kinds = BTreeSet::new();
+        // The one example that is about misspelt fields.
+        files.retain(|p| !p.ends_with("invalid/unknown-field.yaml"));
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for doc in parse_file(&path, &text) {
+                let (source, value) = doc.expect("parsing an example document");
+                if value.get("apiVersion").and_then(Value::as_str) != Some(crate::api::API_VERSION) {
+                    continue;
+                }
+                let name = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let kind = Kind::from_name(name).unwrap_or_else(|| panic!("{source}: unknown kind {name}"));
+                kinds.insert(kind);
+                assert_eq!(crate::core::unknown::unknown_fields(kind, &value), Vec::<String>::new(), "{source}");
+            }
+        }
+        assert_eq!(kinds, Kind::ALL.into_iter().collect(), "the examples should cover every kind");
+    }
 
     #[test]
     fn splits_documents_keeping_indexes() {

@@ -1,11 +1,13 @@
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
 /// Which tailnet to join and how to reach the Tailscale API for it.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleTailnet",
@@ -37,6 +39,7 @@ pub struct TailscaleTailnetSpec {
 
 /// Reference to a Secret with OAuth client credentials.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Secret name.
@@ -48,6 +51,7 @@ pub struct SecretRef {
 
 /// Observed state of a tailnet.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailscaleTailnetStatus {
     /// `Ready` is true once the credentials work and the tailnet was discovered.
@@ -63,6 +67,7 @@ pub struct TailscaleTailnetStatus {
 
 /// Discovered facts about a tailnet.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailnetInfo {
     /// The tailnet's name.

@@ -1,14 +1,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
 /// Machines in a tailnet: Tailscale proxies run as a StatefulSet, one device per replica.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleEndpoints",
@@ -55,6 +57,7 @@ pub struct TailscaleEndpointsSpec {
 
 /// A tailnet target of egress proxies.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.fqdn) != has(self.ip)").message("set exactly one of fqdn and ip"))]
 pub struct EgressTargetSpec {
@@ -74,6 +77,7 @@ pub struct EgressTargetSpec {
 
 /// How the Tailscale proxies of a TailscaleEndpoints run.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
     /// Number of proxy replicas (devices). Defaults to 2.
@@ -103,6 +107,7 @@ pub struct ProxySpec {
 
 /// A port served by the proxies.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     /// Optional port name.
@@ -120,6 +125,7 @@ pub struct PortSpec {
 
 /// Observed state of a TailscaleEndpoints.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailscaleEndpointsStatus {
     /// `Ready` is true when the number of devices equals the desired replicas.
@@ -141,6 +147,7 @@ pub struct TailscaleEndpointsStatus {
 
 /// A proxy device in the tailnet.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
     /// Device hostname (the pod name).
@@ -182,6 +189,7 @@ pub struct DeviceStatus {
 
 /// A StatefulSet running proxies.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulSetStatus {
     /// StatefulSet name.

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use super::dataplane::{GATEWAY_API_GROUP, ServeProtocol};
 use super::{Kind, names};
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::core::validate::{
+use crate::validate::{
     DEFAULT_API_URL, DEFAULT_CONNECTION_TYPE, DEFAULT_HEALTH_INTERVAL, DEFAULT_PATH_PREFIX, DEFAULT_REPLICAS,
 };
 

@@ -1,11 +1,13 @@
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
 /// Ties an Envoy Gateway `Gateway` to tailnets and generates routes to TailscaleServices.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleGateway",
@@ -34,6 +36,7 @@ pub struct TailscaleGatewaySpec {
 
 /// Reference to a Gateway API `Gateway`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayRef {
     /// Gateway name.
@@ -48,6 +51,7 @@ pub struct GatewayRef {
 
 /// A tailnet exposed through the gateway.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayTailnet {
     /// TailscaleTailnet name.
@@ -62,6 +66,7 @@ pub struct GatewayTailnet {
 
 /// Route generation settings.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteGeneration {
     /// Path prefix of generated routes; `{service}` and `{tailnet}` are expanded.
@@ -75,6 +80,7 @@ pub struct RouteGeneration {
 
 /// Observed state of a TailscaleGateway.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailscaleGatewayStatus {
     /// `Ready` and friends.
@@ -93,6 +99,7 @@ pub struct TailscaleGatewayStatus {
 
 /// A service exposed through the gateway.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExposedServiceStatus {
     /// TailscaleServices name.

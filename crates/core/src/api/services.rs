@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{Condition, LabelSelector, PortSpec, ProxySpec};
@@ -8,7 +8,9 @@ use super::{Condition, LabelSelector, PortSpec, ProxySpec};
 /// A service in the tailnet: selects TailscaleEndpoints by label like a Service selects Pods and
 /// owns a Tailscale VIP service (`svc:NAME`).
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "gateway.tailscale.com",
     version = "v1alpha1",
     kind = "TailscaleServices",
@@ -19,14 +21,20 @@ use super::{Condition, LabelSelector, PortSpec, ProxySpec};
     derive = "PartialEq",
     derive = "Default",
     status = "TailscaleServicesStatus",
-    validation = Rule::new("has(self.spec.selector) || has(self.spec.endpointTemplate)").message("spec.selector is required unless spec.endpointTemplate is given"),
     printcolumn(name = "VIP", type_ = "string", json_path = ".status.vipService.name"),
     printcolumn(name = "ENDPOINTS", type_ = "integer", json_path = ".status.endpointCount"),
     printcolumn(name = "HEALTHY", type_ = "integer", json_path = ".status.vipService.healthyBackends"),
     printcolumn(name = "DNS", type_ = "string", json_path = ".status.vipService.dnsName", priority = 1),
-    printcolumn(name = "PUBLISHED", type_ = "string", json_path = ".status.conditions[?(@.type==\"Published\")].status", priority = 1),
+    printcolumn(
+        name = "PUBLISHED",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Published\")].status",
+        priority = 1
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+// On the spec, not the object: kube-derive does not pass the crate paths on to the object's schema.
+#[x_kube(validation = Rule::new("has(self.selector) || has(self.endpointTemplate)").message("spec.selector is required unless spec.endpointTemplate is given"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailscaleServicesSpec {
     /// Selects TailscaleEndpoints in the same namespace by label.
@@ -56,6 +64,7 @@ pub struct TailscaleServicesSpec {
 
 /// What the VIP service serves on one of its TCP ports.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServePort {
     /// The VIP port, one of `vipService.ports` (TCP).
@@ -73,6 +82,7 @@ pub struct ServePort {
 
 /// A backend in this cluster, shaped like Gateway API's `BackendObjectReference`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServeBackendRef {
     /// `""` (core, default) for a Service, `gateway.networking.k8s.io` for a Gateway.
@@ -94,6 +104,7 @@ pub struct ServeBackendRef {
 
 /// A Tailscale VIP service.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct VipServiceSpec {
     /// `svc:` + a DNS label. Defaults to `svc:<metadata.name>`. Immutable.
@@ -113,6 +124,7 @@ pub struct VipServiceSpec {
 
 /// Load balancing across the selected endpoints.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     /// One of `round-robin` (default), `least-request`, `random`, `ring-hash`, `maglev`.
@@ -125,6 +137,7 @@ pub struct LoadBalancing {
 
 /// Active HTTP health check.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// HTTP path, starting with `/`.
@@ -146,6 +159,7 @@ pub struct HealthCheck {
 
 /// Template of an auto-provisioned TailscaleEndpoints.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointTemplate {
     /// TailscaleTailnet the devices join.
@@ -166,6 +180,7 @@ pub struct EndpointTemplate {
 
 /// Observed state of a TailscaleServices.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct TailscaleServicesStatus {
     /// `Ready`, `VIPServiceReady` and friends.
@@ -187,6 +202,7 @@ pub struct TailscaleServicesStatus {
 
 /// One selected TailscaleEndpoints.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct SelectedEndpointsStatus {
     /// TailscaleEndpoints name.
@@ -201,6 +217,7 @@ pub struct SelectedEndpointsStatus {
 
 /// VIP service state.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct VipServiceStatus {
     /// `svc:NAME`.

@@ -36,7 +36,7 @@ pub const MANAGED_BY_VALUE: &str = "tailscale-gateway";
 
 /// All CRDs, in the order `tailscale-gateway crds` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    use kube::CustomResourceExt;
+    use kube_core::CustomResourceExt;
     vec![TailscaleTailnet::crd(), TailscaleEndpoints::crd(), TailscaleServices::crd(), TailscaleGateway::crd()]
 }
 
@@ -52,9 +52,9 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
 }
 
 /// The resource name (plural) of `kind`, as in URLs and `kubectl get` (from its type's CRD).
-pub fn plural(kind: crate::core::Kind) -> String {
-    use crate::core::Kind;
-    use kube::Resource;
+pub fn plural(kind: crate::Kind) -> String {
+    use crate::Kind;
+    use kube_core::Resource;
     match kind {
         Kind::Tailnet => TailscaleTailnet::plural(&()).into_owned(),
         Kind::Endpoints => TailscaleEndpoints::plural(&()).into_owned(),
@@ -64,14 +64,14 @@ pub fn plural(kind: crate::core::Kind) -> String {
 }
 
 /// The name of `kind`'s CustomResourceDefinition (`<plural>.<group>`).
-pub fn crd_name(kind: crate::core::Kind) -> String {
+pub fn crd_name(kind: crate::Kind) -> String {
     format!("{}.{GROUP}", plural(kind))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Kind;
+    use crate::Kind;
 
     #[test]
     fn plurals_are_the_crds_own() {

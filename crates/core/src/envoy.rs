@@ -89,7 +89,7 @@ pub struct Backend {
     pub upstreams: Vec<Upstream>,
     /// MagicDNS name of the VIP service (`web.tail8eff9.ts.net`), when known.
     pub vip_dns_name: Option<String>,
-    /// One of [`STRATEGIES`](crate::core::validate::STRATEGIES) when the object sets one; `None`
+    /// One of [`STRATEGIES`](crate::validate::STRATEGIES) when the object sets one; `None`
     /// keeps Envoy Gateway's load-balancing policy (a BackendTrafficPolicy's).
     pub strategy: Option<String>,
     /// Active health checking, when the spec asks for it.
@@ -629,7 +629,7 @@ mod tests {
         ] {
             assert_eq!(lb_policy(s), p, "{s}");
         }
-        for s in crate::core::validate::STRATEGIES {
+        for s in crate::validate::STRATEGIES {
             assert_ne!(lb_policy(s) == cluster::LbPolicy::RoundRobin, *s != "round-robin", "{s} is mapped");
         }
     }
