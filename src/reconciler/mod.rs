@@ -6,19 +6,19 @@
 //! `reconcile` + `error_policy`. Pure builders live in [`builders`], [`vip`] and [`provision`];
 //! the controllers only read, compare, and write what differs, so a steady state sends no write.
 
-pub mod builders;
 #[cfg(test)]
 mod controller_tests;
 pub mod endpoints;
+/// The pure builders of the proxies' objects, their conditions and the VIP service rules live in
+/// the core crate; these names keep the reconciler's paths.
+pub use crate::core::{conditions as status, proxies as builders, vip};
 pub mod metrics;
 pub mod owned;
 pub mod provision;
 pub mod services;
-pub mod status;
 pub mod tailnet;
 pub mod testing;
 pub mod triggers;
-pub mod vip;
 
 use std::collections::HashMap;
 use std::fmt::Debug;

@@ -9,18 +9,22 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conditions;
 pub mod dataplane;
 pub mod defaults;
 pub mod duration;
 pub mod envoy;
 pub mod field;
 pub mod names;
+pub mod proxies;
 pub mod resource;
 pub mod routes;
 pub mod selector;
+pub mod tailscale;
 pub mod unknown;
 pub mod validate;
 pub mod views;
+pub mod vip;
 
 pub use field::{FieldError, FieldPath};
 pub use resource::{Kind, ObjectKey, Resource};

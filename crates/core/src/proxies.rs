@@ -21,17 +21,17 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
+use kube_core::Resource;
 use serde::{Deserialize, Serialize};
 
-use super::status::{self, Desired, PUBLISHED, READY, VIP_SERVICE_READY};
 use crate::api::{
     DeviceStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SelectedEndpointsStatus, StatefulSetStatus, TailscaleEndpoints,
     TailscaleEndpointsStatus, TailscaleServices, TailscaleServicesStatus, VipServiceStatus,
 };
-use crate::core::dataplane::{self, EGRESS_CONFIG_KEY, PROXIES_DIR, ProxyPlan, SERVE_CONFIG_KEY};
-use crate::core::validate::DEFAULT_REPLICAS;
+use crate::conditions::{self as status, Desired, PUBLISHED, READY, VIP_SERVICE_READY};
+use crate::dataplane::{self, EGRESS_CONFIG_KEY, PROXIES_DIR, ProxyPlan, SERVE_CONFIG_KEY};
 use crate::tailscale::Device;
+use crate::validate::DEFAULT_REPLICAS;
 
 /// Label on every object we create for a TailscaleEndpoints; value is its name.
 pub const ENDPOINTS_LABEL: &str = "tailscale-gateway.com/endpoints";
@@ -57,7 +57,7 @@ pub const PROXY_USER: i64 = 1000;
 /// Placeholder auth key printed by `render` instead of a real key.
 pub const AUTH_KEY_PLACEHOLDER: &str = "<auth key created by the reconciler>";
 
-pub use crate::core::names::{proxies_config_map_name, proxy_service_name};
+pub use crate::names::{proxies_config_map_name, proxy_service_name};
 
 /// Name of replica `i`'s state Secret (also its pod name).
 pub fn state_secret_name(endpoints: &str, i: i32) -> String {
@@ -79,7 +79,7 @@ pub fn replicas(ep: &TailscaleEndpoints) -> i32 {
     ep.spec.proxy.as_ref().and_then(|p| p.replicas).unwrap_or(DEFAULT_REPLICAS).max(0)
 }
 
-pub use crate::core::dataplane::ConnectionType;
+pub use crate::dataplane::ConnectionType;
 
 /// Labels selecting the proxy pods of one TailscaleEndpoints.
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
@@ -816,7 +816,7 @@ pub fn services_status(
             Some(VipServiceStatus {
                 name: Some(v.name.clone()),
                 addresses: v.addrs.clone(),
-                dns_name: super::vip::dns_name(&v.name, magic_dns_suffix),
+                dns_name: crate::vip::dns_name(&v.name, magic_dns_suffix),
                 backend_count: backends,
                 healthy_backends: healthy,
             }),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::core::ObjectKey;
+use crate::ObjectKey;
 use crate::tailscale::VipService;
 
 /// Annotation holding the registry JSON.
