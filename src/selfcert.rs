@@ -288,14 +288,11 @@ pub fn plan(
     Ok((m != *current).then_some((m, steps)))
 }
 
+/// A certificate's PEM block, without the final line break ([`join_bundle`] adds them).
 fn pem_block(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----");
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let mut out = pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config);
+    out.truncate(out.trim_end().len());
     out
 }
 

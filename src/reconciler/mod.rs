@@ -17,6 +17,7 @@ pub mod owned;
 pub mod provision;
 pub mod services;
 pub mod tailnet;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod triggers;
 

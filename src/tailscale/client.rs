@@ -217,7 +217,8 @@ impl KeyCreateBody {
         }
     }
 
-    /// The request this body encodes.
+    /// The request this body encodes (the fake API reads requests back this way).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn to_request(&self) -> AuthKeyRequest {
         let create = &self.capabilities.devices.create;
         AuthKeyRequest {

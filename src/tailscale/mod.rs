@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod client;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 
 pub use crate::core::tailscale::{AuthKey, AuthKeyRequest, Device, VipService, magic_dns_suffix};

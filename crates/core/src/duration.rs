@@ -1,4 +1,8 @@
 //! Go-style durations (`10s`, `1m30s`, `500ms`), the format Kubernetes users already write.
+//!
+//! Ours rather than `kube_core::Duration`: that one computes in `f64` and multiplies with
+//! `Duration::mul_f64`, which panics on overflow (`"99999999999999999999h".parse()` does), while
+//! these strings come from users' objects and flags; ours is integer nanoseconds, checked.
 
 use std::time::Duration;
 

@@ -1,39 +1,17 @@
-//! Label selectors: validating a `LabelSelector`, compiling it once, matching labels, and parsing
-//! the string form kubectl sends (`-l env=prod,tier in (a,b),!canary`).
+//! Label selectors: validating a `LabelSelector` with every bad field named, and parsing the
+//! string form kubectl sends (`-l env=prod,tier in (a,b),!canary`), both into kube-core's
+//! [`Selector`](kube_core::Selector), which does the matching.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube_core::{Expression, SelectorExt};
 
 use super::{FieldError, FieldPath, names};
 
-/// One requirement of a selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Requirement {
-    /// `key in (values)` (and `key=value`).
-    In(String, Vec<String>),
-    /// `key notin (values)` (and `key!=value`).
-    NotIn(String, Vec<String>),
-    /// `key`.
-    Exists(String),
-    /// `!key`.
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-}
-
 /// A compiled selector: all requirements must hold. An empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector(Vec<Requirement>);
+pub struct Selector(kube_core::Selector);
 
 /// Operators a `matchExpressions` entry may use.
 pub const OPERATORS: &[&str] = &["In", "NotIn", "Exists", "DoesNotExist"];
@@ -46,12 +24,12 @@ impl Selector {
 
     /// Whether the selector has no requirement.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.selects_all()
     }
 
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|r| r.matches(labels))
+        self.0.matches(labels)
     }
 
     /// Compiles a `LabelSelector`, reporting every invalid key, value and operator under `path`.
@@ -61,34 +39,23 @@ impl Selector {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let mut reqs = Vec::new();
-        for (k, v) in sel.match_labels.iter().flatten() {
-            reqs.push(Requirement::In(k.clone(), vec![v.clone()]));
-        }
-        for expr in sel.match_expressions.iter().flatten() {
-            let key = expr.key.clone();
-            let values = expr.values.clone().unwrap_or_default();
-            reqs.push(match expr.operator.as_str() {
-                "In" => Requirement::In(key, values),
-                "NotIn" => Requirement::NotIn(key, values),
-                "Exists" => Requirement::Exists(key),
-                _ => Requirement::DoesNotExist(key),
-            });
-        }
-        Ok(Self(reqs))
+        // Validated above, so kube-core's conversion (which checks only the operators) holds.
+        kube_core::Selector::try_from(sel.clone())
+            .map(Self)
+            .map_err(|e| vec![FieldError::invalid(path, "", e.to_string())])
     }
 
     /// Parses the string form used in `?labelSelector=` (kubectl `-l`).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut reqs = Vec::new();
+        let mut exprs = Vec::new();
         for term in split_terms(s)? {
             let term = term.trim();
             if term.is_empty() {
                 continue;
             }
-            reqs.push(parse_term(term)?);
+            exprs.push(parse_term(term)?);
         }
-        Ok(Self(reqs))
+        Ok(Self(exprs.into_iter().collect()))
     }
 }
 
@@ -171,40 +138,40 @@ fn checked_value(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
-fn parse_set(rest: &str) -> Result<Vec<String>, String> {
+fn parse_set(rest: &str) -> Result<BTreeSet<String>, String> {
     let inner = rest
         .trim()
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| format!("want a parenthesised value list, got {rest:?}"))?;
-    let values = inner.split(',').map(checked_value).collect::<Result<Vec<_>, _>>()?;
+    let values = inner.split(',').map(checked_value).collect::<Result<BTreeSet<_>, _>>()?;
     if values.is_empty() {
         return Err("value list must not be empty".into());
     }
     Ok(values)
 }
 
-fn parse_term(term: &str) -> Result<Requirement, String> {
+fn parse_term(term: &str) -> Result<Expression, String> {
     if let Some(key) = term.strip_prefix('!') {
-        return Ok(Requirement::DoesNotExist(checked_key(key)?));
+        return Ok(Expression::DoesNotExist(checked_key(key)?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotIn(checked_key(k)?, vec![checked_value(v)?]));
+        return Ok(Expression::NotEqual(checked_key(k)?, checked_value(v)?));
     }
     if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(Requirement::In(checked_key(k)?, vec![checked_value(v)?]));
+        return Ok(Expression::Equal(checked_key(k)?, checked_value(v)?));
     }
     let mut words = term.splitn(2, char::is_whitespace);
     let key = words.next().unwrap_or_default();
     let rest = words.next().unwrap_or_default().trim_start();
     if let Some(set) = rest.strip_prefix("notin") {
-        return Ok(Requirement::NotIn(checked_key(key)?, parse_set(set)?));
+        return Ok(Expression::NotIn(checked_key(key)?, parse_set(set)?));
     }
     if let Some(set) = rest.strip_prefix("in") {
-        return Ok(Requirement::In(checked_key(key)?, parse_set(set)?));
+        return Ok(Expression::In(checked_key(key)?, parse_set(set)?));
     }
     if rest.is_empty() {
-        return Ok(Requirement::Exists(checked_key(key)?));
+        return Ok(Expression::Exists(checked_key(key)?));
     }
     Err(format!("cannot parse selector term {term:?}"))
 }
