@@ -157,19 +157,44 @@ pub fn ensure_pki(state_dir: &Path, extra_sans: &[String]) -> Result<LocalPki, L
 /// Writes `kubeconfig` into the state directory: cluster at `server`, admin client certificate.
 pub fn write_kubeconfig(state_dir: &Path, server: &str, pki: &LocalPki) -> Result<PathBuf, LocalError> {
     use base64::Engine;
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+    const CLUSTER: &str = "tailscale-gateway-local";
+    const USER: &str = "tailscale-gateway-admin";
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "tailscale-gateway-local", "cluster": {
-            "server": server, "certificate-authority-data": b64(&pki.ca.cert_pem)}}],
-        "users": [{"name": "tailscale-gateway-admin", "user": {
-            "client-certificate-data": b64(&pki.client.cert_pem), "client-key-data": b64(&pki.client.key_pem)}}],
-        "contexts": [{"name": "tailscale-gateway-local", "context": {
-            "cluster": "tailscale-gateway-local", "user": "tailscale-gateway-admin", "namespace": "default"}}],
-        "current-context": "tailscale-gateway-local",
-        "preferences": {},
-    });
+    let config = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: CLUSTER.into(),
+            cluster: Some(Cluster {
+                server: Some(server.into()),
+                certificate_authority_data: Some(b64(&pki.ca.cert_pem)),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: USER.into(),
+            auth_info: Some(AuthInfo {
+                client_certificate_data: Some(b64(&pki.client.cert_pem)),
+                client_key_data: Some(b64(&pki.client.key_pem).into()),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: CLUSTER.into(),
+            context: Some(Context {
+                cluster: CLUSTER.into(),
+                user: Some(USER.into()),
+                namespace: Some("default".into()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(CLUSTER.into()),
+        ..Kubeconfig::default()
+    };
     let text = serde_saphyr::to_string(&config).map_err(|e| LocalError::Kubeconfig(e.to_string()))?;
     let path = state_dir.join("kubeconfig");
     write_private(&path, &text)?;
