@@ -6,6 +6,9 @@
 //! `apidiscovery.k8s.io` `APIGroupDiscoveryList` gets plain `application/json` and falls back
 //! to the per-group documents, which is what client-go does when an aggregated server lacks it.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
+};
 use serde_json::{Map, Value, json};
 
 use super::request::{ApiGroup, KindFn, ResourceKind};
@@ -28,54 +31,49 @@ fn definition(info: &KindInfo, kind: &str) -> String {
     format!("{}.{kind}", def_prefix(info))
 }
 
-fn group_version_entry(group: ApiGroup) -> Value {
-    json!({"groupVersion": group.group_version(), "version": group.version()})
+fn group_version_entry(group: ApiGroup) -> GroupVersionForDiscovery {
+    GroupVersionForDiscovery { group_version: group.group_version().into(), version: group.version().into() }
 }
 
 /// `/api`: we serve no core group; an empty version list makes clients skip it.
-pub fn api_versions() -> Value {
-    json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []})
+pub fn api_versions() -> APIVersions {
+    APIVersions { versions: Vec::new(), server_address_by_client_cidrs: Vec::new() }
 }
 
 /// `/apis/<group>`.
-pub fn api_group(group: ApiGroup) -> Value {
-    json!({"kind": "APIGroup", "apiVersion": "v1", "name": group.name(),
-        "versions": [group_version_entry(group)], "preferredVersion": group_version_entry(group)})
+pub fn api_group(group: ApiGroup) -> APIGroup {
+    APIGroup {
+        name: group.name().into(),
+        versions: vec![group_version_entry(group)],
+        preferred_version: Some(group_version_entry(group)),
+        server_address_by_client_cidrs: None,
+    }
 }
 
 /// `/apis`: the groups served.
-pub fn api_group_list(groups: &[ApiGroup]) -> Value {
-    let entries: Vec<Value> = groups
-        .iter()
-        .map(|g| {
-            let mut v = api_group(*g);
-            if let Some(o) = v.as_object_mut() {
-                o.remove("kind");
-                o.remove("apiVersion");
-            }
-            v
-        })
-        .collect();
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": entries})
+pub fn api_group_list(groups: &[ApiGroup]) -> APIGroupList {
+    APIGroupList { groups: groups.iter().map(|g| api_group(*g)).collect() }
 }
 
-fn resource_entry(info: &KindInfo) -> Value {
-    json!({
-        "name": info.plural,
-        "singularName": info.singular,
-        "namespaced": info.namespaced,
-        "kind": info.kind,
-        "verbs": VERBS,
-        "shortNames": info.short_names,
-        "categories": info.categories,
-    })
+fn resource_entry(info: &KindInfo) -> APIResource {
+    APIResource {
+        name: info.plural.clone(),
+        singular_name: info.singular.clone(),
+        namespaced: info.namespaced,
+        kind: info.kind.clone(),
+        verbs: VERBS.iter().map(|v| v.to_string()).collect(),
+        short_names: Some(info.short_names.clone()),
+        categories: Some(info.categories.clone()),
+        ..APIResource::default()
+    }
 }
 
 /// `/apis/<group>/<version>`: the resources, their verbs, short names and categories.
-pub fn api_resource_list(group: ApiGroup) -> Value {
-    let resources: Vec<Value> = group.kinds().map(|k| resource_entry(k.info())).collect();
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group.group_version(),
-        "resources": resources})
+pub fn api_resource_list(group: ApiGroup) -> APIResourceList {
+    APIResourceList {
+        group_version: group.group_version().into(),
+        resources: group.kinds().map(|k| resource_entry(k.info())).collect(),
+    }
 }
 
 fn gvk(info: &KindInfo, kind: &str) -> Value {
@@ -313,9 +311,16 @@ mod tests {
     use super::*;
     use crate::aggregated::resources::GROUP_VERSION;
 
+    /// A discovery document as clients read it.
+    fn as_json(doc: impl serde::Serialize) -> Value {
+        serde_json::to_value(doc).expect("serializing a discovery document")
+    }
+
     #[test]
     fn resource_list_has_verbs_short_names_and_categories() {
-        let v = api_resource_list(ApiGroup::Tailnet);
+        let v = as_json(api_resource_list(ApiGroup::Tailnet));
+        assert_eq!(v["kind"], "APIResourceList");
+        assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["groupVersion"], GROUP_VERSION);
         let devices = &v["resources"][0];
         assert_eq!(devices["name"], "tailscaledevices");
@@ -325,10 +330,12 @@ mod tests {
         assert_eq!(devices["verbs"], json!(["get", "list", "watch"]));
         assert_eq!(v["resources"][1]["name"], "selectedendpoints");
         assert_eq!(v["resources"].as_array().map(Vec::len), Some(2));
-        let groups = api_group_list(&[ApiGroup::Tailnet]);
+        let groups = as_json(api_group_list(&[ApiGroup::Tailnet]));
+        assert_eq!(groups["kind"], "APIGroupList");
         assert_eq!(groups["groups"][0]["preferredVersion"]["groupVersion"], GROUP_VERSION);
         assert_eq!(groups["groups"].as_array().map(Vec::len), Some(1));
-        assert_eq!(api_versions()["versions"], json!([]));
+        let versions = as_json(api_versions());
+        assert_eq!((versions["kind"].as_str(), &versions["versions"]), (Some("APIVersions"), &json!([])));
     }
 
     #[test]
@@ -361,7 +368,7 @@ mod tests {
 
     #[test]
     fn crd_group_documents_come_from_the_crds() {
-        let v = api_resource_list(ApiGroup::Crds);
+        let v = as_json(api_resource_list(ApiGroup::Crds));
         assert_eq!(v["groupVersion"], "gateway.tailscale.com/v1alpha1");
         let tailnets = &v["resources"][0];
         assert_eq!(tailnets["name"], "tailscaletailnets");

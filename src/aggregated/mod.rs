@@ -75,7 +75,7 @@ struct Docs {
     openapi_v3_root: Vec<u8>,
 }
 
-fn bytes(v: serde_json::Value) -> Vec<u8> {
+fn bytes(v: impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
