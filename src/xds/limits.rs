@@ -139,93 +139,86 @@ fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Adds the elements of the counted lists in `msg` (a protobuf message) to `counts`. Walks tags
-/// only; stops quietly at malformed input, which the decoder then refuses with its own error.
-fn count(msg: &[u8], fields: &'static [Field], counts: &mut Vec<(&'static str, usize)>) {
+/// One field of a protobuf message on the wire: its number, wire type and, for a
+/// length-delimited field, its payload (empty for the other wire types).
+struct WireField<'a> {
+    number: u64,
+    wire: u64,
+    payload: &'a [u8],
+}
+
+/// The fields of `msg` in order, read from their tags without decoding anything. Ends quietly at
+/// malformed input (and at groups, which these messages do not use): the decoder refuses it.
+fn wire_fields(msg: &[u8]) -> impl Iterator<Item = WireField<'_>> {
     let mut at = 0;
-    while at < msg.len() {
-        let Some(tag) = varint(msg, &mut at) else { return };
+    std::iter::from_fn(move || {
+        if at >= msg.len() {
+            return None;
+        }
+        let tag = varint(msg, &mut at)?;
         let (number, wire) = (tag >> 3, tag & 7);
-        let skip = match wire {
-            0 => match varint(msg, &mut at) {
-                Some(_) => 0,
-                None => return,
-            },
+        let len = match wire {
+            0 => varint(msg, &mut at).map(|_| 0)?,
             1 => 8,
             5 => 4,
-            2 => {
-                let Some(len) = varint(msg, &mut at).and_then(|l| usize::try_from(l).ok()) else { return };
-                let Some(payload) = at.checked_add(len).and_then(|end| msg.get(at..end)) else { return };
-                if let Some(field) = fields.iter().find(|f| u64::from(f.number) == number) {
-                    if let Some(name) = field.counted {
-                        match counts.iter_mut().find(|(n, _)| *n == name) {
-                            Some((_, c)) => *c += 1,
-                            None => counts.push((name, 1)),
-                        }
-                    }
-                    if !field.inside.is_empty() {
-                        count(payload, field.inside, counts);
-                    }
-                }
-                len
+            2 => varint(msg, &mut at).and_then(|l| usize::try_from(l).ok())?,
+            _ => return None,
+        };
+        let end = at.checked_add(len).filter(|end| *end <= msg.len())?;
+        let payload = if wire == 2 { &msg[at..end] } else { &[][..] };
+        at = end;
+        Some(WireField { number, wire, payload })
+    })
+}
+
+/// Adds the elements of the counted lists in `msg` (a protobuf message) to `counts`.
+fn count(msg: &[u8], fields: &'static [Field], counts: &mut Vec<(&'static str, usize)>) {
+    for WireField { number, wire, payload } in wire_fields(msg) {
+        let Some(field) = fields.iter().find(|f| u64::from(f.number) == number && wire == 2) else { continue };
+        if let Some(name) = field.counted {
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
             }
-            // Groups (3, 4) are not in these messages; anything else is malformed.
-            _ => return,
-        };
-        at = match at.checked_add(skip) {
-            Some(next) if next <= msg.len() => next,
-            _ => return,
-        };
+        }
+        if !field.inside.is_empty() {
+            count(payload, field.inside, counts);
+        }
     }
 }
 
 /// Adds to `total` what the fields of `msg`, a message of type `ty`, would allocate when decoded
 /// (the message's own size is its holder's to count), and stops as soon as it passes `most`.
-/// Malformed input ends the walk quietly: the decoder refuses it.
 fn add_decoded(msg: &[u8], ty: &Message, depth: u32, most: usize, total: &mut usize) {
     if depth >= MAX_DEPTH {
         return;
     }
-    let mut at = 0;
-    while at < msg.len() && *total <= most {
-        let Some(tag) = varint(msg, &mut at) else { return };
-        let (number, wire) = (tag >> 3, tag & 7);
+    for WireField { number, wire, payload } in wire_fields(msg) {
+        if *total > most {
+            return;
+        }
         let held = u32::try_from(number)
             .ok()
             .and_then(|n| ty.fields.binary_search_by_key(&n, |(number, _)| *number).ok())
             .map(|i| ty.fields[i].1);
-        let skip = match wire {
-            0 => match varint(msg, &mut at) {
-                Some(_) => 0,
-                None => return,
-            },
-            1 => 8,
-            5 => 4,
-            2 => match varint(msg, &mut at).and_then(|l| usize::try_from(l).ok()) {
-                Some(len) => len,
-                None => return,
-            },
-            _ => return,
-        };
-        let Some(end) = at.checked_add(skip).filter(|end| *end <= msg.len()) else { return };
+        let len = payload.len();
         let add = match (held, wire) {
             (Some(Held::Message(i) | Held::Messages(i)), 2) => {
                 let inner = &schema::MESSAGES[i];
-                add_decoded(&msg[at..end], inner, depth + 1, most, total);
+                add_decoded(payload, inner, depth + 1, most, total);
                 match held {
                     Some(Held::Messages(_)) => LIST_SLOT * inner.size,
                     _ => inner.size,
                 }
             }
-            (Some(Held::Bytes), 2) => size_of::<String>() + skip,
-            (Some(Held::Strings), 2) => LIST_SLOT * size_of::<String>() + skip,
+            (Some(Held::Bytes), 2) => size_of::<String>() + len,
+            (Some(Held::Strings), 2) => LIST_SLOT * size_of::<String>() + len,
             // Packed: at least one byte per number.
-            (Some(Held::Scalars(width)), 2) => skip.saturating_mul(LIST_SLOT * width),
+            (Some(Held::Scalars(width)), 2) => len.saturating_mul(LIST_SLOT * width),
             (Some(Held::Scalars(width)), _) => LIST_SLOT * width,
             _ => 0,
         };
         *total = total.saturating_add(add);
-        at = end;
     }
 }
 
