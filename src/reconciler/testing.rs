@@ -18,6 +18,7 @@ use kube::runtime::reflector::store::Writer;
 use super::owned::{self, OwnedWriters};
 use super::{ApiFactory, OAuthCredentials, builders};
 use crate::api::TailscaleTailnet;
+use crate::tailscale::fake::{Refusal, Tailnet};
 use crate::tailscale::{ApiError, ApiFuture, AuthKey, AuthKeyRequest, Device, TailscaleApi, VipService};
 
 /// A fault to inject into the next matching call.
@@ -32,20 +33,16 @@ struct Fault {
 /// State of a [`MemoryTailscale`], open for tests to arrange and inspect.
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    /// Devices of the tailnet.
-    pub devices: Vec<Device>,
-    /// VIP services by name.
-    pub vips: BTreeMap<String, VipService>,
-    /// Auth key requests received.
-    pub auth_keys: Vec<AuthKeyRequest>,
+    /// The tailnet, the same model the HTTP fake keeps (with the real API's rules).
+    pub tailnet: Tailnet,
     /// Calls per operation.
     pub calls: BTreeMap<&'static str, u64>,
     faults: VecDeque<Fault>,
-    next: u32,
 }
 
-/// An in-memory tailnet behind the [`TailscaleApi`] trait. VIP addresses are allocated on
-/// create, and an update without the existing `addrs` is rejected like the real API does.
+/// An in-memory tailnet behind the [`TailscaleApi`] trait: [`Tailnet`], the model and rules
+/// [`FakeTailscale`](crate::tailscale::fake::FakeTailscale) serves over HTTP, with injectable
+/// faults and call counts.
 #[derive(Debug, Default)]
 pub struct MemoryTailscale {
     state: Mutex<MemoryState>,
@@ -82,7 +79,7 @@ impl MemoryTailscale {
 
     /// Adds a device (what a proxy does when it logs in).
     pub fn add_device(&self, device: Device) {
-        self.state().devices.push(device);
+        self.state().tailnet.add_device(device);
     }
 
     fn call<T>(
@@ -119,66 +116,54 @@ fn ready<'a, T: Send + 'a>(r: Result<T, ApiError>) -> ApiFuture<'a, T> {
 
 impl TailscaleApi for MemoryTailscale {
     fn list_devices(&self) -> ApiFuture<'_, Vec<Device>> {
-        ready(self.call("list_devices", |s| Ok(s.devices.clone())))
+        ready(self.call("list_devices", |s| Ok(s.tailnet.devices.values().cloned().collect())))
     }
 
     fn get_device<'a>(&'a self, id: &'a str) -> ApiFuture<'a, Option<Device>> {
-        ready(self.call("get_device", |s| Ok(s.devices.iter().find(|d| d.id == id || d.node_id == id).cloned())))
+        ready(self.call("get_device", |s| Ok(s.tailnet.device(id).cloned())))
     }
 
     fn delete_device<'a>(&'a self, id: &'a str) -> ApiFuture<'a, ()> {
+        // A missing device is already deleted: the trait's contract, as the client maps a 404.
         ready(self.call("delete_device", |s| {
-            s.devices.retain(|d| d.id != id && d.node_id != id);
+            s.tailnet.remove_device(id);
             Ok(())
         }))
     }
 
     fn create_auth_key<'a>(&'a self, req: &'a AuthKeyRequest) -> ApiFuture<'a, AuthKey> {
         ready(self.call("create_auth_key", |s| {
-            s.next += 1;
-            s.auth_keys.push(req.clone());
-            Ok(AuthKey { id: format!("k{}", s.next), key: format!("tskey-auth-k{}-SECRET", s.next), expires: None })
+            let issued = s.tailnet.create_auth_key(req.clone()).map_err(|r| refused("POST", "keys", r))?;
+            Ok(AuthKey { id: issued.id, key: issued.key, expires: None })
         }))
     }
 
     fn list_vip_services(&self) -> ApiFuture<'_, Vec<VipService>> {
-        ready(self.call("list_vip_services", |s| Ok(s.vips.values().cloned().collect())))
+        ready(self.call("list_vip_services", |s| Ok(s.tailnet.vip_services.values().cloned().collect())))
     }
 
     fn get_vip_service<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Option<VipService>> {
-        ready(self.call("get_vip_service", |s| Ok(s.vips.get(name).cloned())))
+        ready(self.call("get_vip_service", |s| Ok(s.tailnet.vip_services.get(name).cloned())))
     }
 
     fn put_vip_service<'a>(&'a self, svc: &'a VipService) -> ApiFuture<'a, ()> {
         ready(self.call("put_vip_service", |s| {
-            let mut body = svc.clone();
-            match s.vips.get(&svc.name) {
-                Some(existing) if body.addrs != existing.addrs => {
-                    return Err(ApiError::Status {
-                        method: "PUT".into(),
-                        path: format!("vip-services/{}", svc.name),
-                        status: 400,
-                        message: "addrs must match the existing addresses".into(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    s.next += 1;
-                    let n = s.next;
-                    body.addrs = vec![format!("100.100.{}.{}", n / 250, n % 250 + 1), format!("fd7a:115c:a1e0::{n:x}")];
-                }
-            }
-            s.vips.insert(body.name.clone(), body);
-            Ok(())
+            let path = format!("vip-services/{}", svc.name);
+            s.tailnet.put_vip_service(&svc.name, svc.clone()).map(|_| ()).map_err(|r| refused("PUT", &path, r))
         }))
     }
 
     fn delete_vip_service<'a>(&'a self, name: &'a str) -> ApiFuture<'a, ()> {
         ready(self.call("delete_vip_service", |s| {
-            s.vips.remove(name);
+            s.tailnet.vip_services.remove(name);
             Ok(())
         }))
     }
+}
+
+/// The error the client reports for a call the [`Tailnet`] refused.
+fn refused(method: &str, path: &str, (status, message): Refusal) -> ApiError {
+    ApiError::Status { method: method.into(), path: path.into(), status, message: message.into() }
 }
 
 /// An [`ApiFactory`] handing out one [`MemoryTailscale`] per tailnet name.

@@ -101,28 +101,103 @@ impl std::fmt::Debug for IssuedAuthKey {
     }
 }
 
+/// The tailnet a fake keeps, and the rules the real API applies to it: the one model behind both
+/// doubles, [`FakeTailscale`] (over HTTP, for the real client) and the reconciler's in-memory
+/// `MemoryTailscale` (behind the `TailscaleApi` trait).
+#[derive(Debug, Default)]
+pub struct Tailnet {
+    /// Devices by legacy ID.
+    pub devices: BTreeMap<String, Device>,
+    /// VIP services by name.
+    pub vip_services: BTreeMap<String, VipService>,
+    /// Auth keys issued, oldest first.
+    pub keys: Vec<IssuedAuthKey>,
+    /// Serial for IDs and addresses.
+    serial: u32,
+}
+
+/// Why the API refuses a call: the HTTP status and its message.
+pub type Refusal = (u16, &'static str);
+
+impl Tailnet {
+    /// The next serial number (IDs, addresses, tokens).
+    pub fn next_serial(&mut self) -> u32 {
+        self.serial += 1;
+        self.serial
+    }
+
+    /// A `[v4, v6]` pair in the Tailscale ranges, unique within this tailnet.
+    pub fn allocate_addrs(&mut self, v4_prefix: [u8; 2]) -> Vec<String> {
+        let n = self.next_serial();
+        vec![
+            format!("{}.{}.{}.{}", v4_prefix[0], v4_prefix[1], (n >> 8) & 0xff, n & 0xff),
+            format!("fd7a:115c:a1e0::{n:x}"),
+        ]
+    }
+
+    /// Adds or replaces a device (keyed by its legacy ID).
+    pub fn add_device(&mut self, device: Device) {
+        self.devices.insert(device.id.clone(), device);
+    }
+
+    /// A device by its legacy ID or its node ID, as `/api/v2/device/{id}` accepts either.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id).or_else(|| self.devices.values().find(|d| d.node_id == id))
+    }
+
+    /// Removes a device by either ID; whether it existed.
+    pub fn remove_device(&mut self, id: &str) -> bool {
+        let Some(key) = self.device(id).map(|d| d.id.clone()) else { return false };
+        self.devices.remove(&key).is_some()
+    }
+
+    /// Issues an auth key for `request`: an OAuth client's keys must be tagged.
+    pub fn create_auth_key(&mut self, request: AuthKeyRequest) -> Result<IssuedAuthKey, Refusal> {
+        if request.tags.is_empty() || request.tags.iter().any(|t| !t.starts_with("tag:")) {
+            return Err((400, "requested tags are invalid or missing"));
+        }
+        let n = self.next_serial();
+        let id = format!("kFake{n}CNTRL");
+        let key = format!("tskey-auth-{id}-{:016x}", fastrand::u64(..));
+        let issued = IssuedAuthKey { id, key, request };
+        self.keys.push(issued.clone());
+        Ok(issued)
+    }
+
+    /// Creates (allocating `addrs` unless given) or updates (requiring `addrs` to be resent, and
+    /// keeping the allocated ones) the VIP service `name`; returns it as stored.
+    pub fn put_vip_service(&mut self, name: &str, mut svc: VipService) -> Result<VipService, Refusal> {
+        if !name.starts_with("svc:") || name.len() <= 4 {
+            return Err((400, "VIP service name must look like svc:<name>"));
+        }
+        if !svc.name.is_empty() && svc.name != name {
+            return Err((400, "name in body does not match the path"));
+        }
+        svc.name = name.to_string();
+        match self.vip_services.get(name) {
+            Some(_) if svc.addrs.is_empty() => return Err((400, "addrs must be resent when updating a VIP service")),
+            Some(existing) => svc.addrs = existing.addrs.clone(),
+            None if svc.addrs.is_empty() => svc.addrs = self.allocate_addrs([100, 100]),
+            None => {}
+        }
+        self.vip_services.insert(svc.name.clone(), svc.clone());
+        Ok(svc)
+    }
+}
+
 #[derive(Default)]
 struct Store {
     opts: FakeOptions,
     /// Access token -> expiry.
     tokens: HashMap<String, Instant>,
     tokens_issued: usize,
-    devices: BTreeMap<String, Device>,
-    vip_services: BTreeMap<String, VipService>,
-    keys: Vec<IssuedAuthKey>,
+    tailnet: Tailnet,
     calls: Vec<Call>,
     api_faults: VecDeque<(Fault, usize)>,
     token_faults: VecDeque<(Fault, usize)>,
-    /// Serial for IDs and addresses.
-    serial: u32,
 }
 
 impl Store {
-    fn next_serial(&mut self) -> u32 {
-        self.serial += 1;
-        self.serial
-    }
-
     fn take_fault(&mut self, token_endpoint: bool) -> Option<Fault> {
         let queue = if token_endpoint { &mut self.token_faults } else { &mut self.api_faults };
         let (fault, remaining) = queue.front_mut()?;
@@ -136,15 +211,6 @@ impl Store {
 
     fn known_tailnet(&self, tailnet: &str) -> bool {
         tailnet == "-" || tailnet == self.opts.tailnet
-    }
-
-    /// A `[v4, v6]` pair in the Tailscale ranges, unique within this fake.
-    fn allocate_addrs(&mut self, v4_prefix: [u8; 2]) -> Vec<String> {
-        let n = self.next_serial();
-        vec![
-            format!("{}.{}.{}.{}", v4_prefix[0], v4_prefix[1], (n >> 8) & 0xff, n & 0xff),
-            format!("fd7a:115c:a1e0::{n:x}"),
-        ]
     }
 }
 
@@ -230,15 +296,15 @@ impl FakeTailscale {
 
     /// Adds or replaces a device (keyed by `id`).
     pub fn add_device(&self, device: Device) {
-        lock(&self.store).devices.insert(device.id.clone(), device);
+        lock(&self.store).tailnet.add_device(device);
     }
 
     /// Creates a connected, authorized device with fresh IDs and addresses, as a proxy joining
     /// the tailnet would, and returns it.
     pub fn register_device(&self, hostname: &str, tags: &[&str]) -> Device {
         let mut store = lock(&self.store);
-        let n = store.next_serial();
-        let addresses = store.allocate_addrs([100, 64]);
+        let n = store.tailnet.next_serial();
+        let addresses = store.tailnet.allocate_addrs([100, 64]);
         let device = Device {
             id: format!("{}", 1_000_000 + n),
             node_id: format!("nFake{n:06}CNTRL"),
@@ -254,33 +320,33 @@ impl FakeTailscale {
             created: Some(jiff::Timestamp::now().to_string()),
             ..Device::default()
         };
-        store.devices.insert(device.id.clone(), device.clone());
+        store.tailnet.add_device(device.clone());
         device
     }
 
     /// Removes a device, as if it left the tailnet; returns whether it existed.
     pub fn remove_device(&self, id: &str) -> bool {
-        lock(&self.store).devices.remove(id).is_some()
+        lock(&self.store).tailnet.remove_device(id)
     }
 
     /// All devices, ordered by ID.
     pub fn devices(&self) -> Vec<Device> {
-        lock(&self.store).devices.values().cloned().collect()
+        lock(&self.store).tailnet.devices.values().cloned().collect()
     }
 
     /// Adds or replaces a VIP service as stored (e.g. one owned by someone else).
     pub fn add_vip_service(&self, svc: VipService) {
-        lock(&self.store).vip_services.insert(svc.name.clone(), svc);
+        lock(&self.store).tailnet.vip_services.insert(svc.name.clone(), svc);
     }
 
     /// All VIP services, ordered by name.
     pub fn vip_services(&self) -> Vec<VipService> {
-        lock(&self.store).vip_services.values().cloned().collect()
+        lock(&self.store).tailnet.vip_services.values().cloned().collect()
     }
 
     /// Auth keys issued so far, oldest first.
     pub fn auth_keys(&self) -> Vec<IssuedAuthKey> {
-        lock(&self.store).keys.clone()
+        lock(&self.store).tailnet.keys.clone()
     }
 
     /// Every request received so far (faulted ones included), oldest first.
@@ -337,6 +403,11 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
+/// The answer to a call the [`Tailnet`] refused.
+fn refused((status, message): Refusal) -> Response {
+    error(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message)
+}
+
 /// Records the call, then applies the next pending fault, if any.
 async fn record_and_inject(State(store): State<Shared>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -389,7 +460,7 @@ async fn issue_token(State(store): State<Shared>, body: Bytes) -> Response {
         return error(StatusCode::UNAUTHORIZED, "invalid client credentials");
     }
     s.tokens_issued += 1;
-    let n = s.next_serial();
+    let n = s.tailnet.next_serial();
     let token = format!("tskey-api-fake{n}-{:016x}", fastrand::u64(..));
     let lifetime = s.opts.token_lifetime;
     s.tokens.insert(token.clone(), Instant::now() + lifetime);
@@ -402,21 +473,21 @@ async fn list_devices(State(store): State<Shared>, Path(tailnet): Path<String>) 
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    let devices: Vec<&Device> = s.devices.values().collect();
+    let devices: Vec<&Device> = s.tailnet.devices.values().collect();
     Json(json!({ "devices": devices })).into_response()
 }
 
 async fn get_device(State(store): State<Shared>, Path(id): Path<String>) -> Response {
-    match lock(&store).devices.get(&id) {
+    match lock(&store).tailnet.device(&id) {
         Some(d) => Json(d).into_response(),
         None => error(StatusCode::NOT_FOUND, "device not found"),
     }
 }
 
 async fn delete_device(State(store): State<Shared>, Path(id): Path<String>) -> Response {
-    match lock(&store).devices.remove(&id) {
-        Some(_) => StatusCode::OK.into_response(),
-        None => error(StatusCode::NOT_FOUND, "device not found"),
+    match lock(&store).tailnet.remove_device(&id) {
+        true => StatusCode::OK.into_response(),
+        false => error(StatusCode::NOT_FOUND, "device not found"),
     }
 }
 
@@ -428,21 +499,16 @@ async fn create_key(State(store): State<Shared>, Path(tailnet): Path<String>, bo
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    let tags = &body.capabilities.devices.create.tags;
-    // Keys created by an OAuth client must be tagged.
-    if tags.is_empty() || tags.iter().any(|t| !t.starts_with("tag:")) {
-        return error(StatusCode::BAD_REQUEST, "requested tags are invalid or missing");
-    }
-    let n = s.next_serial();
-    let id = format!("kFake{n}CNTRL");
-    let key = format!("tskey-auth-{id}-{:016x}", fastrand::u64(..));
+    let IssuedAuthKey { id, key, .. } = match s.tailnet.create_auth_key(body.to_request()) {
+        Ok(issued) => issued,
+        Err(refusal) => return refused(refusal),
+    };
     let now = jiff::Timestamp::now();
     let expiry = body.expiry_seconds.unwrap_or(90 * 24 * 3600);
     let expires = i64::try_from(expiry)
         .ok()
         .and_then(|secs| now.checked_add(jiff::SignedDuration::from_secs(secs)).ok())
         .map(|t| t.to_string());
-    s.keys.push(IssuedAuthKey { id: id.clone(), key: key.clone(), request: body.to_request() });
     Json(KeyCreated { id, key, created: Some(now.to_string()), expires }).into_response()
 }
 
@@ -451,7 +517,7 @@ async fn list_vip_services(State(store): State<Shared>, Path(tailnet): Path<Stri
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    let services: Vec<&VipService> = s.vip_services.values().collect();
+    let services: Vec<&VipService> = s.tailnet.vip_services.values().collect();
     Json(json!({ "vipServices": services })).into_response()
 }
 
@@ -460,7 +526,7 @@ async fn get_vip_service(State(store): State<Shared>, Path((tailnet, name)): Pat
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    match s.vip_services.get(&name) {
+    match s.tailnet.vip_services.get(&name) {
         Some(svc) => Json(svc).into_response(),
         None => error(StatusCode::NOT_FOUND, "VIP service not found"),
     }
@@ -473,35 +539,17 @@ async fn put_vip_service(
     Path((tailnet, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let Ok(mut svc) = serde_json::from_slice::<VipService>(&body) else {
+    let Ok(svc) = serde_json::from_slice::<VipService>(&body) else {
         return error(StatusCode::BAD_REQUEST, "invalid VIP service body");
     };
     let mut s = lock(&store);
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    if !name.starts_with("svc:") || name.len() <= 4 {
-        return error(StatusCode::BAD_REQUEST, "VIP service name must look like svc:<name>");
+    match s.tailnet.put_vip_service(&name, svc) {
+        Ok(stored) => Json(stored).into_response(),
+        Err(refusal) => refused(refusal),
     }
-    if !svc.name.is_empty() && svc.name != name {
-        return error(StatusCode::BAD_REQUEST, "name in body does not match the path");
-    }
-    svc.name = name.clone();
-    match s.vip_services.get(&name) {
-        Some(existing) => {
-            if svc.addrs.is_empty() {
-                return error(StatusCode::BAD_REQUEST, "addrs must be resent when updating a VIP service");
-            }
-            svc.addrs = existing.addrs.clone();
-        }
-        None => {
-            if svc.addrs.is_empty() {
-                svc.addrs = s.allocate_addrs([100, 100]);
-            }
-        }
-    }
-    s.vip_services.insert(name, svc.clone());
-    Json(svc).into_response()
 }
 
 async fn delete_vip_service(State(store): State<Shared>, Path((tailnet, name)): Path<(String, String)>) -> Response {
@@ -509,7 +557,7 @@ async fn delete_vip_service(State(store): State<Shared>, Path((tailnet, name)): 
     if !s.known_tailnet(&tailnet) {
         return error(StatusCode::NOT_FOUND, "tailnet not found");
     }
-    match s.vip_services.remove(&name) {
+    match s.tailnet.vip_services.remove(&name) {
         Some(_) => StatusCode::OK.into_response(),
         None => error(StatusCode::NOT_FOUND, "VIP service not found"),
     }
@@ -581,7 +629,7 @@ mod tests {
 
     #[test]
     fn allocated_addresses_are_unique() {
-        let mut s = Store::default();
+        let mut s = Tailnet::default();
         let a = s.allocate_addrs([100, 100]);
         let b = s.allocate_addrs([100, 100]);
         assert_eq!(a.len(), 2);
