@@ -792,16 +792,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let xds_stop = stop.clone();
     let xds_cache = cache.clone();
     tasks.spawn(async move {
-        let stopped = xds_stop.clone();
         if let Err(error) =
-            crate::xds::serve_on(
-                xds_listener,
-                xds_cache,
-                xds_options,
-                xds_metrics,
-                async move { stopped.cancelled().await },
-            )
-            .await
+            crate::xds::serve_listener(xds_listener, xds_cache, xds_options, xds_metrics, xds_stop.clone()).await
         {
             tracing::error!(%error, "Envoy Gateway extension server failed; shutting down");
             xds_stop.cancel();
@@ -854,8 +846,7 @@ fn spawn_reconciler(
         ..crate::lease::LeaseConfig::new(args.namespace.clone(), args.lease_name.clone(), identity.clone())
     };
     let elector = crate::lease::LeaderElector::new(client.clone(), lease);
-    let lease_stop = stop.clone();
-    tasks.spawn(async move { elector.run(leader_tx, async move { lease_stop.cancelled().await }).await });
+    tasks.spawn(elector.run(leader_tx, stop.clone()));
     let config = Config {
         namespace: args.namespace.clone(),
         proxy_image: args.proxy_image.clone(),
@@ -866,7 +857,7 @@ fn spawn_reconciler(
     };
     let metrics = Arc::new(ReconcilerMetrics::new(registry));
     let ctx = Arc::new(Context::new(client, cache, Arc::new(HttpsApiFactory), metrics, config, Some(identity)));
-    tasks.spawn(async move { crate::reconciler::run(ctx, leader_rx, async move { stop.cancelled().await }).await });
+    tasks.spawn(crate::reconciler::run(ctx, leader_rx, stop));
 }
 
 fn display_addr(addr: SocketAddr) -> String {
