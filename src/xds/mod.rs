@@ -353,6 +353,37 @@ pub async fn serve(
     serve_listener(listener, cache, opts, metrics, stop).await
 }
 
+/// Reports the extension service SERVING on `reporter` once `cache` has loaded every kind.
+async fn serving_once_synced(cache: crate::cache::Cache, reporter: tonic_health::server::HealthReporter) {
+    let mut synced = cache.subscribe();
+    loop {
+        if cache.synced() {
+            reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+            tracing::info!("xds: cache synced, extension service serving");
+            return;
+        }
+        // The cache bumps its revision when a kind becomes synced, so a change notification
+        // is all there is to wait for.
+        if synced.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn log_listening(local: Option<SocketAddr>, opts: &XdsOptions) {
+    let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    tracing::info!(
+        %addr,
+        tls = opts.tls.is_some(),
+        max_message_size = opts.max_message_size,
+        max_resources_per_call = opts.max_resources_per_call,
+        max_concurrent_calls = opts.max_concurrent_calls,
+        max_decoded_size = opts.max_decoded_size,
+        max_connections = opts.max_connections,
+        "extension server listening"
+    );
+}
+
 /// [`serve_listener`] until `shutdown` completes, for callers that hold a future rather than a
 /// token (`benches/xds.rs`); everything in this crate passes a [`CancellationToken`].
 pub async fn serve_on(
@@ -388,22 +419,7 @@ pub async fn serve_listener(
     let local = listener.local_addr().ok();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-    let mut synced = cache.subscribe();
-    let sync_cache = cache.clone();
-    let health_task = tokio::spawn(async move {
-        loop {
-            if sync_cache.synced() {
-                reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
-                tracing::info!("xds: cache synced, extension service serving");
-                return;
-            }
-            // The cache bumps its revision when a kind becomes synced, so a change notification
-            // is all there is to wait for.
-            if synced.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    let health_task = tokio::spawn(serving_once_synced(cache.clone(), reporter));
     let svc = pb::envoy_gateway_extension_server::EnvoyGatewayExtensionServer::new(ExtensionService::new(
         cache,
         opts.hooks.clone(),
@@ -423,17 +439,7 @@ pub async fn serve_listener(
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(health)
         .add_service(svc);
-    let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    tracing::info!(
-        %addr,
-        tls = opts.tls.is_some(),
-        max_message_size = opts.max_message_size,
-        max_resources_per_call = opts.max_resources_per_call,
-        max_concurrent_calls = opts.max_concurrent_calls,
-        max_decoded_size = opts.max_decoded_size,
-        max_connections = opts.max_connections,
-        "extension server listening"
-    );
+    log_listening(local, &opts);
     let slots = crate::server::Slots::new(opts.max_connections, "--xds-max-connections");
     // Stops the accept loop (and, with TLS, the reloaders) when serving ends: after `stop`, once
     // tonic has finished its graceful shutdown.
