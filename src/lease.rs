@@ -9,7 +9,6 @@
 //! based on, so when two replicas race the API server accepts one write and rejects the other
 //! with 409 Conflict: two replicas never both win.
 
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -19,6 +18,7 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Leader election settings.
@@ -224,16 +224,15 @@ impl LeaderElector {
         }
     }
 
-    /// Competes for the Lease until `shutdown` completes, publishing "this replica leads" on
+    /// Competes for the Lease until `stop` is cancelled, publishing "this replica leads" on
     /// `is_leader` (the reconciler runs only while it is `true`). A leader that cannot renew for
     /// `renew_deadline` publishes `false`. On shutdown it publishes `false` first, then
     /// releases the Lease.
-    pub async fn run(mut self, is_leader: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    pub async fn run(mut self, is_leader: watch::Sender<bool>, stop: CancellationToken) {
         let mut last_renewed: Option<Instant> = None;
         loop {
             let round = tokio::select! {
-                () = &mut shutdown => break,
+                () = stop.cancelled() => break,
                 r = self.try_acquire_or_renew() => r,
             };
             let leading = match round {
@@ -264,7 +263,7 @@ impl LeaderElector {
             }
             let wait = if leading { self.cfg.renew_interval } else { self.cfg.retry_interval };
             tokio::select! {
-                () = &mut shutdown => break,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -553,16 +552,14 @@ mod tests {
             ),
         ]);
         let (tx, mut rx) = watch::channel(false);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stop = CancellationToken::new();
         let elector = LeaderElector::new(client, config("pod-a"));
-        let running = tokio::spawn(elector.run(tx, async move {
-            let _ = stopped.await;
-        }));
+        let running = tokio::spawn(elector.run(tx, stop.clone()));
         rx.wait_for(|leading| *leading).await.expect("waiting to lead");
         // Let one renewal happen (renew interval 50ms), then shut down.
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(*rx.borrow(), "still leading after renewing");
-        let _ = stop.send(());
+        stop.cancel();
         running.await.expect("joining the elector task");
         assert!(!*rx.borrow_and_update(), "not leading after shutdown");
         finish(server).await;
@@ -589,13 +586,11 @@ mod tests {
         let mut cfg = config("pod-a");
         cfg.retry_interval = Duration::from_secs(60); // no further rounds once stepped down
         let (tx, mut rx) = watch::channel(false);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(LeaderElector::new(client, cfg).run(tx, async move {
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(LeaderElector::new(client, cfg).run(tx, stop.clone()));
         rx.wait_for(|leading| *leading).await.expect("waiting to lead");
         rx.wait_for(|leading| !*leading).await.expect("waiting to step down");
-        let _ = stop.send(());
+        stop.cancel();
         running.await.expect("joining the elector task");
         finish(server).await;
     }
@@ -684,20 +679,17 @@ mod tests {
         let store = Arc::new(Mutex::new(None));
         let (tx_a, mut rx_a) = watch::channel(false);
         let (tx_b, mut rx_b) = watch::channel(false);
-        let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
-        let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
-        let a = tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-a")).run(tx_a, async move {
-            let _ = stopped_a.await;
-        }));
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let a =
+            tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-a")).run(tx_a, stop_a.clone()));
         rx_a.wait_for(|l| *l).await.expect("waiting for pod-a to lead");
-        let b = tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-b")).run(tx_b, async move {
-            let _ = stopped_b.await;
-        }));
+        let b =
+            tokio::spawn(LeaderElector::new(lease_server(store.clone()), config("pod-b")).run(tx_b, stop_b.clone()));
         // Several renew and retry rounds: a keeps leading, b waits.
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(*rx_a.borrow() && !*rx_b.borrow());
 
-        let _ = stop_a.send(());
+        stop_a.cancel();
         a.await.expect("joining pod-a's elector task");
         assert!(!*rx_a.borrow_and_update());
         // Released, so b takes over on its next round, well before the lease would expire.
@@ -706,7 +698,7 @@ mod tests {
         assert!(before.elapsed() <= config("pod-b").retry_interval);
         assert_eq!(stored_holder(&store).as_deref(), Some("pod-b"));
 
-        let _ = stop_b.send(());
+        stop_b.cancel();
         b.await.expect("joining pod-b's elector task");
         assert_eq!(stored_holder(&store), None, "released on shutdown");
     }

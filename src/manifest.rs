@@ -13,7 +13,7 @@ use crate::core::field::FieldError;
 use crate::core::resource::{ParseError, vip_service_name};
 use crate::core::routes::RouteKind;
 use crate::core::unknown::unknown_fields;
-use crate::core::validate::{ClusterView, review};
+use crate::core::validate::{ClusterView, Verdict, review};
 use crate::core::{Kind, ObjectKey, Resource, field::summarize};
 
 /// Where a document came from: file and 1-based document index.
@@ -354,35 +354,28 @@ pub type LastGood = BTreeMap<(PathBuf, usize), Resource>;
 /// keeps the stored object when an update is rejected. Local mode reloads this way.
 pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastGood) -> Loaded {
     let mut loaded = Loaded::default();
-    let kept = |source: &Source| previous.get(&(source.path.clone(), source.document)).cloned();
-    let keeping =
-        |message: String, source: &Source| match previous.contains_key(&(source.path.clone(), source.document)) {
-            true => format!("{message}; still serving its last valid version"),
-            false => message,
-        };
-    // A document that names an object but does not fit its type or schema: rejected, keeping the
-    // last valid version of that same object if there is one.
-    let reject_keeping = |loaded: &mut Loaded,
-                          parsed: &mut Vec<(Source, Resource)>,
-                          source: Source,
-                          message: String,
-                          kind: &str,
-                          ns_name: &str| {
-        let (ns, name) = ns_name.split_once('/').unwrap_or(("", ns_name));
-        let same = kept(&source).filter(|prev| {
-            let key = prev.key();
-            prev.kind().name() == kind && key.name == name && (key.namespace.is_empty() || key.namespace == ns)
-        });
-        let message = match same {
-            Some(prev) => {
-                parsed.push((source.clone(), prev));
-                format!("{message}; still serving its last valid version")
+    let texts = read_texts(paths, &mut loaded);
+    let mut parsed = Parsed::new(previous);
+    for (path, text) in &texts {
+        match text {
+            Err(e) => parsed.unreadable(&mut loaded, path, e),
+            Ok(text) => {
+                for doc in parse_file(path, text) {
+                    match doc {
+                        Err(problem) => parsed.unparsable(&mut loaded, problem),
+                        Ok((source, value)) => parsed.document(&mut loaded, source, value, default_namespace),
+                    }
+                }
             }
-            None => message,
-        };
-        loaded.problems.push(Problem::error(source, message));
-    };
-    // Every path on its own, so one that does not exist is named and the others still load.
+        }
+    }
+    parsed.validate(&mut loaded);
+    loaded
+}
+
+/// Every file under `paths` (and standard input for `-`) with its text or why it could not be
+/// read; skipped paths become warnings and `loaded.files` counts the files read.
+fn read_texts(paths: &[PathBuf], loaded: &mut Loaded) -> Vec<(PathBuf, Result<String, String>)> {
     let mut collected = Collected::default();
     let mut stdin = false;
     for path in paths {
@@ -413,152 +406,232 @@ pub fn load_keeping(paths: &[PathBuf], default_namespace: &str, previous: &LastG
         (p, text)
     }));
     loaded.files = texts.iter().filter(|(_, t)| t.is_ok()).count();
-    let mut parsed: Vec<(Source, Resource)> = Vec::new();
-    // Where `parsed` holds last valid versions kept for documents that no longer say which object
-    // they are (unreadable file, broken YAML). They keep their place (and so their VIP claims), but
-    // a fresh copy of the same object anywhere wins and the kept one quietly goes.
-    let mut fallbacks: BTreeSet<usize> = BTreeSet::new();
-    for (path, text) in &texts {
-        let text = match text {
-            Ok(t) => t,
-            Err(e) => {
-                // The file's documents, or everything that was under a folder that could not be read.
-                let from_file: Vec<(Source, Resource)> = previous
-                    .iter()
-                    .filter(|((p, _), _)| p.starts_with(path))
-                    .map(|((p, document), r)| (Source { path: p.clone(), document: *document, line: 0 }, r.clone()))
-                    .collect();
-                let message = match from_file.len() {
-                    0 => e.clone(),
-                    n => format!("{e}; still serving the last valid version of its {n} object(s)"),
-                };
-                loaded.problems.push(Problem::error(Source::file(path), message));
-                for kept in from_file {
-                    fallbacks.insert(parsed.len());
-                    parsed.push(kept);
-                }
-                continue;
-            }
+    texts
+}
+
+/// What an error says when the document's last valid version is served in its place.
+const STILL_SERVING: &str = "; still serving its last valid version";
+
+/// The objects parsed from a set of documents, in file order, and the last valid versions
+/// (from `previous`) that stand in for documents that failed: what [`load_keeping`] keeps, and
+/// how its errors say so.
+struct Parsed<'a> {
+    previous: &'a LastGood,
+    objects: Vec<(Source, Resource)>,
+    /// Where `objects` holds last valid versions kept for documents that no longer say which
+    /// object they are (unreadable file, broken YAML). They keep their place (and so their VIP
+    /// claims), but a fresh copy of the same object anywhere wins and the kept one quietly goes.
+    fallbacks: BTreeSet<usize>,
+}
+
+impl<'a> Parsed<'a> {
+    fn new(previous: &'a LastGood) -> Self {
+        Parsed { previous, objects: Vec::new(), fallbacks: BTreeSet::new() }
+    }
+
+    /// The last valid object read from the document at `source`.
+    fn kept(&self, source: &Source) -> Option<Resource> {
+        self.previous.get(&(source.path.clone(), source.document)).cloned()
+    }
+
+    /// `message`, saying so when the document at `source` had a valid version.
+    fn keeping(&self, message: String, source: &Source) -> String {
+        match self.previous.contains_key(&(source.path.clone(), source.document)) {
+            true => format!("{message}{STILL_SERVING}"),
+            false => message,
+        }
+    }
+
+    /// Stands `object` in for a document that failed and no longer says which object it is.
+    fn fall_back(&mut self, source: Source, object: Resource) {
+        self.fallbacks.insert(self.objects.len());
+        self.objects.push((source, object));
+    }
+
+    /// A file that could not be read (or everything that was under a folder that could not be
+    /// read): its documents keep their last valid versions.
+    fn unreadable(&mut self, loaded: &mut Loaded, path: &Path, error: &str) {
+        let from_file: Vec<(Source, Resource)> = self
+            .previous
+            .iter()
+            .filter(|((p, _), _)| p.starts_with(path))
+            .map(|((p, document), r)| (Source { path: p.clone(), document: *document, line: 0 }, r.clone()))
+            .collect();
+        let message = match from_file.len() {
+            0 => error.to_string(),
+            n => format!("{error}; still serving the last valid version of its {n} object(s)"),
         };
-        for doc in parse_file(path, text) {
-            match doc {
-                Err(mut p) => {
-                    p.message = keeping(p.message, &p.source);
-                    if let Some(r) = kept(&p.source) {
-                        fallbacks.insert(parsed.len());
-                        parsed.push((p.source.clone(), r));
-                    }
-                    loaded.problems.push(p);
+        loaded.problems.push(Problem::error(Source::file(path), message));
+        for (source, object) in from_file {
+            self.fall_back(source, object);
+        }
+    }
+
+    /// A document that is not YAML (or not a mapping): it keeps its last valid version.
+    fn unparsable(&mut self, loaded: &mut Loaded, mut problem: Problem) {
+        problem.message = self.keeping(problem.message, &problem.source);
+        if let Some(r) = self.kept(&problem.source) {
+            self.fall_back(problem.source.clone(), r);
+        }
+        loaded.problems.push(problem);
+    }
+
+    /// A document that names an object but does not fit its type or schema: rejected, keeping
+    /// the last valid version of that same object if there is one.
+    fn reject(&mut self, loaded: &mut Loaded, source: Source, message: String, kind: &str, ns_name: &str) {
+        let (ns, name) = ns_name.split_once('/').unwrap_or(("", ns_name));
+        let same = self.kept(&source).filter(|prev| {
+            let key = prev.key();
+            prev.kind().name() == kind && key.name == name && (key.namespace.is_empty() || key.namespace == ns)
+        });
+        let message = match same {
+            Some(prev) => {
+                self.objects.push((source.clone(), prev));
+                format!("{message}{STILL_SERVING}")
+            }
+            None => message,
+        };
+        loaded.problems.push(Problem::error(source, message));
+    }
+
+    /// One parsed document: an object of ours (checked for unknown fields and its schema), a
+    /// route (kept whole, namespace defaulted), or another kind (counted).
+    fn document(&mut self, loaded: &mut Loaded, source: Source, value: Value, default_namespace: &str) {
+        let kind_hint = value.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
+        let name_hint = format!(
+            "{}/{}",
+            value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_namespace),
+            value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+        );
+        let unknown = unknown_fields_of(&kind_hint, &value);
+        // Routes are kept whole (`from_value` consumes the document).
+        let mut original_route = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| RouteKind::of(v, &kind_hint))
+            .map(|_| value.clone());
+        match Resource::from_value(value) {
+            Ok(r) if !unknown.is_empty() => {
+                let key = {
+                    let mut r = r;
+                    r.default_namespace(default_namespace);
+                    r.key()
+                };
+                let message = summarize(&kind_hint, &key.to_string(), &unknown);
+                self.reject(loaded, source, message, &kind_hint, &name_hint);
+            }
+            Ok(mut r) => {
+                r.default_namespace(default_namespace);
+                self.objects.push((source, r));
+            }
+            Err(ParseError::NotOurs { api_version, kind }) => {
+                loaded.foreign += 1;
+                if let Some(route_kind) = RouteKind::of(&api_version, &kind) {
+                    let route = with_namespace(original_route.take().unwrap_or_default(), default_namespace);
+                    loaded.routes.push((route_kind, route));
                 }
-                Ok((source, value)) => {
-                    let kind_hint = value.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
-                    let name_hint = format!(
-                        "{}/{}",
-                        value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_namespace),
-                        value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
-                    );
-                    // Strict field validation, as `kubectl apply` has by default: a misspelt
-                    // field is an error, not silently dropped.
-                    let unknown: Vec<FieldError> = Kind::from_name(&kind_hint)
-                        .filter(|_| value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION))
-                        .map(|k| unknown_fields(k, &value))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|path| FieldError::unknown(path, format!("{kind_hint} {API_VERSION} has no such field")))
-                        .collect();
-                    // Routes are kept whole (`from_value` consumes the document).
-                    let mut original_route = value
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .and_then(|v| RouteKind::of(v, &kind_hint))
-                        .map(|_| value.clone());
-                    match Resource::from_value(value) {
-                        Ok(r) if !unknown.is_empty() => {
-                            let key = {
-                                let mut r = r;
-                                r.default_namespace(default_namespace);
-                                r.key()
-                            };
-                            let message = summarize(&kind_hint, &key.to_string(), &unknown);
-                            reject_keeping(&mut loaded, &mut parsed, source, message, &kind_hint, &name_hint);
-                        }
-                        Ok(mut r) => {
-                            r.default_namespace(default_namespace);
-                            parsed.push((source, r));
-                        }
-                        Err(ParseError::NotOurs { api_version, kind }) => {
-                            loaded.foreign += 1;
-                            if let Some(route_kind) = RouteKind::of(&api_version, &kind) {
-                                let mut route = original_route.take().unwrap_or_default();
-                                if route.pointer("/metadata/namespace").is_none()
-                                    && let Some(meta) = route.get_mut("metadata").and_then(Value::as_object_mut)
-                                {
-                                    meta.insert("namespace".into(), Value::String(default_namespace.into()));
-                                }
-                                loaded.routes.push((route_kind, route));
-                            }
-                        }
-                        Err(ParseError::Invalid(e)) => {
-                            let message = summarize(&kind_hint, &name_hint, &[e]);
-                            reject_keeping(&mut loaded, &mut parsed, source, message, &kind_hint, &name_hint);
-                        }
-                    }
-                }
+            }
+            Err(ParseError::Invalid(e)) => {
+                let message = summarize(&kind_hint, &name_hint, &[e]);
+                self.reject(loaded, source, message, &kind_hint, &name_hint);
             }
         }
     }
-    let mut view = SetView {
-        tailnets: parsed.iter().filter(|(_, r)| r.kind() == Kind::Tailnet).map(|(_, r)| r.key().name).collect(),
-        claims: BTreeMap::new(),
-    };
-    let fresh: BTreeSet<(Kind, ObjectKey)> = parsed
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !fallbacks.contains(i))
-        .map(|(_, (_, r))| (r.kind(), r.key()))
-        .collect();
-    let mut seen: BTreeSet<(Kind, ObjectKey)> = BTreeSet::new();
-    for (i, (source, res)) in parsed.into_iter().enumerate() {
-        let key = res.key();
-        if fallbacks.contains(&i) && fresh.contains(&(res.kind(), key.clone())) {
-            continue;
-        }
-        if !seen.insert((res.kind(), key.clone())) {
-            let message = format!("{} {key} is defined more than once; this copy is ignored", res.kind());
-            loaded.problems.push(Problem::error(source, message));
-            continue;
-        }
-        let mut res = res;
-        let mut verdict = review(&res, None, &view);
-        if !verdict.errors.is_empty() {
-            let message = summarize(res.kind().name(), &key.to_string(), &verdict.errors);
-            // The version of this object that passed last time, if it still passes (and is not
-            // this one). A document that now names another object gets no fallback.
-            let same_object = |prev: &Resource| prev.kind() == res.kind() && prev.key() == key && *prev != res;
-            let fallback = kept(&source).filter(same_object).and_then(|prev| {
-                let v = review(&prev, None, &view);
-                v.errors.is_empty().then_some((prev, v))
-            });
-            let Some((prev, v)) = fallback else {
+
+    /// Drops duplicates (and fallbacks a fresh copy replaced), then reviews each object against
+    /// the rest of the set in file order: a VIP name claimed twice goes to the first. An object
+    /// that fails keeps its last valid version if that still passes.
+    fn validate(mut self, loaded: &mut Loaded) {
+        let objects = std::mem::take(&mut self.objects);
+        let mut view = SetView {
+            tailnets: objects.iter().filter(|(_, r)| r.kind() == Kind::Tailnet).map(|(_, r)| r.key().name).collect(),
+            claims: BTreeMap::new(),
+        };
+        let fresh: BTreeSet<(Kind, ObjectKey)> = objects
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.fallbacks.contains(i))
+            .map(|(_, (_, r))| (r.kind(), r.key()))
+            .collect();
+        let mut seen: BTreeSet<(Kind, ObjectKey)> = BTreeSet::new();
+        for (i, (source, res)) in objects.into_iter().enumerate() {
+            let key = res.key();
+            if self.fallbacks.contains(&i) && fresh.contains(&(res.kind(), key.clone())) {
+                continue;
+            }
+            if !seen.insert((res.kind(), key.clone())) {
+                let message = format!("{} {key} is defined more than once; this copy is ignored", res.kind());
                 loaded.problems.push(Problem::error(source, message));
                 continue;
-            };
-            loaded
-                .problems
-                .push(Problem::error(source.clone(), format!("{message}; still serving its last valid version")));
-            (res, verdict) = (prev, v);
+            }
+            let Some((res, verdict)) = self.review_keeping(loaded, &source, res, &view) else { continue };
+            for w in verdict.warnings {
+                loaded.problems.push(Problem::warning(source.clone(), format!("{} {key}: {w}", res.kind())));
+            }
+            if let Resource::Services(s) = &res
+                && let Some(vip) = vip_service_name(s)
+            {
+                view.claims.entry(vip).or_default().push(key);
+            }
+            loaded.resources.push((source, res));
         }
-        for w in verdict.warnings {
-            loaded.problems.push(Problem::warning(source.clone(), format!("{} {key}: {w}", res.kind())));
-        }
-        if let Resource::Services(s) = &res
-            && let Some(vip) = vip_service_name(s)
-        {
-            view.claims.entry(vip).or_default().push(key);
-        }
-        loaded.resources.push((source, res));
     }
-    loaded
+
+    /// `res` reviewed against `view`; when it fails, the version of this object that passed last
+    /// time, if it still passes (and is not this one), with an error saying so. `None` when
+    /// neither passes (the error is reported). A document that now names another object gets no
+    /// fallback.
+    fn review_keeping(
+        &self,
+        loaded: &mut Loaded,
+        source: &Source,
+        res: Resource,
+        view: &SetView,
+    ) -> Option<(Resource, Verdict)> {
+        let verdict = review(&res, None, view);
+        if verdict.errors.is_empty() {
+            return Some((res, verdict));
+        }
+        let key = res.key();
+        let message = summarize(res.kind().name(), &key.to_string(), &verdict.errors);
+        let same_object = |prev: &Resource| prev.kind() == res.kind() && prev.key() == key && *prev != res;
+        let fallback = self.kept(source).filter(same_object).and_then(|prev| {
+            let v = review(&prev, None, view);
+            v.errors.is_empty().then_some((prev, v))
+        });
+        match fallback {
+            Some(fallback) => {
+                loaded.problems.push(Problem::error(source.clone(), format!("{message}{STILL_SERVING}")));
+                Some(fallback)
+            }
+            None => {
+                loaded.problems.push(Problem::error(source.clone(), message));
+                None
+            }
+        }
+    }
+}
+
+/// Strict field validation, as `kubectl apply` has by default: a misspelt field of one of our
+/// kinds is an error, not silently dropped.
+fn unknown_fields_of(kind_hint: &str, value: &Value) -> Vec<FieldError> {
+    Kind::from_name(kind_hint)
+        .filter(|_| value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION))
+        .map(|k| unknown_fields(k, value))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| FieldError::unknown(path, format!("{kind_hint} {API_VERSION} has no such field")))
+        .collect()
+}
+
+/// `object` with `metadata.namespace` set to `namespace` when it has metadata but no namespace.
+fn with_namespace(mut object: Value, namespace: &str) -> Value {
+    if object.pointer("/metadata/namespace").is_none()
+        && let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.insert("namespace".into(), Value::String(namespace.into()));
+    }
+    object
 }
 
 #[cfg(test)]

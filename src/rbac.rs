@@ -406,6 +406,38 @@ pub fn allowed_by(attrs: &Attributes, install_namespace: &str) -> Option<&'stati
     PERMISSIONS.iter().find(|p| p.allows(attrs, install_namespace))
 }
 
+/// The chart's bindings of built-in roles (one per [`Scope::BuiltIn`], in table order), each
+/// after a comment saying what the role grants that we need.
+fn built_in_bindings(out: &mut String, labels: &str, subject: &str) {
+    use std::fmt::Write as _;
+    let app = install::APP_NAME;
+    let mut built_in: Vec<Scope> = Vec::new();
+    for p in PERMISSIONS {
+        if matches!(p.scope, Scope::BuiltIn { .. }) && !built_in.contains(&p.scope) {
+            built_in.push(p.scope);
+        }
+    }
+    for scope in built_in {
+        let Scope::BuiltIn { role_kind, role, namespace, binding } = scope else { continue };
+        let granted: Vec<String> = PERMISSIONS
+            .iter()
+            .filter(|p| p.scope == scope)
+            .map(|p| format!("{} {}/{}", p.verbs.join(","), p.group, p.resource))
+            .collect();
+        let _ = writeln!(out, "---\n# {role}: {}", granted.join("; "));
+        let kind = if namespace.is_some() { "RoleBinding" } else { "ClusterRoleBinding" };
+        let _ =
+            write!(out, "apiVersion: rbac.authorization.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {app}:{binding}\n");
+        if let Some(ns) = namespace {
+            let _ = writeln!(out, "  namespace: {ns}");
+        }
+        let _ = write!(
+            out,
+            "{labels}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: {role_kind}\n  name: {role}\n{subject}"
+        );
+    }
+}
+
 /// Where the chart's generated RBAC template lives, relative to the repository root.
 pub const HELM_TEMPLATE_PATH: &str = "charts/tailscale-gateway/templates/rbac.yaml";
 
@@ -458,31 +490,7 @@ pub fn helm_template() -> String {
          {labels}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {app}\n{subject}"
     );
     let plurals: Vec<String> = crate::api::crds().into_iter().map(|c| c.spec.names.plural).collect();
-    let mut built_in: Vec<Scope> = Vec::new();
-    for p in PERMISSIONS {
-        if matches!(p.scope, Scope::BuiltIn { .. }) && !built_in.contains(&p.scope) {
-            built_in.push(p.scope);
-        }
-    }
-    for scope in built_in {
-        let Scope::BuiltIn { role_kind, role, namespace, binding } = scope else { continue };
-        let granted: Vec<String> = PERMISSIONS
-            .iter()
-            .filter(|p| p.scope == scope)
-            .map(|p| format!("{} {}/{}", p.verbs.join(","), p.group, p.resource))
-            .collect();
-        let _ = writeln!(out, "---\n# {role}: {}", granted.join("; "));
-        let kind = if namespace.is_some() { "RoleBinding" } else { "ClusterRoleBinding" };
-        let _ =
-            write!(out, "apiVersion: rbac.authorization.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {app}:{binding}\n");
-        if let Some(ns) = namespace {
-            let _ = writeln!(out, "  namespace: {ns}");
-        }
-        let _ = write!(
-            out,
-            "{labels}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: {role_kind}\n  name: {role}\n{subject}"
-        );
-    }
+    built_in_bindings(&mut out, &labels, &subject);
     let _ = write!(
         out,
         "---\n# Everyone with `view` (and so `edit` and `admin`) reads our resources and the aggregated API.\n\

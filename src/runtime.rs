@@ -609,15 +609,13 @@ impl WatchFailures {
     }
 }
 
-/// Starts the server: cache and its feeders, HTTPS server, background tasks.
+/// Starts the server: cache and its feeders, HTTPS server, background tasks. Each step below is
+/// a function of its own; their order is the order things are bound, loaded and spawned.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let cache = Cache::default();
-    let mut registry = Registry::with_prefix("tailscale_gateway");
-    let admission_metrics = AdmissionMetrics::register(&mut registry);
-    let xds_metrics = crate::xds::XdsMetrics::register(&mut registry);
-    let aggregated_metrics = crate::metrics::AggregatedMetrics::register(&mut registry);
+    let mut metrics = Metrics::register();
 
     check_lease_timings(&args)?;
     if let Some(dir) = &args.local {
@@ -626,44 +624,130 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         })?;
     }
     let local = args.local.is_some();
-    let listen = args.listen.unwrap_or_else(|| {
-        if local { SocketAddr::from(([127, 0, 0, 1], 8443)) } else { SocketAddr::from(([0, 0, 0, 0], 8443)) }
-    });
-    // Before anything is bound or written: a second local server on the same state directory
-    // would rewrite the first one's kubeconfig.
-    let state_lock = match local {
-        true => Some(crate::local::lock_state_dir(&args.state_dir, &format!("https://{}", display_addr(listen)))?),
-        false => None,
-    };
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding HTTPS listener on {listen}"))?;
-    let https_addr = listener.local_addr()?;
-    let xds_listen = args.xds_addr.unwrap_or_else(|| {
-        if local { SocketAddr::from(([127, 0, 0, 1], 5005)) } else { SocketAddr::from(([0, 0, 0, 0], 5005)) }
-    });
-    let xds_listener = TcpListener::bind(xds_listen)
-        .await
-        .with_context(|| format!("binding Envoy Gateway extension listener on {xds_listen}"))?;
-    let xds_addr = xds_listener.local_addr()?;
-    let health_listener = match args.health_addr {
-        Some(addr) => {
-            Some(TcpListener::bind(addr).await.with_context(|| format!("binding the health listener on {addr}"))?)
-        }
-        None => None,
-    };
-
+    let listeners = Listeners::bind(&args).await?;
+    let (https_addr, xds_addr) = (listeners.https_addr, listeners.xds_addr);
     let kube_client = match &args.local {
         Some(_) => None,
         None => {
             Some(kube_client().await.context("connecting to Kubernetes (use --local DIR to run without a cluster)")?)
         }
     };
+    let serving = serving_certificate(&args, kube_client.as_ref(), https_addr, &mut tasks, &stop).await?;
 
-    // Serving certificate: files (reloaded on change), local-mode PKI, self-managed in a
-    // Secret, or self-generated.
-    let mut kubeconfig = None;
-    let mut local_ca = None;
-    let store = match (&args.tls_cert_file, &args.tls_key_file, &args.local) {
-        (Some(cert), Some(key), _) => {
+    // Feed the cache; decide how the aggregated API authenticates.
+    let aggregated_auth = match &args.local {
+        Some(dir) => feed_from_dir(&args, dir, serving.local_ca, &cache, &mut tasks, &stop)?,
+        None => {
+            let client = kube_client.context("no Kubernetes client")?;
+            feed_from_cluster(&args, client, &cache, &mut metrics.registry, &mut tasks, &stop)
+        }
+    };
+
+    spawn_xds(&args, listeners.xds, cache.clone(), metrics.xds, &mut tasks, &stop)?;
+    let app =
+        https_app(&args, &cache, metrics.registry, metrics.admission, metrics.aggregated, aggregated_auth, &stop)?;
+    let tls_config = tls::server_config(serving.store)?;
+    let limits = https_limits(&args);
+    tasks.spawn(crate::server::serve(listeners.https, tls_config, app, limits, stop.clone()));
+    let health_addr = listeners.health.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(health) = listeners.health {
+        let app = health_router(cache.clone());
+        tasks.spawn(crate::server::serve_plain(health, app, crate::server::Limits::health(), stop.clone()));
+    }
+    tracing::info!(%https_addr, %xds_addr, local, "serving");
+    Ok(Running {
+        https_addr,
+        xds_addr,
+        health_addr,
+        kubeconfig: serving.kubeconfig,
+        cache,
+        stop,
+        tasks,
+        _state_lock: listeners.state_lock,
+    })
+}
+
+/// Every metric family, registered at start (the reconciler adds its own while it is wired).
+struct Metrics {
+    registry: Registry,
+    admission: AdmissionMetrics,
+    xds: crate::xds::XdsMetrics,
+    aggregated: crate::metrics::AggregatedMetrics,
+}
+
+impl Metrics {
+    fn register() -> Self {
+        let mut registry = Registry::with_prefix("tailscale_gateway");
+        let admission = AdmissionMetrics::register(&mut registry);
+        let xds = crate::xds::XdsMetrics::register(&mut registry);
+        let aggregated = crate::metrics::AggregatedMetrics::register(&mut registry);
+        Self { registry, admission, xds, aggregated }
+    }
+}
+
+/// The bound ports, and in local mode the state directory's lock.
+struct Listeners {
+    https: TcpListener,
+    https_addr: SocketAddr,
+    xds: TcpListener,
+    xds_addr: SocketAddr,
+    health: Option<TcpListener>,
+    state_lock: Option<crate::local::StateLock>,
+}
+
+impl Listeners {
+    /// Locks the state directory (local mode), then binds HTTPS, the extension and health.
+    async fn bind(args: &ServeArgs) -> anyhow::Result<Self> {
+        let local = args.local.is_some();
+        let listen = args.listen.unwrap_or_else(|| {
+            if local { SocketAddr::from(([127, 0, 0, 1], 8443)) } else { SocketAddr::from(([0, 0, 0, 0], 8443)) }
+        });
+        // Before anything is bound or written: a second local server on the same state directory
+        // would rewrite the first one's kubeconfig.
+        let state_lock = match local {
+            true => Some(crate::local::lock_state_dir(&args.state_dir, &format!("https://{}", display_addr(listen)))?),
+            false => None,
+        };
+        let https = TcpListener::bind(listen).await.with_context(|| format!("binding HTTPS listener on {listen}"))?;
+        let https_addr = https.local_addr()?;
+        let xds_listen = args.xds_addr.unwrap_or_else(|| {
+            if local { SocketAddr::from(([127, 0, 0, 1], 5005)) } else { SocketAddr::from(([0, 0, 0, 0], 5005)) }
+        });
+        let xds = TcpListener::bind(xds_listen)
+            .await
+            .with_context(|| format!("binding Envoy Gateway extension listener on {xds_listen}"))?;
+        let xds_addr = xds.local_addr()?;
+        let health = match args.health_addr {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the health listener on {addr}"))?)
+            }
+            None => None,
+        };
+        Ok(Self { https, https_addr, xds, xds_addr, health, state_lock })
+    }
+}
+
+/// The serving certificate, and what local mode's PKI leaves for later steps.
+struct Serving {
+    store: Arc<CertStore>,
+    /// Local mode: the kubeconfig written for kubectl.
+    kubeconfig: Option<PathBuf>,
+    /// Local mode: the state directory's CA (PEM), which client certificates are checked against.
+    local_ca: Option<String>,
+}
+
+/// The serving certificate: files (reloaded on change), local-mode PKI, self-managed in a
+/// Secret, or self-generated.
+async fn serving_certificate(
+    args: &ServeArgs,
+    kube_client: Option<&kube::Client>,
+    https_addr: SocketAddr,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Serving> {
+    let served = |store| Serving { store, kubeconfig: None, local_ca: None };
+    match (&args.tls_cert_file, &args.tls_key_file, &args.local, kube_client) {
+        (Some(cert), Some(key), _, _) => {
             let (c, k) = tls::load_files(cert, key)?;
             let store =
                 CertStore::new(tls::certified_key(&c, &k).with_context(|| format!("loading {}", cert.display()))?);
@@ -674,41 +758,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 args.tls_reload_interval,
                 stop.clone(),
             ));
-            store
+            Ok(served(store))
         }
-        (_, _, Some(_)) => {
+        (_, _, Some(_), _) => {
             let pki = crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?;
             let server = format!("https://{}", display_addr(https_addr));
-            kubeconfig = Some(crate::local::write_kubeconfig(&args.state_dir, &server, &pki)?);
-            local_ca = Some(pki.ca.cert_pem.clone());
-            CertStore::new(tls::certified_key(pki.serving.cert_pem.as_bytes(), pki.serving.key_pem.as_bytes())?)
+            let kubeconfig = Some(crate::local::write_kubeconfig(&args.state_dir, &server, &pki)?);
+            let store =
+                CertStore::new(tls::certified_key(pki.serving.cert_pem.as_bytes(), pki.serving.key_pem.as_bytes())?);
+            Ok(Serving { store, kubeconfig, local_ca: Some(pki.ca.cert_pem) })
         }
-        (_, _, None) if args.self_managed_certs && kube_client.is_some() => {
-            let client = kube_client.clone().context("no Kubernetes client")?;
-            let mut names =
-                crate::install::service_dns_names(&args.service_name, &args.namespace, &args.cluster_domain);
-            names.extend(args.tls_sans.iter().cloned());
-            let manager = crate::selfcert::SelfCert::new(
-                client,
-                crate::selfcert::Config {
-                    namespace: args.namespace.clone(),
-                    secret_name: args.cert_secret.clone(),
-                    names,
-                    webhook_config_name: args.webhook_config_name.clone(),
-                    apiservice_name: args.apiservice_name.clone(),
-                    interval: Duration::from_secs(60),
-                    policy: crate::selfcert::Policy::default(),
-                },
-            );
-            let material = manager.ensure(crate::selfcert::unix_now()).await.with_context(|| {
-                format!("self-managed certificates in secret {}/{}", args.namespace, args.cert_secret)
-            })?;
-            let store = CertStore::new(tls::certified_key(
-                material.serving.cert_pem.as_bytes(),
-                material.serving.key_pem.as_bytes(),
-            )?);
-            tasks.spawn(manager.run(store.clone(), material, stop.clone()));
-            store
+        (_, _, None, Some(client)) if args.self_managed_certs => {
+            Ok(served(self_managed_certificate(args, client.clone(), tasks, stop).await?))
         }
         _ => {
             let ca = crate::pki::Ca::generate("tailscale-gateway self-signed CA")?;
@@ -716,62 +777,113 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             names.extend(args.tls_sans.iter().cloned());
             let pair = ca.issue_server(&names)?;
             tracing::warn!("no --tls-cert-file given: serving a self-generated certificate");
-            CertStore::new(tls::certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes())?)
-        }
-    };
-
-    // Feed the cache; decide how the aggregated API authenticates.
-    let aggregated_auth;
-    if let Some(dir) = &args.local {
-        // Client certificates come from the state directory's CA, even when serving files are given.
-        let ca_pem = match local_ca.take() {
-            Some(pem) => pem,
-            None => crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?.ca.cert_pem,
-        };
-        aggregated_auth = Auth::local(&ca_pem).map_err(anyhow::Error::msg)?;
-        let mut local_dir = crate::local::LocalDir::new(dir);
-        let summary = local_dir.load(&cache);
-        tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
-        tasks.spawn(crate::local::watch_dir(cache.clone(), local_dir, args.local_poll_interval, stop.clone()));
-    } else {
-        let client = kube_client.context("no Kubernetes client")?;
-        let delegated = Arc::new(Delegated::new(client.clone()));
-        tasks.spawn(follow_authentication_config(delegated.clone(), stop.clone()));
-        aggregated_auth = Auth::Delegated(delegated);
-        tasks.spawn(reflect(
-            kube::Api::<crate::api::TailscaleTailnet>::all(client.clone()),
-            Kind::Tailnet,
-            cache.clone(),
-            stop.clone(),
-        ));
-        tasks.spawn(reflect(
-            kube::Api::<crate::api::TailscaleEndpoints>::all(client.clone()),
-            Kind::Endpoints,
-            cache.clone(),
-            stop.clone(),
-        ));
-        tasks.spawn(reflect(
-            kube::Api::<crate::api::TailscaleServices>::all(client.clone()),
-            Kind::Services,
-            cache.clone(),
-            stop.clone(),
-        ));
-        tasks.spawn(reflect(
-            kube::Api::<crate::api::TailscaleGateway>::all(client.clone()),
-            Kind::Gateway,
-            cache.clone(),
-            stop.clone(),
-        ));
-        for kind in crate::core::routes::RouteKind::ALL {
-            tasks.spawn(reflect_routes(client.clone(), kind, cache.clone(), stop.clone()));
-        }
-        if !args.no_reconciler {
-            spawn_reconciler(&mut tasks, &args, client, cache.clone(), &mut registry, stop.clone());
+            Ok(served(CertStore::new(tls::certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes())?)))
         }
     }
+}
 
-    let xds_options = crate::xds::XdsOptions {
-        addr: xds_addr,
+/// A serving certificate kept in a Secret, issued now if need be and renewed in the background.
+async fn self_managed_certificate(
+    args: &ServeArgs,
+    client: kube::Client,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Arc<CertStore>> {
+    let mut names = crate::install::service_dns_names(&args.service_name, &args.namespace, &args.cluster_domain);
+    names.extend(args.tls_sans.iter().cloned());
+    let manager = crate::selfcert::SelfCert::new(
+        client,
+        crate::selfcert::Config {
+            namespace: args.namespace.clone(),
+            secret_name: args.cert_secret.clone(),
+            names,
+            webhook_config_name: args.webhook_config_name.clone(),
+            apiservice_name: args.apiservice_name.clone(),
+            interval: Duration::from_secs(60),
+            policy: crate::selfcert::Policy::default(),
+        },
+    );
+    let material = manager
+        .ensure(crate::selfcert::unix_now())
+        .await
+        .with_context(|| format!("self-managed certificates in secret {}/{}", args.namespace, args.cert_secret))?;
+    let store =
+        CertStore::new(tls::certified_key(material.serving.cert_pem.as_bytes(), material.serving.key_pem.as_bytes())?);
+    tasks.spawn(manager.run(store.clone(), material, stop.clone()));
+    Ok(store)
+}
+
+/// Local mode: loads the manifests in `dir` and follows them; the aggregated API checks client
+/// certificates against the state directory's CA (even when serving files are given).
+fn feed_from_dir(
+    args: &ServeArgs,
+    dir: &std::path::Path,
+    local_ca: Option<String>,
+    cache: &Cache,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Auth> {
+    let ca_pem = match local_ca {
+        Some(pem) => pem,
+        None => crate::local::ensure_pki(&args.state_dir, &args.tls_sans)?.ca.cert_pem,
+    };
+    let auth = Auth::local(&ca_pem).map_err(anyhow::Error::msg)?;
+    let mut local_dir = crate::local::LocalDir::new(dir);
+    let summary = local_dir.load(cache);
+    tracing::info!(dir = %dir.display(), objects = summary.objects, rejected = summary.rejected, "loaded local manifests");
+    tasks.spawn(crate::local::watch_dir(cache.clone(), local_dir, args.local_poll_interval, stop.clone()));
+    Ok(auth)
+}
+
+/// In a cluster: the aggregated API delegates authentication and authorization to the
+/// kube-apiserver; a watcher per kind (and per route kind) feeds the cache; and, unless
+/// `--no-reconciler`, leader election and the reconciler run.
+fn feed_from_cluster(
+    args: &ServeArgs,
+    client: kube::Client,
+    cache: &Cache,
+    registry: &mut Registry,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> Auth {
+    let delegated = Arc::new(Delegated::new(client.clone()));
+    tasks.spawn(follow_authentication_config(delegated.clone(), stop.clone()));
+    for kind in Kind::ALL {
+        spawn_reflector(tasks, kind, client.clone(), cache.clone(), stop.clone());
+    }
+    for kind in crate::core::routes::RouteKind::ALL {
+        tasks.spawn(reflect_routes(client.clone(), kind, cache.clone(), stop.clone()));
+    }
+    if !args.no_reconciler {
+        spawn_reconciler(tasks, args, client, cache.clone(), registry, stop.clone());
+    }
+    Auth::Delegated(delegated)
+}
+
+/// Spawns [`reflect`] for `kind` with the API of its type.
+fn spawn_reflector(tasks: &mut JoinSet<()>, kind: Kind, client: kube::Client, cache: Cache, stop: CancellationToken) {
+    use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+    use kube::Api;
+    match kind {
+        Kind::Tailnet => tasks.spawn(reflect(Api::<TailscaleTailnet>::all(client), kind, cache, stop)),
+        Kind::Endpoints => tasks.spawn(reflect(Api::<TailscaleEndpoints>::all(client), kind, cache, stop)),
+        Kind::Services => tasks.spawn(reflect(Api::<TailscaleServices>::all(client), kind, cache, stop)),
+        Kind::Gateway => tasks.spawn(reflect(Api::<TailscaleGateway>::all(client), kind, cache, stop)),
+    };
+}
+
+/// The Envoy Gateway extension on `listener`; its failure stops the whole server. Unusable TLS
+/// files fail here, at start-up, not in the background.
+fn spawn_xds(
+    args: &ServeArgs,
+    listener: TcpListener,
+    cache: Cache,
+    metrics: crate::xds::XdsMetrics,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let options = crate::xds::XdsOptions {
+        addr: listener.local_addr()?,
         tls: args.xds_tls_cert.clone().zip(args.xds_tls_key.clone()).map(|(cert, key)| crate::xds::TlsFiles {
             cert,
             key,
@@ -785,33 +897,32 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         max_connections: args.xds_max_connections,
         hooks: crate::xds::HookSettings { placement: args.placement(), ..crate::xds::HookSettings::default() },
     };
-    // Fail at start-up, not in the background, when the TLS files are unusable.
-    if let Some(files) = &xds_options.tls {
+    if let Some(files) = &options.tls {
         crate::xds::tls_config(files)?;
     }
-    let xds_stop = stop.clone();
-    let xds_cache = cache.clone();
+    let stop = stop.clone();
     tasks.spawn(async move {
-        let stopped = xds_stop.clone();
-        if let Err(error) =
-            crate::xds::serve_on(
-                xds_listener,
-                xds_cache,
-                xds_options,
-                xds_metrics,
-                async move { stopped.cancelled().await },
-            )
-            .await
-        {
+        if let Err(error) = crate::xds::serve_listener(listener, cache, options, metrics, stop.clone()).await {
             tracing::error!(%error, "Envoy Gateway extension server failed; shutting down");
-            xds_stop.cancel();
+            stop.cancel();
         }
     });
+    Ok(())
+}
 
-    let metrics_auth = aggregated_auth.clone();
-    let aggregated = AggregatedApi::new(cache.clone(), aggregated_auth, stop.clone()).with_metrics(aggregated_metrics);
-    // Local mode has no kube-apiserver to serve our CRD kinds: the aggregated API serves them too.
-    let aggregated = if local { aggregated.with_crds() } else { aggregated };
+/// The HTTPS port's service: webhooks, the aggregated API (our CRD kinds too in local mode, which
+/// has no kube-apiserver to serve them), health and metrics.
+fn https_app(
+    args: &ServeArgs,
+    cache: &Cache,
+    registry: Registry,
+    admission_metrics: AdmissionMetrics,
+    aggregated_metrics: crate::metrics::AggregatedMetrics,
+    auth: Auth,
+    stop: &CancellationToken,
+) -> anyhow::Result<HttpsApp> {
+    let aggregated = AggregatedApi::new(cache.clone(), auth.clone(), stop.clone()).with_metrics(aggregated_metrics);
+    let aggregated = if args.local.is_some() { aggregated.with_crds() } else { aggregated };
     let mut admission = Admission::new(cache.clone(), admission_metrics);
     if let Some(path) = &args.webhook_client_ca {
         let pem = std::fs::read(path).with_context(|| format!("reading --webhook-client-ca {}", path.display()))?;
@@ -819,19 +930,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .map_err(|e| anyhow::anyhow!("--webhook-client-ca {}: {e}", path.display()))?;
         admission.client_ca = Some(verifier);
     }
-    let routes =
-        router(admission.clone(), Arc::new(registry), metrics_auth).merge(crate::aggregated::router(aggregated));
-    let app = HttpsApp::new(admission, routes);
-    let tls_config = tls::server_config(store)?;
-    let limits = https_limits(&args);
-    tasks.spawn(crate::server::serve(listener, tls_config, app, limits, stop.clone()));
-    let health_addr = health_listener.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(health) = health_listener {
-        let app = health_router(cache.clone());
-        tasks.spawn(crate::server::serve_plain(health, app, crate::server::Limits::health(), stop.clone()));
-    }
-    tracing::info!(%https_addr, %xds_addr, local, "serving");
-    Ok(Running { https_addr, xds_addr, health_addr, kubeconfig, cache, stop, tasks, _state_lock: state_lock })
+    let routes = router(admission.clone(), Arc::new(registry), auth).merge(crate::aggregated::router(aggregated));
+    Ok(HttpsApp::new(admission, routes))
 }
 
 /// Starts leader election and the reconciler, which runs only while this replica leads.
@@ -854,8 +954,7 @@ fn spawn_reconciler(
         ..crate::lease::LeaseConfig::new(args.namespace.clone(), args.lease_name.clone(), identity.clone())
     };
     let elector = crate::lease::LeaderElector::new(client.clone(), lease);
-    let lease_stop = stop.clone();
-    tasks.spawn(async move { elector.run(leader_tx, async move { lease_stop.cancelled().await }).await });
+    tasks.spawn(elector.run(leader_tx, stop.clone()));
     let config = Config {
         namespace: args.namespace.clone(),
         proxy_image: args.proxy_image.clone(),
@@ -866,7 +965,7 @@ fn spawn_reconciler(
     };
     let metrics = Arc::new(ReconcilerMetrics::new(registry));
     let ctx = Arc::new(Context::new(client, cache, Arc::new(HttpsApiFactory), metrics, config, Some(identity)));
-    tasks.spawn(async move { crate::reconciler::run(ctx, leader_rx, async move { stop.cancelled().await }).await });
+    tasks.spawn(crate::reconciler::run(ctx, leader_rx, stop));
 }
 
 fn display_addr(addr: SocketAddr) -> String {

@@ -521,10 +521,7 @@ async fn every_request_the_code_sends_is_allowed_by_the_table() {
     // Controllers and their watches (list/watch cluster-wide) while leading.
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
     let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(tailscale_gateway::reconciler::run(ctx.clone(), leader_rx, {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    }));
+    let run = tokio::spawn(tailscale_gateway::reconciler::run(ctx.clone(), leader_rx, stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), run).await;

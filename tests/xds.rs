@@ -25,8 +25,8 @@ use tailscale_gateway::core::{Kind, ObjectKey, Resource};
 use tailscale_gateway::xds::backend::Placement;
 use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
 use tailscale_gateway::xds::pb::*;
-use tailscale_gateway::xds::{HookSettings, SERVICE_NAME, TlsFiles, XdsMetrics, XdsOptions, serve_on};
-use tokio::sync::oneshot;
+use tailscale_gateway::xds::{HookSettings, SERVICE_NAME, TlsFiles, XdsMetrics, XdsOptions, serve_listener};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
 
 const API: &str = "gateway.tailscale.com/v1alpha1";
@@ -105,7 +105,8 @@ fn fill_cache(cache: &Cache) {
 struct Running {
     addr: SocketAddr,
     metrics: XdsMetrics,
-    stop: Option<oneshot::Sender<()>>,
+    /// Cancels the server's token when dropped (with [`Running::stop`] or with the test).
+    stop: Option<DropGuard>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,9 +120,7 @@ impl Running {
     }
 
     async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        drop(self.stop.take());
         tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
             .unwrap_or_else(|_| panic!("server did not stop"))
@@ -142,16 +141,12 @@ async fn start_with(cache: Cache, tls: Option<TlsFiles>) -> Running {
         },
         ..XdsOptions::default()
     };
-    let (tx, rx) = oneshot::channel::<()>();
-    let m = metrics.clone();
+    let stop = CancellationToken::new();
+    let (m, token) = (metrics.clone(), stop.clone());
     let task = tokio::spawn(async move {
-        serve_on(listener, cache, opts, m, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("serving the extension");
+        serve_listener(listener, cache, opts, m, token).await.expect("serving the extension");
     });
-    Running { addr, metrics, stop: Some(tx), task }
+    Running { addr, metrics, stop: Some(stop.drop_guard()), task }
 }
 
 async fn start() -> Running {

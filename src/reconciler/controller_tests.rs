@@ -771,10 +771,8 @@ async fn controllers_run_only_while_leader() {
     let h = harness();
     h.fake.take_requests();
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(super::run(h.ctx.clone(), leader_rx, async move {
-        let _ = stop_rx.await;
-    }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(super::run(h.ctx.clone(), leader_rx, stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.fake.requests().is_empty(), "a follower sends nothing");
     leader_tx.send_replace(true);
@@ -799,7 +797,7 @@ async fn controllers_run_only_while_leader() {
     h.fake.take_requests();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(h.fake.requests().is_empty(), "after losing the lease nothing is sent");
-    let _ = stop_tx.send(());
+    stop.cancel();
     let finished = tokio::time::timeout(Duration::from_secs(5), task).await;
     assert!(finished.is_ok(), "run returns on shutdown");
 }

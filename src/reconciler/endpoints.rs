@@ -149,21 +149,50 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         Err(e) => return Err(e),
     };
     let observed = observe(&ctx.owned(), &ctx.deleted, &ns, &name)?;
-    let c = ctx.client.clone();
     let mut created = Vec::new();
-    if ensure(
-        ctx,
-        &Api::namespaced(c.clone(), &ns),
-        observed.service_account.as_deref(),
-        &builders::service_account(ep),
-    )
-    .await?
-    .is_some()
-        && observed.service_account.is_none()
-    {
+    let service_account = builders::service_account(ep);
+    let applied =
+        ensure(ctx, &Api::namespaced(ctx.client.clone(), &ns), observed.service_account.as_deref(), &service_account)
+            .await?;
+    if applied.is_some() && observed.service_account.is_none() {
         created.push("ServiceAccount");
     }
     let dp = data_plane(ep, ctx, &key, &observed);
+    ensure_access_and_config(ctx, ep, &observed, &dp).await?;
+    // Per-replica Secrets before the StatefulSet, so new pods find their config.
+    let states = ensure_replica_secrets(ctx, ep, &handle, &observed, &dp.advertise).await?;
+    let sts_facts = ensure_proxies(ctx, ep, &observed, &dp.plan, &mut created).await?;
+    if !created.is_empty() {
+        let replicas = builders::replicas(ep);
+        ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
+    }
+    scale_down(ctx, ep, &handle, &observed).await?;
+
+    let live = ctx.devices(&handle).await?;
+    let devices = states.iter().filter_map(|(i, st)| builders::device_status(&name, *i, st, &live)).collect();
+    let new_status = builders::endpoints_status(ep, devices, sts_facts.as_ref(), status::now_seconds());
+    apply_status(
+        ctx,
+        &Api::<TailscaleEndpoints>::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default()),
+        ep,
+        ep.status.as_ref(),
+        &new_status,
+    )
+    .await?;
+    Ok(Action::requeue(ctx.config.requeue))
+}
+
+/// The proxies' Role (the certificate Secrets that exist and those about to), RoleBinding,
+/// data-plane ConfigMap (before the StatefulSet: pods do not start without it) and certificate
+/// Secrets.
+async fn ensure_access_and_config(
+    ctx: &Context,
+    ep: &TailscaleEndpoints,
+    observed: &Observed,
+    dp: &DataPlane,
+) -> Result<(), Error> {
+    let ns = ep.namespace().unwrap_or_default();
+    let c = ctx.client.clone();
     // The proxies may read and write the certificate Secrets that exist and those about to.
     let role_domains: BTreeSet<String> = dp.cert_domains.iter().chain(observed.certs.keys()).cloned().collect();
     let role = builders::role(ep, &role_domains);
@@ -171,13 +200,23 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
     ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.role_binding.as_deref(), &builders::role_binding(ep))
         .await?;
     // The ConfigMap before the StatefulSet: pods do not start without it.
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.config_map.as_deref(), &dp.config_map).await?;
-    ensure_cert_secrets(ctx, ep, &observed, &dp).await?;
+    ensure(ctx, &Api::namespaced(c, &ns), observed.config_map.as_deref(), &dp.config_map).await?;
+    ensure_cert_secrets(ctx, ep, observed, dp).await
+}
 
-    // Per-replica Secrets before the StatefulSet, so new pods find their config.
+/// Each replica's config Secret (with an auth key minted for a replica that has neither one nor
+/// a device; `advertise` only for registered ones) and state Secret; returns each replica's
+/// device state.
+async fn ensure_replica_secrets(
+    ctx: &Context,
+    ep: &TailscaleEndpoints,
+    handle: &TailnetHandle,
+    observed: &Observed,
+    advertise: &[String],
+) -> Result<Vec<(i32, DeviceState)>, Error> {
+    let name = ep.name_any();
     let replicas = builders::replicas(ep);
-    let advertise = &dp.advertise;
-    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
     let mut states: Vec<(i32, DeviceState)> = Vec::with_capacity(replicas as usize);
     for i in 0..replicas {
         let mut config_secret = observed.config.get(&i).cloned();
@@ -203,61 +242,70 @@ async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> 
         ensure(ctx, &secrets, state_secret.as_deref(), &builders::state_secret(ep, i)).await?;
         states.push((i, state));
     }
+    Ok(states)
+}
+
+/// The StatefulSet (noted in `created` when new) and the proxies' Service; returns what the
+/// StatefulSet's status says, for the object's status.
+async fn ensure_proxies(
+    ctx: &Context,
+    ep: &TailscaleEndpoints,
+    observed: &Observed,
+    plan: &ProxyPlan,
+    created: &mut Vec<&'static str>,
+) -> Result<Option<ObservedStatefulSet>, Error> {
+    let ns = ep.namespace().unwrap_or_default();
+    let c = ctx.client.clone();
     let sts = builders::stateful_set(ep, &ctx.config.proxy_image);
     let applied = ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.stateful_set.as_deref(), &sts).await?;
     if applied.is_some() && observed.stateful_set.is_none() {
         created.push("StatefulSet");
     }
     let sts_facts = applied.as_ref().or(observed.stateful_set.as_deref()).map(ObservedStatefulSet::of);
-    ensure(ctx, &Api::namespaced(c.clone(), &ns), observed.service.as_deref(), &builders::service(ep, &dp.plan))
-        .await?;
-    if !created.is_empty() {
-        ctx.event(ep, false, "ProxiesCreated", format!("created {} for {replicas} proxies", created.join(", "))).await;
-    }
+    ensure(ctx, &Api::namespaced(c, &ns), observed.service.as_deref(), &builders::service(ep, plan)).await?;
+    Ok(sts_facts)
+}
 
-    // Scale-down: remove surplus devices from the tailnet, then their Secrets. The stores say
-    // whether there is any; what there is comes from the API server, so a device that registered
-    // a moment ago is not missed (its state Secret is the only record of its node ID).
+/// Scale-down: remove surplus devices from the tailnet, then their Secrets. The stores say
+/// whether there is any; what there is comes from the API server, so a device that registered
+/// a moment ago is not missed (its state Secret is the only record of its node ID).
+async fn scale_down(
+    ctx: &Context,
+    ep: &TailscaleEndpoints,
+    handle: &TailnetHandle,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let name = ep.name_any();
+    let replicas = builders::replicas(ep);
     let stored_surplus = observed.config.keys().chain(observed.state.keys()).any(|i| *i >= replicas);
-    if stored_surplus {
-        let live =
-            secrets.list(&ListParams::default().labels(&format!("{}={name}", builders::ENDPOINTS_LABEL))).await?;
-        let surplus: Vec<&Secret> =
-            live.items.iter().filter(|s| builders::replica_index(s).is_some_and(|i| i >= replicas)).collect();
-        let node_ids: Vec<String> = surplus
-            .iter()
-            .filter(|s| builders::is_config_secret(s) == Some(false))
-            .filter_map(|s| builders::device_state(s).node_id)
-            .collect();
-        delete_devices(ctx, &handle, &node_ids).await?;
-        let mut deleted = false;
-        for s in &surplus {
-            if delete_if_exists(&secrets, &s.name_any()).await? {
-                deleted = true;
-                if let Some(uid) = &s.metadata.uid {
-                    ctx.deleted.add(uid);
-                }
+    if !stored_surplus {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
+    let live = secrets.list(&ListParams::default().labels(&format!("{}={name}", builders::ENDPOINTS_LABEL))).await?;
+    let surplus: Vec<&Secret> =
+        live.items.iter().filter(|s| builders::replica_index(s).is_some_and(|i| i >= replicas)).collect();
+    let node_ids: Vec<String> = surplus
+        .iter()
+        .filter(|s| builders::is_config_secret(s) == Some(false))
+        .filter_map(|s| builders::device_state(s).node_id)
+        .collect();
+    delete_devices(ctx, handle, &node_ids).await?;
+    let mut deleted = false;
+    for s in &surplus {
+        if delete_if_exists(&secrets, &s.name_any()).await? {
+            deleted = true;
+            if let Some(uid) = &s.metadata.uid {
+                ctx.deleted.add(uid);
             }
         }
-        // A store that has not seen the deletions yet repeats this; the Event is for the first time.
-        if deleted {
-            let note = format!("removed {} surplus devices from the tailnet", node_ids.len());
-            ctx.event(ep, false, "ScaledDown", note).await;
-        }
     }
-
-    let live = ctx.devices(&handle).await?;
-    let devices = states.iter().filter_map(|(i, st)| builders::device_status(&name, *i, st, &live)).collect();
-    let new_status = builders::endpoints_status(ep, devices, sts_facts.as_ref(), status::now_seconds());
-    apply_status(
-        ctx,
-        &Api::<TailscaleEndpoints>::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default()),
-        ep,
-        ep.status.as_ref(),
-        &new_status,
-    )
-    .await?;
-    Ok(Action::requeue(ctx.config.requeue))
+    // A store that has not seen the deletions yet repeats this; the Event is for the first time.
+    if deleted {
+        let note = format!("removed {} surplus devices from the tailnet", node_ids.len());
+        ctx.event(ep, false, "ScaledDown", note).await;
+    }
+    Ok(())
 }
 
 /// Creates the shared certificate Secret of each HTTPS VIP the proxies serve (empty: replica 0

@@ -37,6 +37,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use metrics::ReconcilerMetrics;
 
@@ -455,25 +456,24 @@ where
 }
 
 /// Runs every controller while `is_leader` is true, stops them when leadership is lost, and
-/// returns once `shutdown` completes. Only the lease holder reconciles; every replica keeps
+/// returns once `stop` is cancelled. Only the lease holder reconciles; every replica keeps
 /// serving from the cache.
-pub async fn run(ctx: Arc<Context>, mut is_leader: watch::Receiver<bool>, shutdown: impl Future<Output = ()> + Send) {
-    let shutdown = shutdown;
-    tokio::pin!(shutdown);
+pub async fn run(ctx: Arc<Context>, mut is_leader: watch::Receiver<bool>, stop: CancellationToken) {
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = stop.cancelled() => return,
             r = is_leader.wait_for(|l| *l) => if r.is_err() { return },
         }
         tracing::info!("leader: starting controllers");
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let controllers = tokio::spawn(run_controllers(ctx.clone(), stop_rx));
+        // One token per term as leader: cancelled when leadership is lost or on shutdown.
+        let term = CancellationToken::new();
+        let controllers = tokio::spawn(run_controllers(ctx.clone(), term.clone()));
         let done = tokio::select! {
-            _ = &mut shutdown => true,
+            _ = stop.cancelled() => true,
             r = is_leader.wait_for(|l| !*l) => r.is_err(),
         };
         tracing::info!(shutdown = done, "stopping controllers");
-        let _ = stop_tx.send(true);
+        term.cancel();
         if let Err(e) = controllers.await {
             tracing::error!(error = %crate::errors::Chain(&e), "controllers task failed");
         }
@@ -483,18 +483,7 @@ pub async fn run(ctx: Arc<Context>, mut is_leader: watch::Receiver<bool>, shutdo
     }
 }
 
-fn stop_signal(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = stop.wait_for(|s| *s).await;
-        let _ = tx.send(());
-    });
-    async move {
-        let _ = rx.await;
-    }
-}
-
-async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
     use crate::api::{TailscaleEndpoints, TailscaleServices};
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -504,7 +493,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let client = ctx.client.clone();
     let (ep_tx, ep_rx) = tokio::sync::mpsc::unbounded_channel();
     let (svc_tx, svc_rx) = tokio::sync::mpsc::unbounded_channel();
-    let triggers = tokio::spawn(triggers::run(ctx.cache.clone(), ep_tx, svc_tx, stop_signal(stop.clone())));
+    let triggers = tokio::spawn(triggers::run(ctx.cache.clone(), ep_tx, svc_tx, stop.clone()));
     let cfg = controller::Config::default().debounce(Duration::from_millis(500)).concurrency(8);
 
     // Owned objects: one reflector per kind fills the store reconciles read, and its touched
@@ -524,13 +513,13 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
 
     let tailnets = Controller::new(Api::<TailscaleTailnet>::all(client.clone()), watcher::Config::default())
         .with_config(cfg.clone())
-        .graceful_shutdown_on(stop_signal(stop.clone()))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(tailnet::reconcile, tailnet::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("tailnet", r) });
     let endpoints = {
         let (ctx, client, cfg, stop) = (ctx.clone(), client.clone(), cfg.clone(), stop.clone());
         async move {
-            if !owned_synced(&stores, stop.clone()).await {
+            if !owned_synced(&stores, &stop).await {
                 return;
             }
             Controller::new(Api::<TailscaleEndpoints>::all(client), watcher::Config::default())
@@ -543,7 +532,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
                 .owns_stream(config_maps)
                 .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(ep_rx))
                 .with_config(cfg)
-                .graceful_shutdown_on(stop_signal(stop))
+                .graceful_shutdown_on(stop.cancelled_owned())
                 .run(endpoints::reconcile, endpoints::error_policy, ctx)
                 .for_each(|r| async move { log_result("endpoints", r) })
                 .await
@@ -552,7 +541,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let services = Controller::new(Api::<TailscaleServices>::all(client.clone()), watcher::Config::default())
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(svc_rx))
         .with_config(cfg)
-        .graceful_shutdown_on(stop_signal(stop))
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(services::reconcile, services::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("services", r) });
     tokio::join!(tailnets, endpoints, services);
@@ -572,7 +561,7 @@ impl Drop for AbortOnDrop {
 
 /// Waits for the owned-object stores' initial lists, saying every 30 s what it waits for. `false`
 /// when `stop` came first.
-async fn owned_synced(stores: &owned::OwnedStores, mut stop: watch::Receiver<bool>) -> bool {
+async fn owned_synced(stores: &owned::OwnedStores, stop: &CancellationToken) -> bool {
     let started = Instant::now();
     let ready = stores.ready();
     tokio::pin!(ready);
@@ -582,7 +571,7 @@ async fn owned_synced(stores: &owned::OwnedStores, mut stop: watch::Receiver<boo
                 tracing::info!(after = ?started.elapsed(), "proxy object caches synced; starting the endpoints controller");
                 return ok;
             }
-            _ = stop.wait_for(|s| *s) => return false,
+            _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!(
                 waited = ?started.elapsed(),
                 "endpoints controller waits for its caches: can this server list and watch labelled \

@@ -12,7 +12,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::builders::{self, VipOutcome};
 use super::vip::{self, AttachPlan, DetachPlan, Identity};
-use super::{Context, Error, apply_status, delete_if_exists, ensure, instrumented, provision, status};
+use super::{Context, Error, TailnetHandle, apply_status, delete_if_exists, ensure, instrumented, provision, status};
 use crate::api::{SelectedEndpointsStatus, TailscaleEndpoints, TailscaleServices};
 use crate::core::ObjectKey;
 use crate::core::resource::vip_service_name;
@@ -102,48 +102,10 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
             provision::effective_selection(&idx, &key).iter().filter_map(|k| idx.endpoints(k).cloned()).collect();
         (sel, provision::orphaned_auto_provisioned(&idx, &ns), idx.synced())
     };
-    if let Some(desired) = provision::auto_provisioned_endpoints(svc) {
-        let only_ours = selected.iter().all(|e| e.metadata.name == desired.metadata.name);
-        if only_ours {
-            if provision::selects(svc, &desired) {
-                let current = ctx.cache.read().endpoints(&ObjectKey::of(&desired.metadata)).cloned();
-                if ensure(ctx, &endpoints_api, current.as_deref(), &desired).await?.is_some() && current.is_none() {
-                    let name = desired.name_any();
-                    ctx.event(
-                        svc,
-                        false,
-                        "EndpointsProvisioned",
-                        format!("created TailscaleEndpoints {name} from the template"),
-                    )
-                    .await;
-                }
-            } else {
-                ctx.event(
-                    svc,
-                    true,
-                    "TemplateNotSelected",
-                    "the endpointTemplate's labels do not satisfy the selector; nothing provisioned".into(),
-                )
-                .await;
-            }
-        }
-    }
+    provision_endpoints(ctx, svc, &selected, &endpoints_api).await?;
     // Only with a complete cache: before that every endpoints object looks unselected.
     if synced {
-        for orphan in orphans {
-            // Already gone (the cache trails the API server): nothing to tell.
-            if !delete_if_exists(&endpoints_api, &orphan.name).await? {
-                continue;
-            }
-            tracing::info!(endpoints = %orphan, "deleted auto-provisioned endpoints nothing selects");
-            ctx.event(
-                svc,
-                false,
-                "EndpointsDeprovisioned",
-                format!("deleted unused auto-provisioned TailscaleEndpoints {}", orphan.name),
-            )
-            .await;
-        }
+        deprovision_endpoints(ctx, svc, orphans, &endpoints_api).await?;
     }
 
     let selected_status = selected_status(ctx, &selected);
@@ -159,35 +121,7 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
                 VipOutcome::Pending("TailnetNotReady", e.to_string())
             }
             Err(e) => return Err(e),
-            Ok(handle) => {
-                let desired = desired_vip(ctx, svc, name.clone(), &selected, &tailnet);
-                let existing = handle.api.get_vip_service(&name).await?;
-                match vip::plan_attach(existing.as_ref(), &desired, &identity(ctx, svc), status::now_seconds()) {
-                    AttachPlan::Unchanged => VipOutcome::Ready(existing.unwrap_or_default()),
-                    AttachPlan::Put(body) => {
-                        handle.api.put_vip_service(&body).await?;
-                        let verb = if existing.is_some() { "updated" } else { "created" };
-                        tracing::info!(service = %key, vip = %name, tailnet = %tailnet, "{verb} VIP service");
-                        if existing.is_none() {
-                            ctx.event(svc, false, "VIPServiceCreated", format!("created {name} in tailnet {tailnet}"))
-                                .await;
-                        }
-                        // The API allocates addresses on create: read them back.
-                        VipOutcome::Ready(handle.api.get_vip_service(&name).await?.unwrap_or(body))
-                    }
-                    AttachPlan::Foreign(msg) => {
-                        let was_foreign = svc.status.as_ref().is_some_and(|s| {
-                            s.conditions
-                                .iter()
-                                .any(|c| c.type_ == status::VIP_SERVICE_READY && c.reason == "OwnedByAnother")
-                        });
-                        if !was_foreign {
-                            ctx.event(svc, true, "VIPServiceOwnedByAnother", msg.clone()).await;
-                        }
-                        VipOutcome::Foreign(msg)
-                    }
-                }
-            }
+            Ok(handle) => attach_vip(ctx, svc, &handle, name, &tailnet, &selected).await?,
         },
     };
     let proxies = builders::SelectedProxies::of(&selected);
@@ -206,6 +140,104 @@ async fn apply(svc: &TailscaleServices, ctx: &Context) -> Result<Action, Error> 
         _ => ctx.config.requeue.min(vip::HEARTBEAT),
     };
     Ok(Action::requeue(requeue))
+}
+
+/// Creates (or updates) the TailscaleEndpoints of `endpointTemplate`, unless the selector picks
+/// other endpoints too; says so when the template's labels do not satisfy the selector.
+async fn provision_endpoints(
+    ctx: &Context,
+    svc: &TailscaleServices,
+    selected: &[Arc<TailscaleEndpoints>],
+    endpoints_api: &Api<TailscaleEndpoints>,
+) -> Result<(), Error> {
+    let Some(desired) = provision::auto_provisioned_endpoints(svc) else { return Ok(()) };
+    let only_ours = selected.iter().all(|e| e.metadata.name == desired.metadata.name);
+    if !only_ours {
+        return Ok(());
+    }
+    if provision::selects(svc, &desired) {
+        let current = ctx.cache.read().endpoints(&ObjectKey::of(&desired.metadata)).cloned();
+        if ensure(ctx, endpoints_api, current.as_deref(), &desired).await?.is_some() && current.is_none() {
+            let name = desired.name_any();
+            ctx.event(
+                svc,
+                false,
+                "EndpointsProvisioned",
+                format!("created TailscaleEndpoints {name} from the template"),
+            )
+            .await;
+        }
+    } else {
+        ctx.event(
+            svc,
+            true,
+            "TemplateNotSelected",
+            "the endpointTemplate's labels do not satisfy the selector; nothing provisioned".into(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Deletes the auto-provisioned TailscaleEndpoints in the namespace that nothing selects any more.
+async fn deprovision_endpoints(
+    ctx: &Context,
+    svc: &TailscaleServices,
+    orphans: Vec<ObjectKey>,
+    endpoints_api: &Api<TailscaleEndpoints>,
+) -> Result<(), Error> {
+    for orphan in orphans {
+        // Already gone (the cache trails the API server): nothing to tell.
+        if !delete_if_exists(endpoints_api, &orphan.name).await? {
+            continue;
+        }
+        tracing::info!(endpoints = %orphan, "deleted auto-provisioned endpoints nothing selects");
+        ctx.event(
+            svc,
+            false,
+            "EndpointsDeprovisioned",
+            format!("deleted unused auto-provisioned TailscaleEndpoints {}", orphan.name),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Creates or updates the VIP service `name` in `tailnet` as [`vip::plan_attach`] says, never
+/// taking over one another cluster or object owns.
+async fn attach_vip(
+    ctx: &Context,
+    svc: &TailscaleServices,
+    handle: &TailnetHandle,
+    name: String,
+    tailnet: &str,
+    selected: &[Arc<TailscaleEndpoints>],
+) -> Result<VipOutcome, Error> {
+    let key = ObjectKey::of(&svc.metadata);
+    let desired = desired_vip(ctx, svc, name.clone(), selected, tailnet);
+    let existing = handle.api.get_vip_service(&name).await?;
+    Ok(match vip::plan_attach(existing.as_ref(), &desired, &identity(ctx, svc), status::now_seconds()) {
+        AttachPlan::Unchanged => VipOutcome::Ready(existing.unwrap_or_default()),
+        AttachPlan::Put(body) => {
+            handle.api.put_vip_service(&body).await?;
+            let verb = if existing.is_some() { "updated" } else { "created" };
+            tracing::info!(service = %key, vip = %name, tailnet = %tailnet, "{verb} VIP service");
+            if existing.is_none() {
+                ctx.event(svc, false, "VIPServiceCreated", format!("created {name} in tailnet {tailnet}")).await;
+            }
+            // The API allocates addresses on create: read them back.
+            VipOutcome::Ready(handle.api.get_vip_service(&name).await?.unwrap_or(body))
+        }
+        AttachPlan::Foreign(msg) => {
+            let was_foreign = svc.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == status::VIP_SERVICE_READY && c.reason == "OwnedByAnother")
+            });
+            if !was_foreign {
+                ctx.event(svc, true, "VIPServiceOwnedByAnother", msg.clone()).await;
+            }
+            VipOutcome::Foreign(msg)
+        }
+    })
 }
 
 fn magic_dns_suffix(ctx: &Context, tailnet: &str) -> Option<String> {

@@ -391,6 +391,7 @@ impl FakeKube {
         resp
     }
 
+    // long: the fake API server's routing table, one match arm per method and path shape.
     fn handle(&self, rec: &Recorded) -> (u16, Value) {
         let Some(t) = parse_path(&rec.path) else {
             return (404, status_body(404, "NotFound", format!("no route {}", rec.path)));

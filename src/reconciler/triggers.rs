@@ -10,10 +10,10 @@
 //! [`Snapshot`] and [`diff`] are pure; [`run`] feeds the controllers' `reconcile_on` streams.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{TailscaleEndpoints, TailscaleServices};
 use crate::cache::{Cache, Index};
@@ -100,14 +100,13 @@ pub async fn run(
     cache: Cache,
     endpoints: UnboundedSender<ObjectRef<TailscaleEndpoints>>,
     services: UnboundedSender<ObjectRef<TailscaleServices>>,
-    stop: impl Future<Output = ()>,
+    stop: CancellationToken,
 ) {
     let mut rx = cache.subscribe();
     let mut last = snapshot(&cache.read());
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
         // Coalesce bursts (a reflector relist, a device refresh) into one diff.

@@ -399,6 +399,7 @@ impl Client {
 
     /// Sends one API call with retries. Returns 2xx and 404 answers; every other outcome is an
     /// error naming `method` and `path`.
+    // long: one retry loop; each outcome (success, first 401, 401/403, transient, transport) ends it or sets the delay.
     async fn call(
         &self,
         method: Method,

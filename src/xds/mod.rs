@@ -342,21 +342,50 @@ fn tcp_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Binds `opts.addr` and serves until `shutdown` completes.
+/// Binds `opts.addr` and serves until `stop` is cancelled.
 pub async fn serve(
     cache: crate::cache::Cache,
     opts: XdsOptions,
     metrics: XdsMetrics,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: CancellationToken,
 ) -> Result<(), XdsError> {
     let listener = TcpListener::bind(opts.addr).await.map_err(|error| XdsError::Bind { addr: opts.addr, error })?;
-    serve_on(listener, cache, opts, metrics, shutdown).await
+    serve_listener(listener, cache, opts, metrics, stop).await
 }
 
-/// Serves the extension service and the gRPC health service on an already bound listener until
-/// `shutdown` completes. Health reports NOT_SERVING for the extension service until the cache has
-/// loaded every kind, so a probe does not route Envoy Gateway to a replica that would answer from
-/// an empty cache.
+/// Reports the extension service SERVING on `reporter` once `cache` has loaded every kind.
+async fn serving_once_synced(cache: crate::cache::Cache, reporter: tonic_health::server::HealthReporter) {
+    let mut synced = cache.subscribe();
+    loop {
+        if cache.synced() {
+            reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+            tracing::info!("xds: cache synced, extension service serving");
+            return;
+        }
+        // The cache bumps its revision when a kind becomes synced, so a change notification
+        // is all there is to wait for.
+        if synced.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn log_listening(local: Option<SocketAddr>, opts: &XdsOptions) {
+    let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    tracing::info!(
+        %addr,
+        tls = opts.tls.is_some(),
+        max_message_size = opts.max_message_size,
+        max_resources_per_call = opts.max_resources_per_call,
+        max_concurrent_calls = opts.max_concurrent_calls,
+        max_decoded_size = opts.max_decoded_size,
+        max_connections = opts.max_connections,
+        "extension server listening"
+    );
+}
+
+/// [`serve_listener`] until `shutdown` completes, for callers that hold a future rather than a
+/// token (`benches/xds.rs`); everything in this crate passes a [`CancellationToken`].
 pub async fn serve_on(
     listener: TcpListener,
     cache: crate::cache::Cache,
@@ -364,25 +393,33 @@ pub async fn serve_on(
     metrics: XdsMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), XdsError> {
+    let stop = CancellationToken::new();
+    let serving = serve_listener(listener, cache, opts, metrics, stop.clone());
+    tokio::pin!(serving, shutdown);
+    tokio::select! {
+        result = &mut serving => result,
+        () = &mut shutdown => {
+            stop.cancel();
+            serving.await
+        }
+    }
+}
+
+/// Serves the extension service and the gRPC health service on an already bound listener until
+/// `stop` is cancelled. Health reports NOT_SERVING for the extension service until the cache has
+/// loaded every kind, so a probe does not route Envoy Gateway to a replica that would answer from
+/// an empty cache.
+pub async fn serve_listener(
+    listener: TcpListener,
+    cache: crate::cache::Cache,
+    opts: XdsOptions,
+    metrics: XdsMetrics,
+    stop: CancellationToken,
+) -> Result<(), XdsError> {
     let local = listener.local_addr().ok();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-    let mut synced = cache.subscribe();
-    let sync_cache = cache.clone();
-    let health_task = tokio::spawn(async move {
-        loop {
-            if sync_cache.synced() {
-                reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
-                tracing::info!("xds: cache synced, extension service serving");
-                return;
-            }
-            // The cache bumps its revision when a kind becomes synced, so a change notification
-            // is all there is to wait for.
-            if synced.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    let health_task = tokio::spawn(serving_once_synced(cache.clone(), reporter));
     let svc = pb::envoy_gateway_extension_server::EnvoyGatewayExtensionServer::new(ExtensionService::new(
         cache,
         opts.hooks.clone(),
@@ -402,23 +439,15 @@ pub async fn serve_on(
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(health)
         .add_service(svc);
-    let addr = local.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    tracing::info!(
-        %addr,
-        tls = opts.tls.is_some(),
-        max_message_size = opts.max_message_size,
-        max_resources_per_call = opts.max_resources_per_call,
-        max_concurrent_calls = opts.max_concurrent_calls,
-        max_decoded_size = opts.max_decoded_size,
-        max_connections = opts.max_connections,
-        "extension server listening"
-    );
+    log_listening(local, &opts);
     let slots = crate::server::Slots::new(opts.max_connections, "--xds-max-connections");
-    // Stops the accept loop (and, with TLS, the reloaders) when serving ends.
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
+    // Stops the accept loop (and, with TLS, the reloaders) when serving ends: after `stop`, once
+    // tonic has finished its graceful shutdown.
+    let accepting = CancellationToken::new();
+    let _accepting = accepting.clone().drop_guard();
+    let shutdown = stop.cancelled_owned();
     let result = match &opts.tls {
-        None => router.serve_with_incoming_shutdown(tcp_incoming(listener, slots, stop), shutdown).await,
+        None => router.serve_with_incoming_shutdown(tcp_incoming(listener, slots, accepting), shutdown).await,
         Some(files) => {
             let tls = match tls_config(files) {
                 Ok(tls) => tls,
@@ -432,12 +461,12 @@ pub async fn serve_on(
                 files.cert.clone(),
                 files.key.clone(),
                 files.reload_interval,
-                stop.clone(),
+                accepting.clone(),
             ));
             if let (Some(client_ca), Some(path)) = (tls.client_ca, &files.client_ca) {
-                tokio::spawn(client_ca.reload_on_change(path.clone(), files.reload_interval, stop.clone()));
+                tokio::spawn(client_ca.reload_on_change(path.clone(), files.reload_interval, accepting.clone()));
             }
-            router.serve_with_incoming_shutdown(tls_incoming(listener, tls.config, slots, stop), shutdown).await
+            router.serve_with_incoming_shutdown(tls_incoming(listener, tls.config, slots, accepting), shutdown).await
         }
     };
     health_task.abort();

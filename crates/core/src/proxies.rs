@@ -192,6 +192,7 @@ fn port_name(name: &Option<String>, protocol: &str, port: i32) -> String {
 
 /// The proxies' StatefulSet. Every pod mounts every replica's config Secret under
 /// `/etc/tsconfig/<pod name>` and picks its own through `TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR`.
+// long: one StatefulSet built field by field (volumes, mounts, container, pod spec), read best in one place.
 pub fn stateful_set(ep: &TailscaleEndpoints, default_image: &str) -> StatefulSet {
     let name = ep_name(ep);
     let proxy = ep.spec.proxy.clone().unwrap_or_default();
