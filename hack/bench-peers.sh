@@ -16,39 +16,9 @@ bin="$cache/bin"
 # shellcheck source=hack/bench-peers/versions.env
 source "$peers/versions.env"
 
-die() { echo "bench-peers.sh: $*" >&2; exit 1; }
-
-# The module version that the peer's go.mod pins must be the one versions.env names.
-check_pin() {
-  local dir="$1" module="$2" want="$3" got
-  got="$(cd "$peers/$dir" && go list -m -f '{{.Version}}' "$module")"
-  [[ "$got" == "$want" ]] || die "hack/bench-peers/$dir/go.mod pins $module $got, versions.env says $want"
-}
-
-# build NAME VERSION DIR PACKAGE: go build PACKAGE in hack/bench-peers/DIR to $bin/NAME-VERSION,
-# again when our Go sources or the go.mod there are newer than the binary.
-build() {
-  local name="$1" version="$2" dir="$3" package="$4"
-  local out="$bin/$name-$version"
-  if [[ -x "$out" && -z "$(find "$peers/$dir" \( -name '*.go' -o -name go.mod \) -newer "$out" | head -1)" ]]; then
-    echo "reusing $out"
-    return
-  fi
-  echo "building $name $version (first time: a few minutes; Go prints nothing meanwhile)…"
-  local start=$SECONDS
-  (cd "$peers/$dir" &&
-    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath -mod=readonly -buildvcs=false" \
-      nice -n "${TSGW_NICE:-10}" go build -ldflags "-s -w" -o "$out.tmp" "$package")
-  mv "$out.tmp" "$out"
-  echo "built $out in $((SECONDS - start))s"
-}
-
-wanted() {
-  [[ ${#components[@]} -eq 0 ]] && return 0
-  local c
-  for c in "${components[@]}"; do [[ "$c" == "$1" ]] && return 0; done
-  return 1
-}
+src="$peers"
+# shellcheck source=hack/go-build.sh
+source "$here/go-build.sh"
 
 main() {
   components=("$@")
