@@ -1,15 +1,19 @@
 //! Admission throughput and latency over TLS with keep-alive, side by side with a bare
-//! hyper+rustls responder that returns a canned AdmissionReview (the ceiling).
+//! hyper+rustls responder that returns a canned AdmissionReview (the ceiling) and with the peer
+//! users would pick instead: controller-runtime's webhook server validating the same review with
+//! the same rules in Go (`hack/bench-peers/admission`, built by `hack/bench-peers.sh`).
 //!
 //! Run: `cargo bench --bench admission` (optional env: BENCH_SECONDS per contender and
 //! concurrency, default 10, split into BENCH_ROUNDS interleaved slices, default 20; BENCH_ONLY=
-//! bare|canned|ours runs one contender, for profiling; BENCH_CONC=1,16,64 picks concurrencies;
+//! bare|canned|ours|controller-runtime runs one contender, for profiling; BENCH_CONC=1,16,64 picks concurrencies;
 //! BENCH_HANDLER_ONLY=1 skips the socket runs; BENCH_NO_STAGES=1 skips the per-stage timings;
 //! BENCH_CLIENT=own puts the load generator on a runtime of its own instead of the servers').
 //! Built with the `bench` profile: whole-program LTO, as the shipped `dist` build.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
+
+mod peers;
 
 /// The allocator of the `tailscale-gateway` binary, so figures match what it runs.
 #[global_allocator]
@@ -31,8 +35,8 @@ const CANNED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionRev
 
 /// The ceiling: TLS, HTTP/1.1 keep-alive, read the body, answer a constant.
 async fn bare_responder(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the bare responder");
+    let addr = listener.local_addr().expect("bare responder's address");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
@@ -57,6 +61,62 @@ async fn bare_responder(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Starts the controller-runtime peer on a free port with the certificate in `certs`, and waits
+/// until it answers TLS.
+async fn start_peer(
+    bin: &std::path::Path,
+    certs: &std::path::Path,
+    logs: &std::path::Path,
+) -> (util::KillOnDrop, SocketAddr) {
+    let port = util::cluster::free_port();
+    let log = std::fs::File::create(logs.join("controller-runtime.log")).expect("creating the peer's log");
+    let child = std::process::Command::new(bin)
+        .arg("-cert-dir")
+        .arg(certs)
+        .args(["-port", &port.to_string()])
+        .stdout(log.try_clone().expect("cloning the log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("starting the controller-runtime peer");
+    let mut peer = util::KillOnDrop(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(status)) = peer.0.try_wait() {
+            let log = std::fs::read_to_string(logs.join("controller-runtime.log")).unwrap_or_default();
+            panic!("the controller-runtime peer exited ({status}):\n{log}");
+        }
+        assert!(Instant::now() < deadline, "the controller-runtime peer did not listen on {addr} within 30s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (peer, addr)
+}
+
+/// The peer and ours must agree: both allow the bench's review, and both deny it with a broken
+/// VIP port, a duplicate tag and a bad label value (so the peer is not timed answering blindly).
+async fn check_peer_agrees(peer: SocketAddr, ours: SocketAddr, cfg: Arc<rustls::ClientConfig>, body: &[u8]) {
+    let mut bad: serde_json::Value = serde_json::from_slice(body).expect("the bench's review is JSON");
+    let object = &mut bad["request"]["object"];
+    object["spec"]["vipService"]["ports"] = json!(["tcp:80", "tcp:70-90"]);
+    object["spec"]["vipService"]["tags"] = json!(["tag:web", "tag:web"]);
+    object["metadata"]["labels"]["app"] = json!("-bench");
+    let bad = serde_json::to_vec(&bad).expect("encoding the broken review");
+    for (name, addr) in [("controller-runtime", peer), ("tailscale-gateway", ours)] {
+        let mut conn = util::Conn::open(addr, cfg.clone()).await;
+        for (review, want) in [(body, true), (bad.as_slice(), false)] {
+            let r = conn.request("POST", "/validate", Some("application/json"), review.to_vec()).await;
+            let answer = r.json();
+            assert_eq!(answer["response"]["allowed"], json!(want), "{name} answered {answer}");
+            if !want {
+                let message = answer["response"]["status"]["message"].as_str().unwrap_or_default().to_string();
+                for field in ["spec.vipService.ports[1]", "spec.vipService.tags[1]", "metadata.labels"] {
+                    assert!(message.contains(field), "{name} does not name {field}: {message}");
+                }
+            }
+        }
+    }
 }
 
 struct Stats {
@@ -207,7 +267,7 @@ fn realistic_review(object: &str) -> Vec<u8> {
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the runtime");
     // BENCH_CLIENT=own runs the load generator on a runtime of its own (two threads, as a
     // separate process would), instead of beside the servers on theirs.
     let own_client = std::env::var("BENCH_CLIENT").is_ok_and(|c| c == "own");
@@ -217,24 +277,28 @@ fn main() {
             .thread_name("load")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("building the load generator's runtime")
     });
     let client = client_rt.as_ref().map(|rt| rt.handle().clone());
     rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
         let manifests = dir.path().join("m");
-        std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&manifests).expect("creating the manifests directory");
         util::copy_examples(&manifests);
         let state = dir.path().join("state");
-        let ours = runtime::start(ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"))))
+        let ours = runtime::start(ServeArgs::local(&manifests, &state, "127.0.0.1:0".parse().expect("a socket address")))
             .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap_or_else(|e| panic!("{e}"));
-        let cert = std::fs::read(state.join("tls.crt")).unwrap_or_else(|e| panic!("{e}"));
-        let key = std::fs::read(state.join("tls.key")).unwrap_or_else(|e| panic!("{e}"));
-        let tls = server_config(CertStore::new(certified_key(&cert, &key).unwrap_or_else(|e| panic!("{e}"))))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("starting tailscale-gateway in local mode");
+        let ca = std::fs::read_to_string(state.join("ca.crt")).expect("reading the CA our server wrote");
+        let cert = std::fs::read(state.join("tls.crt")).expect("reading the serving certificate our server wrote");
+        let key = std::fs::read(state.join("tls.key")).expect("reading the serving key our server wrote");
+        let tls = server_config(CertStore::new(certified_key(&cert, &key).expect("loading the serving certificate")))
+            .expect("building the TLS server config");
         let ceiling = bare_responder(tls.clone()).await;
+        // The peer: controller-runtime's webhook server, serving our certificate (tls.crt and
+        // tls.key in the state directory, the file names it reads by default).
+        let peer_bin = peers::build("controller-runtime-webhook", "CONTROLLER_RUNTIME_VERSION");
+        let (_peer, peer_addr) = start_peer(&peer_bin, &state, dir.path()).await;
         // Our HTTPS server with a handler that only reads the body (as the webhook does) and
         // answers the canned review: separates server cost from the webhook's own work.
         let canned_app = tower::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
@@ -244,8 +308,8 @@ fn main() {
                 CANNED,
             )))
         });
-        let canned_listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-        let canned = canned_listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let canned_listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the canned server");
+        let canned = canned_listener.local_addr().expect("canned server's address");
         let canned_stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(tailscale_gateway::server::serve(
             canned_listener,
@@ -262,12 +326,14 @@ fn main() {
                      "loadBalancing": {"strategy": "round-robin", "healthCheck": {"path": "/health", "interval": "10s"}}}});
         let body = Arc::new(serde_json::to_vec(&util::review("CREATE", object, None)).unwrap_or_default());
         let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-        println!("admission over TLS, keep-alive, {seconds}s per contender in {rounds} interleaved slices; req/s, p50, p99: medians of the slices; ratio: median of the slices' ours/bare; body {} bytes; load generator on {}", body.len(), if own_client { "its own runtime" } else { "the servers' runtime" });
-        println!("{:>4} | {:>22} | {:>22} | {:>22} | {:>6}", "conc", "bare hyper+rustls", "our server, canned", "tailscale-gateway", "ratio");
+        check_peer_agrees(peer_addr, ours.https_addr, cfg.clone(), &body).await;
+        println!("admission over TLS, keep-alive, {seconds}s per contender in {rounds} interleaved slices; req/s, p50, p99: medians of the slices; ratios: medians of the slices' ours/bare and ours/controller-runtime; body {} bytes; load generator on {}", body.len(), if own_client { "its own runtime" } else { "the servers' runtime" });
         println!(
-            "{:>4} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}",
-            "", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", "req/s", "p50us", "p99us", ""
+            "{:>4} | {:>22} | {:>22} | {:>22} | {:>6} | {:>22} | {:>6}",
+            "conc", "bare hyper+rustls", "our server, canned", "tailscale-gateway", "/bare", "controller-runtime", "/c-r"
         );
+        let head = format!("{:>8} {:>6} {:>6}", "req/s", "p50us", "p99us");
+        println!("{:>4} | {head} | {head} | {head} | {:>6} | {head} | {:>6}", "", "", "");
         // BENCH_HANDLER_ONLY=1 skips the socket runs (for profiling the handler).
         // BENCH_CONC=16 (comma-separated) picks the concurrencies.
         let socket_runs: Vec<usize> = if std::env::var_os("BENCH_HANDLER_ONLY").is_some() {
@@ -281,40 +347,43 @@ fn main() {
         // Contenders take turns in short slices, several rounds: a slow second of the machine hits
         // all three alike, and the median of the rounds is reported.
         // BENCH_ONLY=bare|canned|ours runs one contender (for profiling it alone).
-        let only = std::env::var("BENCH_ONLY").ok().and_then(|o| ["bare", "canned", "ours"].iter().position(|c| *c == o));
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .and_then(|o| ["bare", "canned", "ours", "controller-runtime"].iter().position(|c| *c == o));
         for &conc in &socket_runs {
-            let mut runs: [Vec<Stats>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            let mut runs: [Vec<Stats>; 4] = Default::default();
             for _ in 0..rounds {
-                for (i, addr) in [ceiling, canned, ours.https_addr].into_iter().enumerate() {
+                for (i, addr) in [ceiling, canned, ours.https_addr, peer_addr].into_iter().enumerate() {
                     if only.is_some_and(|o| o != i) {
                         runs[i].push(Stats { rps: f64::NAN, p50: Duration::ZERO, p99: Duration::ZERO });
                         continue;
                     }
                     let job = load(addr, cfg.clone(), conc, seconds / rounds as f64, body.clone());
                     runs[i].push(match &client {
-                        Some(client) => client.spawn(job).await.unwrap_or_else(|e| panic!("{e}")),
+                        Some(client) => client.spawn(job).await.expect("load generator task"),
                         None => job.await,
                     });
                 }
             }
             // Ratio: each round's ours/bare from adjacent slices, then the median of those, so a
             // slow stretch of the machine cancels out instead of landing on one contender.
-            let mut paired: Vec<f64> = runs[2].iter().zip(&runs[0]).map(|(o, c)| o.rps / c.rps).collect();
-            paired.sort_by(|a, b| a.total_cmp(b));
-            let ratio = paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN);
-            let [c, f, o] = runs.map(median);
+            let paired = |a: &[Stats], b: &[Stats]| {
+                let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.rps / b.rps).collect();
+                r.sort_by(|a, b| a.total_cmp(b));
+                r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let ratio = paired(&runs[2], &runs[0]);
+            let peer_ratio = paired(&runs[2], &runs[3]);
+            let [c, f, o, p] = runs.map(median);
+            let cell = |s: &Stats| format!("{:>8.0} {:>6} {:>6}", s.rps, s.p50.as_micros(), s.p99.as_micros());
             println!(
-                "{conc:>4} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>8.0} {:>6} {:>6} | {:>6.2}",
-                c.rps,
-                c.p50.as_micros(),
-                c.p99.as_micros(),
-                f.rps,
-                f.p50.as_micros(),
-                f.p99.as_micros(),
-                o.rps,
-                o.p50.as_micros(),
-                o.p99.as_micros(),
-                ratio
+                "{conc:>4} | {} | {} | {} | {:>6.2} | {} | {:>6.2}",
+                cell(&c),
+                cell(&f),
+                cell(&o),
+                ratio,
+                cell(&p),
+                peer_ratio
             );
         }
         // The server's own view of those requests: mean time inside the webhook handler.

@@ -12,33 +12,9 @@ bin="$cache/bin"
 # shellcheck source=hack/control-plane/versions.env
 source "$here/control-plane/versions.env"
 
-die() { echo "control-plane.sh: $*" >&2; exit 1; }
-
-# The module version that the component's go.mod pins must be the one versions.env names.
-check_pin() {
-  local dir="$1" module="$2" want="$3" got
-  got="$(cd "$here/control-plane/$dir" && go list -m -f '{{.Version}}' "$module")"
-  [[ "$got" == "$want" ]] || die "hack/control-plane/$dir/go.mod pins $module $got, versions.env says $want"
-}
-
-# build NAME VERSION DIR PACKAGE [LDFLAGS]: go build PACKAGE in hack/control-plane/DIR to $bin/NAME-VERSION.
-build() {
-  local name="$1" version="$2" dir="$3" package="$4" ldflags="${5:-}"
-  local out="$bin/$name-$version"
-  # Our own Go sources (tsconfig-check) change without a version bump: rebuild when they are newer.
-  # (Only when $out exists: `find -newer` of a missing file fails, which set -e would make fatal.)
-  if [[ -x "$out" && -z "$(find "$here/control-plane/$dir" -name '*.go' -newer "$out" | head -1)" ]]; then
-    echo "reusing $out"
-    return
-  fi
-  echo "building $name $version (first time: several minutes)…"
-  local start=$SECONDS
-  (cd "$here/control-plane/$dir" &&
-    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath -mod=readonly -buildvcs=false" \
-      nice -n "${TSGW_NICE:-10}" go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$package")
-  mv "$out.tmp" "$out"
-  echo "built $out in $((SECONDS - start))s"
-}
+src="$here/control-plane"
+# shellcheck source=hack/go-build.sh
+source "$here/go-build.sh"
 
 kube_ldflags() {
   local v="$KUBERNETES_VERSION" minor
@@ -64,14 +40,6 @@ eg_crds() {
   cat "$crds/gatewayapi-crds.yaml" "$crds"/generated/*.yaml >"$out.tmp"
   mv "$out.tmp" "$out"
   echo "wrote $out"
-}
-
-# wanted NAME: whether NAME is among the components asked for (all when none are named).
-wanted() {
-  [[ ${#components[@]} -eq 0 ]] && return 0
-  local c
-  for c in "${components[@]}"; do [[ "$c" == "$1" ]] && return 0; done
-  return 1
 }
 
 # Usage: hack/control-plane.sh [COMPONENT...]   (etcd kube-apiserver kube-controller-manager envoy-gateway

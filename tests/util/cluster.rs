@@ -197,6 +197,8 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// `https://127.0.0.1:PORT`.
     pub server: String,
+    /// etcd's client URL, `http://127.0.0.1:PORT` (for an aggregated API server beside kube-apiserver).
+    pub etcd_url: String,
     pub pki: Pki,
     pub files: PkiFiles,
     // Dropped in reverse order of start: the controller manager, the apiserver, then etcd.
@@ -229,7 +231,7 @@ impl ControlPlane {
         let apiserver = start_apiserver(&apiserver_bin, dir.path(), &files, &etcd_url, port);
         let server = format!("https://127.0.0.1:{port}");
         let kubeconfig = write_kubeconfig(dir.path(), "kubeconfig", &server, &files);
-        let mut cp = ControlPlane { kubeconfig, server, pki, files, processes: vec![etcd, apiserver], dir };
+        let mut cp = ControlPlane { kubeconfig, server, etcd_url, pki, files, processes: vec![etcd, apiserver], dir };
         cp.wait_ready();
         eprintln!("control plane at {} ready in {:.1}s", cp.server, started.elapsed().as_secs_f64());
         cp

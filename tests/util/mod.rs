@@ -108,6 +108,23 @@ impl Conn {
     pub async fn get(&mut self, path: &str) -> Resp {
         self.request("GET", path, None, Vec::new()).await
     }
+
+    /// GETs a path asking for the media type `accept` (as kubectl asks for a Table).
+    pub async fn get_accept(&mut self, path: &str, accept: &str) -> Resp {
+        let req = hyper::Request::get(path)
+            .header("host", "localhost")
+            .header("accept", accept)
+            .body(Full::new(Bytes::new()))
+            .expect("building a GET request");
+        self.sender.ready().await.expect("connection not ready");
+        let resp = self.sender.send_request(req).await.expect("sending a GET request");
+        let status = resp.status().as_u16();
+        let content_type =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("reading a response body").to_bytes().to_vec();
+        Resp { status, content_type, body, headers }
+    }
 }
 
 /// Copies the examples (valid ones only) into `dir`.
