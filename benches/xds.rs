@@ -27,7 +27,7 @@ use tailscale_gateway::core::{Kind, Resource};
 use tailscale_gateway::xds::pb::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
 use tailscale_gateway::xds::pb::envoy_gateway_extension_server::{EnvoyGatewayExtension, EnvoyGatewayExtensionServer};
 use tailscale_gateway::xds::pb::*;
-use tailscale_gateway::xds::{XdsMetrics, XdsOptions, serve_on};
+use tailscale_gateway::xds::{XdsMetrics, XdsOptions, serve_listener};
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
@@ -225,15 +225,14 @@ async fn main() {
 
     let ours_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding our server's listener");
     let ours_addr = ours_listener.local_addr().expect("reading our server's address");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
     let server_cache = cache.clone();
+    let server_stop = stop.clone();
     let ours = tokio::spawn(async move {
         let opts = XdsOptions { addr: ours_addr, ..XdsOptions::default() };
-        serve_on(ours_listener, server_cache, opts, XdsMetrics::default(), async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("serving our extension");
+        serve_listener(ours_listener, server_cache, opts, XdsMetrics::default(), server_stop)
+            .await
+            .expect("serving our extension");
     });
 
     let floor_listener =
@@ -340,7 +339,7 @@ async fn main() {
             o.p50.as_secs_f64() / f.p50.as_secs_f64()
         );
     }
-    let _ = stop_tx.send(());
+    stop.cancel();
     let _ = floor_stop_tx.send(());
     let _ = ours.await;
     let _ = floor.await;

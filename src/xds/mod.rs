@@ -5,7 +5,7 @@
 //! - [`backend`]: what one of our objects resolves to now (proxy Services, health, region, port).
 //! - [`crate::core::envoy`]: the pure builders (cluster, generated routes, translation merge).
 //! - [`translate`]: plans the clusters and routes TailscaleGateways add to a translation.
-//! - [`service`]: the gRPC hooks; [`serve`] / [`serve_on`] run them with the health service.
+//! - [`service`]: the gRPC hooks; [`serve`] / [`serve_listener`] run them with the health service.
 
 pub mod backend;
 pub mod limits;
@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod service;
 pub mod translate;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -382,27 +381,6 @@ fn log_listening(local: Option<SocketAddr>, opts: &XdsOptions) {
         max_connections = opts.max_connections,
         "extension server listening"
     );
-}
-
-/// [`serve_listener`] until `shutdown` completes, for callers that hold a future rather than a
-/// token (`benches/xds.rs`); everything in this crate passes a [`CancellationToken`].
-pub async fn serve_on(
-    listener: TcpListener,
-    cache: crate::cache::Cache,
-    opts: XdsOptions,
-    metrics: XdsMetrics,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), XdsError> {
-    let stop = CancellationToken::new();
-    let serving = serve_listener(listener, cache, opts, metrics, stop.clone());
-    tokio::pin!(serving, shutdown);
-    tokio::select! {
-        result = &mut serving => result,
-        () = &mut shutdown => {
-            stop.cancel();
-            serving.await
-        }
-    }
 }
 
 /// Serves the extension service and the gRPC health service on an already bound listener until
