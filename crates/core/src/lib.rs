@@ -15,6 +15,7 @@ pub mod defaults;
 pub mod duration;
 pub mod envoy;
 pub mod field;
+pub mod index;
 pub mod names;
 pub mod proxies;
 pub mod resource;
