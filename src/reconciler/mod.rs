@@ -11,10 +11,9 @@ mod controller_tests;
 pub mod endpoints;
 /// The pure builders of the proxies' objects, their conditions and the VIP service rules live in
 /// the core crate; these names keep the reconciler's paths.
-pub use crate::core::{conditions as status, proxies as builders, vip};
+pub use crate::core::{conditions as status, provision, proxies as builders, vip};
 pub mod metrics;
 pub mod owned;
-pub mod provision;
 pub mod services;
 pub mod tailnet;
 #[cfg(any(test, feature = "test-util"))]

@@ -7,11 +7,11 @@
 //! - [`translate`]: plans the clusters and routes TailscaleGateways add to a translation.
 //! - [`service`]: the gRPC hooks; [`serve`] / [`serve_listener`] run them with the health service.
 
-pub mod backend;
 pub mod limits;
 pub mod metrics;
 pub mod service;
-pub mod translate;
+/// Resolving our backend objects and planning the TailscaleGateways' routes are pure: the core's.
+pub use crate::core::{backends as backend, translate};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backends;
 pub mod conditions;
 pub mod dataplane;
 pub mod defaults;
@@ -17,11 +18,13 @@ pub mod envoy;
 pub mod field;
 pub mod index;
 pub mod names;
+pub mod provision;
 pub mod proxies;
 pub mod resource;
 pub mod routes;
 pub mod selector;
 pub mod tailscale;
+pub mod translate;
 pub mod unknown;
 pub mod validate;
 pub mod views;

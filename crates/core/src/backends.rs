@@ -1,7 +1,7 @@
 //! What a TailscaleServices or TailscaleEndpoints used as a route backend resolves to right now:
 //! the proxy Services to send traffic to, their health and region, the port, the VIP DNS name and
 //! the load-balancing settings. Resolution reads the shared cache; turning a [`Backend`] into an
-//! Envoy cluster is the pure job of [`crate::core::envoy`].
+//! Envoy cluster is the pure job of [`crate::envoy`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +9,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::api::{TailscaleEndpoints, TailscaleServices};
-use crate::cache::Index;
-use crate::core::dataplane::{self, BackendKind, ConnectionType};
-use crate::core::envoy::{Backend, HealthCheckSettings, Path, Upstream};
-use crate::core::routes::RouteBackend;
-use crate::core::selector::Selector;
-use crate::core::validate::{DEFAULT_HEALTH_INTERVAL, STRATEGIES};
-use crate::core::{FieldPath, Kind, ObjectKey, Resource, duration, names, resource::ParseError};
+use crate::dataplane::{self, BackendKind, ConnectionType};
+use crate::envoy::{Backend, HealthCheckSettings, Path, Upstream};
+use crate::index::Index;
+use crate::routes::RouteBackend;
+use crate::selector::Selector;
+use crate::validate::{DEFAULT_HEALTH_INTERVAL, STRATEGIES};
+use crate::{FieldPath, Kind, ObjectKey, Resource, duration, names, resource::ParseError};
 
 /// Labels read for the region of a TailscaleEndpoints, in order.
 pub const REGION_LABELS: &[&str] = &["topology.kubernetes.io/region", "region"];
@@ -28,7 +28,7 @@ pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Default passed checks before a backend is healthy again.
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 
-pub use crate::core::dataplane::Placement;
+pub use crate::dataplane::Placement;
 
 /// Why an extension resource was not turned into a backend.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -361,7 +361,7 @@ mod tests {
 
     use super::*;
     use crate::api::API_VERSION;
-    use crate::cache::Cache;
+    use crate::index::Index;
 
     fn res(v: Value) -> Resource {
         Resource::from_value(v).expect("building the resource")
@@ -389,17 +389,16 @@ mod tests {
 
     #[test]
     fn services_resolve_to_the_direct_backend_then_the_vip_through_egress_proxies() {
-        let cache = Cache::new(10);
-        cache.apply(endpoints("east", "east", "bidirectional"));
-        cache.apply(endpoints("west", "west", "ingress"));
-        cache.apply(endpoints("wide", "west", "egress"));
-        cache.apply(res(json!({"apiVersion": API_VERSION, "kind": "TailscaleTailnet", "metadata": {"name": "corp"},
+        let mut idx = Index::with_event_log(10);
+        idx.apply(endpoints("east", "east", "bidirectional"));
+        idx.apply(endpoints("west", "west", "ingress"));
+        idx.apply(endpoints("wide", "west", "egress"));
+        idx.apply(res(json!({"apiVersion": API_VERSION, "kind": "TailscaleTailnet", "metadata": {"name": "corp"},
             "spec": {"oauthSecretRef": {"name": "s"}},
             "status": {"tailnetInfo": {"name": "corp", "magicDNSSuffix": "tail8eff9.ts.net"}}})));
         let web = web_service(json!({"vipService": {"name": "svc:web"}}));
-        cache.apply(Resource::Services(web.clone()));
+        idx.apply(Resource::Services(web.clone()));
         let place = Placement::default();
-        let idx = cache.read();
         let b = resolve_services(&idx, &web, &place, None);
         assert_eq!(b.vip_dns_name.as_deref(), Some("web.tail8eff9.ts.net"));
         assert_eq!(b.strategy.as_deref(), Some("least-request"));
@@ -439,15 +438,14 @@ mod tests {
 
     #[test]
     fn endpoints_with_egress_targets_reach_the_target_with_the_asked_port() {
-        let cache = Cache::new(10);
+        let mut idx = Index::with_event_log(10);
         let ep = res(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
             "metadata": {"name": "out", "namespace": "default"},
             "spec": {"tailnet": "corp", "proxy": {"connectionType": "egress"},
                      "egressTargets": [{"name": "db", "fqdn": "db.tail1.ts.net", "ports": [5432]},
                                        {"name": "cache", "ip": "100.64.0.9", "ports": [6379]}]}}));
-        cache.apply(ep.clone());
+        idx.apply(ep.clone());
         let Resource::Endpoints(ep) = ep else { panic!("endpoints") };
-        let idx = cache.read();
         let plan = idx.proxy_plan(&ObjectKey::new("default", "out"), &Placement::default()).unwrap_or_default();
         let wanted = RouteBackend {
             kind: "TailscaleEndpoints".into(),
@@ -469,18 +467,18 @@ mod tests {
 
     #[test]
     fn a_service_this_cluster_does_not_publish_goes_through_the_tailnet_only() {
-        let cache = Cache::new(10);
-        cache.apply(endpoints("east", "east", "egress"));
+        let mut idx = Index::with_event_log(10);
+        idx.apply(endpoints("east", "east", "egress"));
         let mut web = web_service(json!({"vipService": {"name": "svc:web", "dnsName": "web.tail1.ts.net"}}));
         web.spec.serve.clear();
         web.spec.load_balancing = None;
-        cache.apply(Resource::Services(web.clone()));
-        let b = resolve_services(&cache.read(), &web, &Placement::default(), None);
+        idx.apply(Resource::Services(web.clone()));
+        let b = resolve_services(&idx, &web, &Placement::default(), None);
         assert_eq!(b.upstreams.iter().map(|u| u.path).collect::<Vec<_>>(), vec![Path::Tailnet]);
         assert_eq!(b.strategy, None, "no strategy: Envoy Gateway's policy stays");
         // Not in the cache yet: selected by its own selector, but no match port is allocated.
-        let other = Cache::new(10);
+        let mut other = Index::with_event_log(10);
         other.apply(endpoints("east", "east", "egress"));
-        assert!(resolve_services(&other.read(), &web, &Placement::default(), None).upstreams.is_empty());
+        assert!(resolve_services(&other, &web, &Placement::default(), None).upstreams.is_empty());
     }
 }

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::builders::owner_reference;
+use crate::ObjectKey;
 use crate::api::{
     AUTO_PROVISIONED_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TailscaleEndpoints, TailscaleEndpointsSpec,
     TailscaleServices,
 };
-use crate::cache::Index;
-use crate::core::ObjectKey;
-use crate::core::selector::Selector;
+use crate::index::Index;
+use crate::proxies::owner_reference;
+use crate::selector::Selector;
 
 /// Label naming the TailscaleServices an endpoints was provisioned for.
 pub const PROVISIONED_FOR_LABEL: &str = "tailscale-gateway.com/provisioned-for";
@@ -71,8 +71,9 @@ pub fn selects(svc: &TailscaleServices, ep: &TailscaleEndpoints) -> bool {
     let labels = ep.metadata.labels.as_ref().unwrap_or(&empty);
     match svc.spec.selector.as_ref() {
         None => owner_service(ep) == svc.metadata.name.as_deref() && is_auto_provisioned(ep),
-        Some(sel) => Selector::from_label_selector(sel, &crate::core::FieldPath::new("spec.selector"))
-            .is_ok_and(|s| s.matches(labels)),
+        Some(sel) => {
+            Selector::from_label_selector(sel, &crate::FieldPath::new("spec.selector")).is_ok_and(|s| s.matches(labels))
+        }
     }
 }
 
@@ -109,8 +110,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cache::Cache;
-    use crate::core::Resource;
+    use crate::Resource;
+    use crate::index::Index;
 
     fn svc(name: &str, spec: serde_json::Value) -> TailscaleServices {
         serde_json::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
@@ -154,7 +155,7 @@ mod tests {
 
     #[test]
     fn orphans_are_unselected_auto_provisioned_endpoints() {
-        let cache = Cache::new(100);
+        let mut idx = Index::with_event_log(100);
         let with_selector =
             svc("web", json!({"selector": {"matchLabels": {"app": "web"}}, "endpointTemplate": template()}));
         let without = svc("api", json!({"endpointTemplate": template()}));
@@ -171,9 +172,8 @@ mod tests {
             Resource::Endpoints(ep_api.clone()),
             Resource::Endpoints(manual),
         ] {
-            cache.apply(r);
+            idx.apply(r);
         }
-        let idx = cache.read();
         assert!(orphaned_auto_provisioned(&idx, "prod").is_empty(), "both are in use");
         assert_eq!(
             effective_selection(&idx, &ObjectKey::new("prod", "api")),
@@ -183,16 +183,15 @@ mod tests {
             effective_selection(&idx, &ObjectKey::new("prod", "web")),
             vec![ObjectKey::new("prod", "web-endpoints")]
         );
-        drop(idx);
         // The selector changes: web-endpoints is no longer selected and becomes an orphan; the
         // hand-made one is never touched.
         let mut changed = with_selector;
         changed.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "other"}})).ok();
-        cache.apply(Resource::Services(changed));
-        cache.delete(crate::core::Kind::Services, &ObjectKey::new("prod", "api"));
-        let mut orphans = orphaned_auto_provisioned(&cache.read(), "prod");
+        idx.apply(Resource::Services(changed));
+        idx.delete(crate::Kind::Services, &ObjectKey::new("prod", "api"));
+        let mut orphans = orphaned_auto_provisioned(&idx, "prod");
         orphans.sort();
         assert_eq!(orphans, vec![ObjectKey::new("prod", "api-endpoints"), ObjectKey::new("prod", "web-endpoints")]);
-        assert!(orphaned_auto_provisioned(&cache.read(), "other").is_empty());
+        assert!(orphaned_auto_provisioned(&idx, "other").is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! What TailscaleGateways add to Envoy Gateway's translation, planned from the cache; the merge
-//! itself is [`crate::core::envoy::merge_translation`].
+//! itself is [`crate::envoy::merge_translation`].
 //!
 //! For each TailscaleGateway we expose the TailscaleServices of its tailnets: one cluster per
 //! service (`tailscale/<ns>/<service>`) and, in every virtual host of the route configurations of
@@ -10,15 +10,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::{self, Placement};
 use crate::api::{ExposedServiceStatus, RouteGeneration, TailscaleGateway, TailscaleServices};
-use crate::cache::Index;
-use crate::core::envoy::{
-    GENERATED_PREFIX, GatewayTarget, GeneratedRoute, Plan, cluster_name, expand_prefix, new_cluster,
-};
-use crate::core::selector::Selector;
-use crate::core::validate::DEFAULT_PATH_PREFIX;
-use crate::core::{FieldPath, ObjectKey, duration};
+use crate::backends::{self as backend, Placement};
+use crate::envoy::{GENERATED_PREFIX, GatewayTarget, GeneratedRoute, Plan, cluster_name, expand_prefix, new_cluster};
+use crate::index::Index;
+use crate::selector::Selector;
+use crate::validate::DEFAULT_PATH_PREFIX;
+use crate::{FieldPath, ObjectKey, duration};
 
 fn effective_generation<'a>(
     tailnet: Option<&'a RouteGeneration>,
@@ -118,17 +116,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::Resource;
     use crate::api::API_VERSION;
-    use crate::cache::Cache;
-    use crate::core::Resource;
-    use crate::core::envoy::merge_translation;
+    use crate::envoy::merge_translation;
+    use crate::index::Index;
 
     fn res(v: serde_json::Value) -> Resource {
         Resource::from_value(v).expect("building the resource")
     }
 
-    fn cache() -> Cache {
-        let c = Cache::new(10);
+    fn index() -> Index {
+        let mut c = Index::with_event_log(10);
         c.apply(res(json!({"apiVersion": API_VERSION, "kind": "TailscaleEndpoints",
             "metadata": {"name": "east", "namespace": "apps", "labels": {"tier": "web"}},
             "spec": {"tailnet": "corp"}, "status": {"devices": [{"hostname": "east-0", "online": true}]}})));
@@ -161,8 +159,8 @@ mod tests {
 
     #[test]
     fn plan_exposes_selected_services_with_expanded_prefixes() {
-        let cache = cache();
-        let plan = plan(&cache.read(), &Placement::default(), Duration::from_secs(5));
+        let idx = index();
+        let plan = plan(&idx, &Placement::default(), Duration::from_secs(5));
         assert_eq!(plan.clusters.keys().collect::<Vec<_>>(), vec!["tailscale/apps/web"]);
         let (target, routes) = &plan.routes[0];
         assert!(target.matches("gw/eg/http") && !target.matches("gw/other/http") && !target.matches("apps/eg/http"));
@@ -170,19 +168,19 @@ mod tests {
         assert_eq!(routes[0].prefix, "/corp/web/");
         assert_eq!(routes[0].host_rewrite.as_deref(), Some("web.tail1.ts.net"));
         assert_eq!(routes[0].timeout, Some(Duration::from_secs(30)));
-        let gw = cache.read().gateway(&ObjectKey::new("apps", "tsgw")).cloned().unwrap_or_else(|| panic!("gw"));
-        let status = exposed_services(&cache.read(), &gw);
+        let gw = idx.gateway(&ObjectKey::new("apps", "tsgw")).cloned().unwrap_or_else(|| panic!("gw"));
+        let status = exposed_services(&idx, &gw);
         assert_eq!(status[0].path_prefix, "/corp/web/");
         assert_eq!(status[0].cluster, "tailscale/apps/web");
     }
 
     #[test]
     fn apply_is_idempotent_and_leaves_others_alone() {
-        let cache = cache();
+        let idx = index();
         let mut clusters = vec![Cluster { name: "httproute/gw/site/rule/0".into(), ..Default::default() }];
         let mut routes = vec![route_config("gw/eg/http"), route_config("other/gw/http")];
         let untouched = routes[1].clone();
-        let p = || plan(&cache.read(), &Placement::default(), Duration::from_secs(5));
+        let p = || plan(&idx, &Placement::default(), Duration::from_secs(5));
         merge_translation(p(), &mut clusters, &mut routes);
         assert_eq!(clusters.len(), 2);
         assert_eq!(routes[0].virtual_hosts[0].routes.len(), 2);
@@ -195,17 +193,13 @@ mod tests {
 
     #[test]
     fn stale_generated_resources_are_dropped() {
-        let empty = Cache::new(10);
+        let empty = Index::with_event_log(10);
         let mut clusters = vec![Cluster { name: "tailscale/apps/gone".into(), ..Default::default() }];
         let mut routes = vec![route_config("gw/eg/http")];
         routes[0].virtual_hosts[0]
             .routes
             .insert(0, Route { name: "tailscale/apps/tsgw/gone".into(), ..Default::default() });
-        merge_translation(
-            plan(&empty.read(), &Placement::default(), Duration::from_secs(5)),
-            &mut clusters,
-            &mut routes,
-        );
+        merge_translation(plan(&empty, &Placement::default(), Duration::from_secs(5)), &mut clusters, &mut routes);
         assert!(clusters.is_empty());
         assert_eq!(routes[0].virtual_hosts[0].routes.len(), 1);
     }
