@@ -103,6 +103,18 @@ impl Process {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The log's tail when the process exited because its port was taken meanwhile (ports are
+    /// chosen free, then released, then bound by the process: another may bind one in between).
+    pub fn lost_its_port(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(_)) => {
+                let tail = self.log_tail();
+                tail.contains("address already in use").then_some(tail)
+            }
+            _ => None,
+        }
+    }
+
     /// Panics with the log when the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -226,13 +238,32 @@ impl ControlPlane {
             .expect("creating the cluster's temporary directory");
         let (pki, files) = Pki::generate(dir.path());
         let started = Instant::now();
-        let (etcd, etcd_url) = start_etcd(&etcd_bin, dir.path());
-        let port = free_port();
-        let apiserver = start_apiserver(&apiserver_bin, dir.path(), &files, &etcd_url, port);
-        let server = format!("https://127.0.0.1:{port}");
-        let kubeconfig = write_kubeconfig(dir.path(), "kubeconfig", &server, &files);
-        let mut cp = ControlPlane { kubeconfig, server, etcd_url, pki, files, processes: vec![etcd, apiserver], dir };
-        cp.wait_ready();
+        let mut cp = ControlPlane {
+            kubeconfig: PathBuf::new(),
+            server: String::new(),
+            etcd_url: String::new(),
+            pki,
+            files,
+            processes: Vec::new(),
+            dir,
+        };
+        for attempt in 1..=3 {
+            // Stops what the last attempt started (etcd last, as a drop would), and its data.
+            while cp.processes.pop().is_some() {}
+            let _ = std::fs::remove_dir_all(cp.dir.path().join("etcd"));
+            let (etcd, etcd_url) = start_etcd(&etcd_bin, cp.dir.path());
+            let port = free_port();
+            let apiserver = start_apiserver(&apiserver_bin, cp.dir.path(), &cp.files, &etcd_url, port);
+            cp.server = format!("https://127.0.0.1:{port}");
+            cp.kubeconfig = write_kubeconfig(cp.dir.path(), "kubeconfig", &cp.server, &cp.files);
+            cp.etcd_url = etcd_url;
+            cp.processes = vec![etcd, apiserver];
+            match cp.wait_ready() {
+                None => break,
+                Some(log) if attempt < 3 => eprintln!("a port was taken before it was bound; starting again:\n{log}"),
+                Some(log) => panic!("a port was taken before it was bound, three times:\n{log}"),
+            }
+        }
         eprintln!("control plane at {} ready in {:.1}s", cp.server, started.elapsed().as_secs_f64());
         cp
     }
@@ -278,13 +309,18 @@ impl ControlPlane {
         }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for `/readyz`; `Some(log)` when a component lost its port before binding it (the
+    /// caller starts again), a panic on any other failure.
+    fn wait_ready(&mut self) -> Option<String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
+            if let Some(log) = self.processes.iter_mut().find_map(Process::lost_its_port) {
+                return Some(log);
+            }
             self.assert_running();
             let out = self.kubectl_output(&["get", "--raw", "/readyz"], None);
             if out.status.success() {
-                return;
+                return None;
             }
             if Instant::now() > deadline {
                 let log = self.processes.last().map(Process::log_tail).unwrap_or_default();
