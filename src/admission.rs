@@ -22,7 +22,7 @@ use crate::core::field::summarize;
 use crate::core::resource::ParseError;
 use crate::core::resource::ValidationSeed;
 use crate::core::validate::{ClusterView, review};
-use crate::core::{Kind, Resource, defaults};
+use crate::core::{Kind, Resource, defaults, routes};
 use crate::metrics::AdmissionMetrics;
 use crate::metrics::admission_labels as labels;
 use crate::server::status::status_response;
@@ -399,7 +399,7 @@ fn raw_name(payload: &Payload<'_>) -> String {
 
 /// Decides a validating review. Pure apart from reading `view`.
 pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision {
-    let Some(kind) = our_kind(req) else { return Decision::allow() };
+    let Some(kind) = our_kind(req) else { return validate_route(req) };
     if !matches!(&*req.operation, "CREATE" | "UPDATE") || req.sub_resource.is_some() {
         return Decision::allow();
     }
@@ -424,6 +424,26 @@ pub fn validate(req: &AdmissionRequest<'_>, view: &dyn ClusterView) -> Decision 
         patch: None,
         warnings: verdict.warnings,
     }
+}
+
+/// Decides a review of another group's object: a Gateway API route whose backends Envoy Gateway
+/// would not hand to us is denied when it names our kinds ([`routes::refused_backend_refs`]);
+/// everything else is not ours to judge.
+fn validate_route(req: &AdmissionRequest<'_>) -> Decision {
+    let (Payload::Raw(raw), "CREATE" | "UPDATE", None) = (&req.object, &*req.operation, &req.sub_resource) else {
+        return Decision::allow();
+    };
+    if !routes::UNHANDED_ROUTE_KINDS.contains(&&*req.kind.kind) {
+        return Decision::allow();
+    }
+    let Ok(route) = serde_json::from_str::<Value>(raw.get()) else { return Decision::allow() };
+    let api_version = format!("{}/{}", req.kind.group, req.kind.version);
+    let errors = routes::refused_backend_refs(&api_version, &req.kind.kind, &route);
+    if errors.is_empty() {
+        return Decision::allow();
+    }
+    let name = route.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    Decision::deny(summarize(&req.kind.kind, name, &errors))
 }
 
 /// Decides a mutating review: defaults as a JSON Patch, none when already defaulted.
@@ -758,6 +778,34 @@ mod tests {
         let d = request("DELETE", json!({"kind": "TailscaleServices"}));
         assert_eq!(validate(&d, &NoCluster), Decision::allow());
         assert_eq!(mutate(&d), Decision::allow());
+    }
+
+    #[test]
+    fn routes_whose_backends_envoy_gateway_keeps_from_us_may_not_name_our_kinds() {
+        let route = |kind: &str, group: &str| {
+            json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind, "metadata": {"name": "db"},
+                "spec": {"rules": [{"backendRefs": [{"group": group, "kind": "TailscaleServices", "name": "db", "port": 5432}]}]}})
+        };
+        let review = |op: &str, object: Value| {
+            parse_review(review_text(op, "gateway.networking.k8s.io", object), true).expect("parsing the review")
+        };
+        let d = validate(&review("CREATE", route("TCPRoute", "gateway.tailscale.com")), &NoCluster);
+        assert!(!d.allowed);
+        let message = d.message.unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "TCPRoute \"db\" is invalid: spec.rules[0].backendRefs[0]: Forbidden: TailscaleServices \"db\""
+            ),
+            "{message}"
+        );
+        assert!(validate(&review("UPDATE", route("UDPRoute", "gateway.tailscale.com")), &NoCluster).message.is_some());
+        for allowed in [
+            review("CREATE", route("TCPRoute", "")),
+            review("CREATE", route("HTTPRoute", "gateway.tailscale.com")),
+            review("DELETE", route("TLSRoute", "gateway.tailscale.com")),
+        ] {
+            assert_eq!(validate(&allowed, &NoCluster), Decision::allow());
+        }
     }
 
     #[test]

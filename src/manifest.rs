@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::api::API_VERSION;
 use crate::core::field::FieldError;
 use crate::core::resource::{ParseError, vip_service_name};
-use crate::core::routes::RouteKind;
+use crate::core::routes::{self, RouteKind};
 use crate::core::unknown::unknown_fields;
 use crate::core::validate::{ClusterView, Verdict, review};
 use crate::core::{Kind, ObjectKey, Resource, field::summarize};
@@ -510,6 +510,11 @@ impl<'a> Parsed<'a> {
             .and_then(Value::as_str)
             .and_then(|v| RouteKind::of(v, &kind_hint))
             .map(|_| value.clone());
+        // Routes Envoy Gateway would not hand to us, naming our kinds.
+        let mut original_refused = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(|v| routes::refused_backend_refs(v, &kind_hint, &value));
         match Resource::from_value(value) {
             Ok(r) if !unknown.is_empty() => {
                 let key = {
@@ -525,6 +530,11 @@ impl<'a> Parsed<'a> {
                 self.objects.push((source, r));
             }
             Err(ParseError::NotOurs { api_version, kind }) => {
+                let refused = original_refused.take().unwrap_or_default();
+                if !refused.is_empty() {
+                    let message = summarize(&kind_hint, &name_hint, &refused);
+                    return self.reject(loaded, source, message, &kind_hint, &name_hint);
+                }
                 loaded.foreign += 1;
                 if let Some(route_kind) = RouteKind::of(&api_version, &kind) {
                     let route = with_namespace(original_route.take().unwrap_or_default(), default_namespace);

@@ -41,7 +41,8 @@ fn every_invalid_example_is_rejected_with_its_field() {
                 || out.contains(": Required value")
                 || out.contains(": Unsupported value")
                 || out.contains(": Duplicate value")
-                || out.contains(": Unknown field"),
+                || out.contains(": Unknown field")
+                || out.contains(": Forbidden"),
             "{path}: {out}"
         );
     }

@@ -161,28 +161,42 @@ fn webhooks_and_apiservice_name_what_the_binary_uses() {
     ] {
         let cfg = find(&docs, kind, install::WEBHOOK_CONFIG_NAME);
         let hooks = cfg["webhooks"].as_array().unwrap_or_else(|| panic!("{kind} without webhooks"));
-        assert_eq!(hooks.len(), 1);
-        let h = &hooks[0];
-        assert_eq!(h["clientConfig"]["service"]["name"], install::SERVICE_NAME, "{kind}");
-        assert_eq!(h["clientConfig"]["service"]["namespace"], install::NAMESPACE, "{kind}");
-        assert_eq!(s(&h["clientConfig"]["service"]["path"]), path, "{kind}");
-        assert_eq!(h["clientConfig"]["service"]["port"].as_u64(), Some(svc_port), "{kind}");
-        assert!(h["clientConfig"].get("caBundle").is_none(), "{kind}: caBundle is managed, not written");
-        assert_eq!(h["sideEffects"], "None");
-        assert_eq!(h["admissionReviewVersions"], json!(["v1"]));
-        assert!(h["timeoutSeconds"].as_u64().is_some_and(|t| t <= 10), "{kind}: short timeout");
-        let want = if kind.starts_with("Validating") { "Fail" } else { "Ignore" };
-        assert_eq!(h["failurePolicy"], want, "{kind}");
-        let rule = &h["rules"][0];
+        // Validating: our kinds, then the routes Envoy Gateway keeps from us; mutating: ours.
+        let validating = kind.starts_with("Validating");
+        assert_eq!(hooks.len(), if validating { 2 } else { 1 }, "{kind}");
+        for h in hooks {
+            assert_eq!(h["clientConfig"]["service"]["name"], install::SERVICE_NAME, "{kind}");
+            assert_eq!(h["clientConfig"]["service"]["namespace"], install::NAMESPACE, "{kind}");
+            assert_eq!(s(&h["clientConfig"]["service"]["path"]), path, "{kind}");
+            assert_eq!(h["clientConfig"]["service"]["port"].as_u64(), Some(svc_port), "{kind}");
+            assert!(h["clientConfig"].get("caBundle").is_none(), "{kind}: caBundle is managed, not written");
+            assert_eq!(h["sideEffects"], "None");
+            assert_eq!(h["admissionReviewVersions"], json!(["v1"]));
+            assert!(h["timeoutSeconds"].as_u64().is_some_and(|t| t <= 10), "{kind}: short timeout");
+            assert_eq!(h["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+            let excluded = &h["namespaceSelector"]["matchExpressions"][0];
+            assert_eq!(
+                (s(&excluded["key"]), s(&excluded["operator"]), &excluded["values"]),
+                ("kubernetes.io/metadata.name", "NotIn", &json!(["kube-system"]))
+            );
+        }
+        let ours = &hooks[0];
+        assert_eq!(ours["failurePolicy"], if validating { "Fail" } else { "Ignore" }, "{kind}");
+        let rule = &ours["rules"][0];
         assert_eq!(rule["apiGroups"], json!([tailscale_gateway::api::GROUP]));
         assert_eq!(rule["apiVersions"], json!([tailscale_gateway::api::VERSION]));
-        assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
         assert_eq!(rule["resources"], json!(crd_plurals()), "{kind}: our four kinds");
-        let excluded = &h["namespaceSelector"]["matchExpressions"][0];
-        assert_eq!(
-            (s(&excluded["key"]), s(&excluded["operator"]), &excluded["values"]),
-            ("kubernetes.io/metadata.name", "NotIn", &json!(["kube-system"]))
-        );
+        if validating {
+            let routes = &hooks[1];
+            assert_eq!(routes["failurePolicy"], "Ignore", "Gateway API objects are not ours to block");
+            let rule = &routes["rules"][0];
+            assert_eq!(rule["apiGroups"], json!(["gateway.networking.k8s.io"]));
+            let plurals: Vec<String> = tailscale_gateway::core::routes::UNHANDED_ROUTE_KINDS
+                .iter()
+                .map(|k| format!("{}s", k.to_ascii_lowercase()))
+                .collect();
+            assert_eq!(rule["resources"], json!(plurals), "the route kinds the core refuses");
+        }
     }
     let apis = find(&docs, "APIService", install::APISERVICE_NAME);
     assert_eq!(apis["spec"]["group"], install::AGGREGATED_GROUP);

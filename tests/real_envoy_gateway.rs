@@ -2,7 +2,9 @@
 //! kube-apiserver calls our extension: an HTTPRoute to a TailscaleServices is Accepted with its
 //! refs resolved, our hooks are called, and the xDS Envoy Gateway serves (read over ADS, as an
 //! Envoy would) holds the cluster our PostClusterModify filled and the routes and cluster of a
-//! TailscaleGateway. Ignored in plain `cargo test`: `hack/test.sh` builds the pinned control plane
+//! TailscaleGateway. A TCPRoute to our kind shows why such routes are refused (Envoy Gateway
+//! accepts it, builds a cluster without endpoints and calls no hook), and our validating webhook,
+//! registered on the real kube-apiserver, refuses the next one. Ignored in plain `cargo test`: `hack/test.sh` builds the pinned control plane
 //! (hack/control-plane.sh) and runs it too; without the binaries it panics, naming the script.
 //!
 //! How Envoy Gateway runs here: provider Kubernetes, as in a cluster, with the admin kubeconfig.
@@ -29,7 +31,7 @@ use base64::Engine;
 use bytes::{Buf, BufMut, Bytes};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address};
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -50,6 +52,7 @@ const ROUTE_CONFIG: &str = "envoy-gateway-system/eg/http";
 const ROUTE_CLUSTER: &str = "httproute/default/web/rule/0";
 const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const ENDPOINTS_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
@@ -139,10 +142,14 @@ fn apply_scenario(cp: &ControlPlane) {
     apply(
         cp,
         &json!({"apiVersion": gw, "kind": "Gateway", "metadata": {"name": "eg", "namespace": EG_NAMESPACE},
-            "spec": {"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80,
-                "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+            "spec": {"gatewayClassName": "eg", "listeners": [
+                {"name": "http", "protocol": "HTTP", "port": 80, "allowedRoutes": {"namespaces": {"from": "All"}}},
+                {"name": "postgres", "protocol": "TCP", "port": 5432, "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
         &[],
     );
+    // A TCPRoute to our kind, stored before our webhook is registered (as on a cluster where it
+    // came first): what Envoy Gateway makes of it is checked in `tcp_routes_are_refused`.
+    apply(cp, &tcp_route(TCP_ROUTE), &[]);
     // The example HTTPRoute, as the README tells users to apply it.
     let route = root().join("examples/envoy-gateway/httproute.yaml");
     cp.kubectl_ok(&["apply", "--server-side", "-f", &route.display().to_string()]);
@@ -156,6 +163,19 @@ fn apply_scenario(cp: &ControlPlane) {
     );
 }
 
+/// The TCPRoute stored before our webhook, and Envoy Gateway's cluster for it.
+const TCP_ROUTE: &str = "database";
+const TCP_ROUTE_CLUSTER: &str = "tcproute/default/database/rule/-1";
+
+/// A TCPRoute `name` on the Gateway's TCP listener to the TailscaleServices `web-service`.
+fn tcp_route(name: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "eg", "namespace": EG_NAMESPACE, "sectionName": "postgres"}],
+            "rules": [{"backendRefs": [{"group": "gateway.tailscale.com", "kind": "TailscaleServices",
+                "name": "web-service", "port": 80}]}]}})
+}
+
 /// Our server from the built binary, in cluster mode without the reconciler, extension on `xds`.
 fn start_server(cp: &ControlPlane, https: u16, xds: u16) -> Process {
     let dir = cp.dir().join("gateway");
@@ -164,6 +184,7 @@ fn start_server(cp: &ControlPlane, https: u16, xds: u16) -> Process {
     let serving = ca.issue_server(&["127.0.0.1".to_string()]).expect("issuing the serving certificate");
     std::fs::write(dir.join("tls.crt"), &serving.cert_pem).expect("writing tls.crt");
     std::fs::write(dir.join("tls.key"), &serving.key_pem).expect("writing tls.key");
+    std::fs::write(dir.join("ca.crt"), &ca.pair().cert_pem).expect("writing ca.crt");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailscale-gateway"));
     cmd.arg("serve")
         .arg(format!("--listen=127.0.0.1:{https}"))
@@ -793,7 +814,88 @@ fn real_envoy_gateway_calls_the_extension() {
         (Some("TailscaleServices"), Some("web-service"))
     );
 
+    // 5. Route kinds whose backends Envoy Gateway keeps from us: refused by our webhook.
+    tcp_routes_are_refused(&cp, &rt, &pki, &mut eg, &recorded, https);
+
     server.assert_running();
     eg.assert_running();
     eprintln!("real Envoy Gateway test done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The TCPRoute's condition `type` on its (only) parent.
+fn tcp_route_condition(cp: &ControlPlane, type_: &str) -> Option<String> {
+    let out = cp.kubectl_output(&["get", "tcproute", TCP_ROUTE, "-n", "default", "-o", "json"], None);
+    let route: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let conditions = route.pointer("/status/parents/0/conditions")?.as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    Some(format!("{}/{}", c["status"].as_str()?, c["reason"].as_str().unwrap_or_default()))
+}
+
+/// Why TCPRoutes (like TLSRoutes and UDPRoutes) may not name our kinds, shown on the real Envoy
+/// Gateway: it accepts the route stored before our webhook, resolves its ref, builds its cluster
+/// with no endpoints and never calls a hook with our object. Then, with our validating webhook
+/// registered, kube-apiserver refuses a new one, naming the field.
+fn tcp_routes_are_refused(
+    cp: &ControlPlane,
+    rt: &tokio::runtime::Runtime,
+    pki: &XdsPki,
+    eg: &mut Process,
+    recorded: &[Call],
+    https: u16,
+) {
+    wait_until("TCPRoute database Accepted", || {
+        eg.assert_running();
+        tcp_route_condition(cp, "Accepted").is_some()
+    });
+    let (accepted, resolved) = (tcp_route_condition(cp, "Accepted"), tcp_route_condition(cp, "ResolvedRefs"));
+    eprintln!("TCPRoute {TCP_ROUTE} to a TailscaleServices: Accepted {accepted:?}, ResolvedRefs {resolved:?}");
+    assert!(accepted.as_deref().is_some_and(|s| s.starts_with("True")), "{accepted:?}");
+    assert!(resolved.as_deref().is_some_and(|s| s.starts_with("True")), "nothing tells the user: {resolved:?}");
+    let clusters = clusters_when(rt, pki, eg, |c| c.contains_key(TCP_ROUTE_CLUSTER));
+    let cluster = &clusters[TCP_ROUTE_CLUSTER];
+    let endpoints = rt.block_on(ads_fetch(pki, ENDPOINTS_TYPE, &[TCP_ROUTE_CLUSTER])).unwrap_or_default();
+    let hosts: usize = endpoints
+        .iter()
+        .map(decode::<ClusterLoadAssignment>)
+        .filter(|a| a.cluster_name == TCP_ROUTE_CLUSTER)
+        .flat_map(|a| a.endpoints)
+        .map(|l| l.lb_endpoints.len())
+        .sum::<usize>()
+        + cluster.load_assignment.iter().flat_map(|a| &a.endpoints).map(|l| l.lb_endpoints.len()).sum::<usize>();
+    eprintln!("its cluster {TCP_ROUTE_CLUSTER}: {:?}, {hosts} endpoint(s)", discovery_type(cluster));
+    assert_eq!(hosts, 0, "{cluster:#?}");
+    let hooked = recorded.iter().filter(|c| c.method == "PostClusterModify").any(|c| {
+        PostClusterModifyRequest::decode(c.request.clone())
+            .is_ok_and(|r| r.cluster.is_some_and(|cl| cl.name == TCP_ROUTE_CLUSTER))
+    });
+    assert!(!hooked, "Envoy Gateway handed {TCP_ROUTE_CLUSTER} to the extension after all");
+
+    let dir = cp.dir().join("gateway");
+    let ca = std::fs::read(dir.join("ca.crt")).expect("reading our server's CA");
+    let text =
+        std::fs::read_to_string(root().join("webhooks/validating.yaml")).expect("reading webhooks/validating.yaml");
+    let mut config: Value = serde_saphyr::from_str(&text).expect("parsing webhooks/validating.yaml");
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca);
+    for hook in config["webhooks"].as_array_mut().expect("webhooks/validating.yaml has webhooks") {
+        hook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{https}/validate"), "caBundle": ca_bundle});
+    }
+    apply(cp, &config, &[]);
+    let deadline = Instant::now() + TIMEOUT;
+    let denied = loop {
+        let out =
+            cp.kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(&tcp_route("database-2").to_string()));
+        if !out.status.success() {
+            break stderr(&out);
+        }
+        assert!(Instant::now() < deadline, "a TCPRoute to a TailscaleServices was never refused");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("kubectl apply of a second TCPRoute: {denied}");
+    for want in [
+        "admission webhook \"validate-routes.gateway.tailscale.com\" denied the request",
+        "TCPRoute \"database-2\" is invalid: spec.rules[0].backendRefs[0]: Forbidden: TailscaleServices \"web-service\"",
+        "Envoy Gateway hands only HTTPRoute and GRPCRoute backends to tailscale-gateway",
+    ] {
+        assert!(denied.contains(want), "{want:?} not in: {denied}");
+    }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::dataplane::GATEWAY_API_GROUP;
 use crate::api::GROUP;
+use crate::{FieldError, FieldPath};
 
 /// Route kinds whose backendRefs Envoy Gateway hands to the extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +47,47 @@ impl RouteKind {
         }
         RouteKind::ALL.into_iter().find(|k| k.kind() == kind)
     }
+}
+
+/// Gateway API route kinds Envoy Gateway translates without handing their backends to its
+/// extensions. In v1.9.1 (`internal/gatewayapi/route.go`) the TCPRoute, TLSRoute and UDPRoute
+/// translations drop the resource of a custom backend (`processBackendRef` returns it, they
+/// discard it), so no hook sees it: the route is Accepted, its refs Resolved, and its cluster
+/// has no endpoints. Traffic would vanish without a word, so these routes may not name our kinds.
+pub const UNHANDED_ROUTE_KINDS: [&str; 3] = ["TCPRoute", "TLSRoute", "UDPRoute"];
+
+/// Why a route may not be admitted as it is: one error per backendRef naming our group in a
+/// route of a kind in [`UNHANDED_ROUTE_KINDS`], at the backendRef's field. Empty for every other
+/// object, and for such a route without one. The webhook, `check` and local mode all ask this.
+pub fn refused_backend_refs(api_version: &str, kind: &str, route: &Value) -> Vec<FieldError> {
+    let gateway_api = api_version.split_once('/').is_some_and(|(group, _)| group == GATEWAY_API_GROUP);
+    if !gateway_api || !UNHANDED_ROUTE_KINDS.contains(&kind) {
+        return Vec::new();
+    }
+    let rules = route.pointer("/spec/rules").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let (spec, mut errors) = (FieldPath::new("spec"), Vec::new());
+    let rules_path = spec.child("rules");
+    for (i, rule) in rules.iter().enumerate() {
+        let refs = rule.get("backendRefs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let rule_path = rules_path.index(i);
+        let refs_path = rule_path.child("backendRefs");
+        for (j, r) in refs.iter().enumerate() {
+            if r.get("group").and_then(Value::as_str) != Some(GROUP) {
+                continue;
+            }
+            let target = r.get("kind").and_then(Value::as_str).unwrap_or("object");
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            errors.push(FieldError::forbidden(
+                &refs_path.index(j),
+                format!(
+                    "{target} {name:?}: Envoy Gateway hands only HTTPRoute and GRPCRoute backends to \
+                     tailscale-gateway; a {kind} to it would be accepted and carry no traffic (its \
+                     cluster gets no endpoints). Route it with an HTTPRoute or GRPCRoute"
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// One backendRef of a rule that names one of our kinds.
@@ -141,5 +183,35 @@ mod tests {
         );
         assert_eq!(rule_cluster_name(RouteKind::Grpc, "a", "b", 0), "grpcroute/a/b/rule/0");
         assert!(rule_backends(RouteKind::Grpc, &json!({"spec": "garbage"})).is_empty());
+    }
+
+    #[test]
+    fn routes_envoy_gateway_keeps_from_the_extension_may_not_name_our_kinds() {
+        let route = json!({"spec": {"rules": [
+            {"backendRefs": [{"name": "db", "port": 5432}]},
+            {"backendRefs": [
+                {"name": "plain", "port": 1},
+                {"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": "db", "port": 5432}]}]}});
+        for kind in UNHANDED_ROUTE_KINDS {
+            let errors = refused_backend_refs("gateway.networking.k8s.io/v1alpha2", kind, &route);
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(text.len(), 1, "{text:?}");
+            assert!(
+                text[0].starts_with(&format!(
+                    "spec.rules[1].backendRefs[1]: Forbidden: TailscaleServices \"db\": Envoy Gateway hands only \
+                     HTTPRoute and GRPCRoute backends to tailscale-gateway; a {kind} to it"
+                )),
+                "{text:?}"
+            );
+        }
+        for (api_version, kind) in [
+            ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+            ("example.com/v1", "TCPRoute"),
+        ] {
+            assert!(refused_backend_refs(api_version, kind, &route).is_empty(), "{kind} of {api_version}");
+        }
+        let garbage = json!({"spec": {"rules": "no"}});
+        assert!(refused_backend_refs("gateway.networking.k8s.io/v1alpha2", "TCPRoute", &garbage).is_empty());
     }
 }
