@@ -120,6 +120,8 @@ struct DataPlane {
     plan: ProxyPlan,
     /// Domains whose shared certificate Secret must exist.
     cert_domains: BTreeSet<String>,
+    /// The VIPs some replica advertises now (from the observed config Secrets).
+    advertised_now: BTreeSet<String>,
 }
 
 fn data_plane(ep: &TailscaleEndpoints, ctx: &Context, key: &ObjectKey, observed: &Observed) -> DataPlane {
@@ -134,7 +136,7 @@ fn data_plane(ep: &TailscaleEndpoints, ctx: &Context, key: &ObjectKey, observed:
         if ConnectionType::of(ep).ingress() { plan.advertisable(&served_now, &certs_ready) } else { Vec::new() };
     let serve = dataplane::serve_config_keeping(&plan.serve, in_place.as_deref(), &advertised_now);
     let cert_domains = plan.cert_domains();
-    DataPlane { config_map: builders::config_map(ep, &plan, &serve), advertise, plan, cert_domains }
+    DataPlane { config_map: builders::config_map(ep, &plan, &serve), advertise, plan, cert_domains, advertised_now }
 }
 
 async fn apply(ep: &TailscaleEndpoints, ctx: &Context) -> Result<Action, Error> {
@@ -321,12 +323,10 @@ async fn ensure_cert_secrets(
         ensure(ctx, &secrets, observed.certs.get(domain).map(|s| s.as_ref()), &builders::cert_secret(ep, domain))
             .await?;
     }
-    let advertised: BTreeSet<String> =
-        observed.config.values().flat_map(|s| builders::advertised_services(s)).collect();
     let still_served: BTreeSet<String> = dp.plan.serve.iter().filter_map(|v| v.dns_name.clone()).collect();
     for (domain, secret) in &observed.certs {
-        let vip = format!("svc:{}", domain.split('.').next().unwrap_or_default());
-        if dp.cert_domains.contains(domain) || still_served.contains(domain) || advertised.contains(&vip) {
+        let vip = crate::core::vip::of_dns_name(domain);
+        if dp.cert_domains.contains(domain) || still_served.contains(domain) || dp.advertised_now.contains(&vip) {
             continue;
         }
         if delete_if_exists(&secrets, domain).await?

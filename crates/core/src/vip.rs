@@ -231,9 +231,24 @@ pub fn dns_name(vip: &str, magic_dns_suffix: Option<&str>) -> Option<String> {
     magic_dns_suffix.filter(|s| !s.is_empty()).map(|s| format!("{label}.{s}"))
 }
 
+/// The VIP service whose DNS name is `dns_name`: the inverse of [`dns_name`] (`svc:` plus the
+/// first label). Shared certificate Secrets are named after the domain, so a Secret left by a VIP
+/// no longer served here names its VIP this way.
+pub fn of_dns_name(dns_name: &str) -> String {
+    format!("svc:{}", dns_name.split('.').next().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_names_and_back() {
+        let name = dns_name("svc:web-service", Some("tail8eff9.ts.net")).expect("a DNS name");
+        assert_eq!(name, "web-service.tail8eff9.ts.net");
+        assert_eq!(of_dns_name(&name), "svc:web-service");
+        assert_eq!(dns_name("svc:web", Some("")), None);
+    }
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("parsing the timestamp")
