@@ -18,6 +18,7 @@ pub mod envoy;
 pub mod field;
 pub mod index;
 pub mod names;
+pub mod policy;
 pub mod provision;
 pub mod proxies;
 pub mod resource;

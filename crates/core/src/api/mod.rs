@@ -10,11 +10,13 @@
 
 mod endpoints;
 mod gateway;
+mod policy;
 mod services;
 mod tailnet;
 
 pub use endpoints::*;
 pub use gateway::*;
+pub use policy::*;
 pub use services::*;
 pub use tailnet::*;
 
