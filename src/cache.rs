@@ -280,7 +280,7 @@ mod tests {
         assert!(!cache.synced());
         cache.apply(endpoints("default", "old", json!({}), &[]));
         cache.reset(Kind::Endpoints, vec![endpoints("default", "new", json!({}), &[])]);
-        for k in [Kind::Tailnet, Kind::Services] {
+        for k in [Kind::Tailnet, Kind::Services, Kind::RoutePolicy] {
             cache.reset(k, Vec::new());
         }
         // Becoming synced notifies subscribers even when no object changed (readiness waits on it).

@@ -36,8 +36,15 @@ pub mod admission_labels {
     /// `webhook` values.
     pub const WEBHOOKS: [&str; 2] = ["validate", "mutate"];
     /// `kind` values: our kinds in [`crate::core::Kind::ALL`] order, then `other` and `-`.
-    pub const KINDS: [&str; 6] =
-        ["TailscaleTailnet", "TailscaleEndpoints", "TailscaleServices", "TailscaleGateway", "other", "-"];
+    pub const KINDS: [&str; 7] = [
+        "TailscaleTailnet",
+        "TailscaleEndpoints",
+        "TailscaleServices",
+        "TailscaleGateway",
+        "TailscaleRoutePolicy",
+        "other",
+        "-",
+    ];
     /// `verdict` values.
     pub const VERDICTS: [&str; 4] = ["allowed", "denied", "patched", "error"];
 
@@ -46,9 +53,9 @@ pub mod admission_labels {
     /// Position of `mutate` in [`WEBHOOKS`].
     pub const MUTATE: usize = 1;
     /// Position of `other` (a kind we do not own) in [`KINDS`].
-    pub const KIND_OTHER: usize = 4;
+    pub const KIND_OTHER: usize = 5;
     /// Position of `-` (a request too broken to name its kind) in [`KINDS`].
-    pub const KIND_NONE: usize = 5;
+    pub const KIND_NONE: usize = 6;
     /// Position of `allowed` in [`VERDICTS`].
     pub const ALLOWED: usize = 0;
     /// Position of `denied` in [`VERDICTS`].
@@ -233,7 +240,7 @@ mod tests {
         let m = AdmissionMetrics::register(&mut registry);
         m.observe(0, 2, 1, Some(0.001));
         m.observe(0, 2, 1, Some(0.001));
-        m.observe(1, 5, 3, None);
+        m.observe(1, admission_labels::KIND_NONE, 3, None);
         m.observe(9, 9, 9, None); // clamped: mutate / - / error
         let text = encode(&registry);
         for want in [

@@ -131,6 +131,22 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "cache watch",
     },
     Permission {
+        group: GW,
+        resource: "tailscaleroutepolicies",
+        verbs: READ,
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "cache watch",
+    },
+    Permission {
+        group: GW,
+        resource: "tailscaleroutepolicies/status",
+        verbs: &["patch"],
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "reconciler status of route policies (per target)",
+    },
+    Permission {
         group: "gateway.networking.k8s.io",
         resource: "httproutes",
         verbs: READ,

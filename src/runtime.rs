@@ -862,13 +862,14 @@ fn feed_from_cluster(
 
 /// Spawns [`reflect`] for `kind` with the API of its type.
 fn spawn_reflector(tasks: &mut JoinSet<()>, kind: Kind, client: kube::Client, cache: Cache, stop: CancellationToken) {
-    use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+    use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleRoutePolicy, TailscaleServices, TailscaleTailnet};
     use kube::Api;
     match kind {
         Kind::Tailnet => tasks.spawn(reflect(Api::<TailscaleTailnet>::all(client), kind, cache, stop)),
         Kind::Endpoints => tasks.spawn(reflect(Api::<TailscaleEndpoints>::all(client), kind, cache, stop)),
         Kind::Services => tasks.spawn(reflect(Api::<TailscaleServices>::all(client), kind, cache, stop)),
         Kind::Gateway => tasks.spawn(reflect(Api::<TailscaleGateway>::all(client), kind, cache, stop)),
+        Kind::RoutePolicy => tasks.spawn(reflect(Api::<TailscaleRoutePolicy>::all(client), kind, cache, stop)),
     };
 }
 

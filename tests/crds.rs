@@ -23,9 +23,12 @@ fn crds_carry_columns_short_names_and_cel_rules() {
         "x-kubernetes-validations",
         "spec.selector is required unless spec.endpointTemplate is given",
         "subresources:",
+        "kind: TailscaleRoutePolicy",
+        "- tsrp",
+        "targetRefs must name 1 to 16 targets",
     ] {
         assert!(yaml.contains(needle), "CRDs lack {needle:?}");
     }
     let docs = yaml.matches("kind: CustomResourceDefinition").count();
-    assert_eq!(docs, 4);
+    assert_eq!(docs, tailscale_gateway::api::crds().len());
 }

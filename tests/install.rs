@@ -134,11 +134,7 @@ fn every_manifest_parses_with_the_right_kind_and_api_version() {
 }
 
 fn crd_plurals() -> Vec<String> {
-    use tailscale_gateway::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
-    fn p<K: kube::Resource<DynamicType = ()>>() -> String {
-        K::plural(&()).into_owned()
-    }
-    vec![p::<TailscaleTailnet>(), p::<TailscaleEndpoints>(), p::<TailscaleServices>(), p::<TailscaleGateway>()]
+    tailscale_gateway::core::Kind::ALL.into_iter().map(tailscale_gateway::api::plural).collect()
 }
 
 #[test]
@@ -185,7 +181,7 @@ fn webhooks_and_apiservice_name_what_the_binary_uses() {
         let rule = &ours["rules"][0];
         assert_eq!(rule["apiGroups"], json!([tailscale_gateway::api::GROUP]));
         assert_eq!(rule["apiVersions"], json!([tailscale_gateway::api::VERSION]));
-        assert_eq!(rule["resources"], json!(crd_plurals()), "{kind}: our four kinds");
+        assert_eq!(rule["resources"], json!(crd_plurals()), "{kind}: our kinds");
         if validating {
             let routes = &hooks[1];
             assert_eq!(routes["failurePolicy"], "Ignore", "Gateway API objects are not ours to block");
@@ -589,6 +585,7 @@ fn resource_of(type_name: &str) -> Option<(String, String)> {
         "TailscaleEndpoints" => r::<TailscaleEndpoints>(),
         "TailscaleServices" => r::<TailscaleServices>(),
         "TailscaleGateway" => r::<TailscaleGateway>(),
+        "TailscaleRoutePolicy" => r::<tailscale_gateway::api::TailscaleRoutePolicy>(),
         "Secret" => r::<Secret>(),
         "Service" => r::<Service>(),
         "ServiceAccount" => r::<ServiceAccount>(),
@@ -732,7 +729,7 @@ fn kustomize_builds_the_default_install() {
     let docs = kustomize("deploy");
     let k = kinds(&docs);
     for (kind, n) in [
-        ("CustomResourceDefinition", 4),
+        ("CustomResourceDefinition", 5),
         ("ValidatingWebhookConfiguration", 1),
         ("MutatingWebhookConfiguration", 1),
         ("APIService", 1),
@@ -772,7 +769,8 @@ fn kustomize_builds_the_cert_manager_variant() {
             injected.insert(format!("{}/{}", s(&d["kind"]), s(&d["metadata"]["name"])));
         }
     }
-    assert_eq!(injected.len(), 7, "2 webhook configurations, the APIService and 4 CRDs: {injected:?}");
+    let crds = tailscale_gateway::api::crds().len();
+    assert_eq!(injected.len(), 3 + crds, "2 webhook configurations, the APIService and {crds} CRDs: {injected:?}");
     assert!(injected.contains(&format!("APIService/{}", install::APISERVICE_NAME)));
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap_or_else(|| panic!("no Deployment"));
     let c = &dep["spec"]["template"]["spec"]["containers"][0];

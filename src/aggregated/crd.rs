@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::columns::{self, JsonPath};
 use super::resources::{Cell, Column, KindInfo, NO_LABELS, View, name_column};
-use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleRoutePolicy, TailscaleServices, TailscaleTailnet};
 use crate::cache::{Index, Stored, ViewObject};
 use crate::core::ObjectKey;
 
@@ -260,6 +260,22 @@ impl Crd for TailscaleGateway {
 
     fn of_event(object: &ViewObject) -> Option<&Arc<Self>> {
         if let ViewObject::Gateway(o) = object { Some(o) } else { None }
+    }
+}
+
+impl Crd for TailscaleRoutePolicy {
+    const INDEX: usize = 4;
+
+    fn entries(index: &Index, namespace: Option<&str>) -> Vec<Stored<Self>> {
+        index.route_policy_entries(namespace)
+    }
+
+    fn entry(index: &Index, key: &ObjectKey) -> Option<Stored<Self>> {
+        index.route_policy_entry(key)
+    }
+
+    fn of_event(object: &ViewObject) -> Option<&Arc<Self>> {
+        if let ViewObject::RoutePolicy(o) = object { Some(o) } else { None }
     }
 }
 

@@ -67,6 +67,8 @@ pub enum ResourceKind {
     Services,
     /// `tailscalegateways` (local mode).
     Gateways,
+    /// `tailscaleroutepolicies` (local mode).
+    RoutePolicies,
 }
 
 /// Something done with a kind's [`View`] type: how a handler written once over `T: View` is
@@ -89,18 +91,21 @@ impl KindFn for InfoOf {
 
 impl ResourceKind {
     /// Every kind, the aggregated views first.
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Devices,
         ResourceKind::Selections,
         ResourceKind::Tailnets,
         ResourceKind::Endpoints,
         ResourceKind::Services,
         ResourceKind::Gateways,
+        ResourceKind::RoutePolicies,
     ];
 
     /// Calls `f` with the kind's [`View`] type.
     pub fn with<F: KindFn>(self, f: F) -> F::Out {
-        use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+        use crate::api::{
+            TailscaleEndpoints, TailscaleGateway, TailscaleRoutePolicy, TailscaleServices, TailscaleTailnet,
+        };
         use crate::core::views::{Device, Selection};
         match self {
             ResourceKind::Devices => f.call::<Device>(),
@@ -109,6 +114,7 @@ impl ResourceKind {
             ResourceKind::Endpoints => f.call::<TailscaleEndpoints>(),
             ResourceKind::Services => f.call::<TailscaleServices>(),
             ResourceKind::Gateways => f.call::<TailscaleGateway>(),
+            ResourceKind::RoutePolicies => f.call::<TailscaleRoutePolicy>(),
         }
     }
 
@@ -601,7 +607,7 @@ mod tests {
         assert_eq!(Target::kind_of(crds, "tailscaleservices"), Some(ResourceKind::Services));
         assert_eq!(Target::kind_of(crds, "tailscaletailnets"), Some(ResourceKind::Tailnets));
         assert_eq!(Target::kind_of(crds, "tailscaledevices"), None);
-        assert_eq!(ApiGroup::Crds.kinds().count(), 4);
+        assert_eq!(ApiGroup::Crds.kinds().count(), 5);
     }
 
     #[test]

@@ -100,6 +100,16 @@ pub fn patch(kind: Kind, raw: &Value) -> Vec<PatchOperation> {
         Kind::Gateway => {
             p.default(&["spec", "routeGeneration", "pathPrefix"], json!(DEFAULT_PATH_PREFIX));
         }
+        Kind::RoutePolicy => {
+            p.default(&["spec", "defaultAction"], json!("Allow"));
+            let targets = raw.pointer("/spec/targetRefs").and_then(Value::as_array).map_or(0, Vec::len);
+            for i in 0..targets {
+                let i = i.to_string();
+                let kind = raw.pointer(&format!("/spec/targetRefs/{i}/kind")).and_then(Value::as_str);
+                let group = if kind == Some("TailscaleServices") { crate::api::GROUP } else { GATEWAY_API_GROUP };
+                p.default(&["spec", "targetRefs", &i, "group"], json!(group));
+            }
+        }
     }
     p.ops
 }

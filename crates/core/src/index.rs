@@ -9,7 +9,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
-use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+use crate::api::{TailscaleEndpoints, TailscaleGateway, TailscaleRoutePolicy, TailscaleServices, TailscaleTailnet};
 use crate::dataplane;
 use crate::routes::{self, RouteBackend, RouteKind};
 use crate::selector::Selector;
@@ -35,6 +35,8 @@ pub enum ViewKind {
     Services,
     /// A TailscaleGateway (likewise).
     Gateway,
+    /// A TailscaleRoutePolicy (likewise).
+    RoutePolicy,
 }
 
 /// How a view object changed.
@@ -63,6 +65,8 @@ pub enum ViewObject {
     Services(Arc<TailscaleServices>),
     /// A TailscaleGateway (likewise).
     Gateway(Arc<TailscaleGateway>),
+    /// A TailscaleRoutePolicy (likewise).
+    RoutePolicy(Arc<TailscaleRoutePolicy>),
 }
 
 /// One change of a view object.
@@ -89,6 +93,7 @@ impl Event {
             ViewObject::Endpoints(_) => ViewKind::Endpoints,
             ViewObject::Services(_) => ViewKind::Services,
             ViewObject::Gateway(_) => ViewKind::Gateway,
+            ViewObject::RoutePolicy(_) => ViewKind::RoutePolicy,
         }
     }
 }
@@ -176,6 +181,7 @@ struct Objects {
     endpoints: BTreeMap<ObjectKey, Stored<TailscaleEndpoints>>,
     services: BTreeMap<ObjectKey, CompiledService>,
     gateways: BTreeMap<ObjectKey, Stored<TailscaleGateway>>,
+    policies: BTreeMap<ObjectKey, Stored<TailscaleRoutePolicy>>,
     live: HashMap<String, Arc<Vec<LiveDevice>>>,
 }
 
@@ -251,6 +257,7 @@ impl Objects {
             Kind::Endpoints => self.endpoints.keys().cloned().collect(),
             Kind::Services => self.services.keys().cloned().collect(),
             Kind::Gateway => self.gateways.keys().cloned().collect(),
+            Kind::RoutePolicy => self.policies.keys().cloned().collect(),
         }
     }
 }
@@ -536,6 +543,11 @@ impl Index {
         self.objects.gateways.iter().map(|(k, s)| (k, &s.object))
     }
 
+    /// All TailscaleRoutePolicies.
+    pub fn route_policies(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<TailscaleRoutePolicy>)> {
+        self.objects.policies.iter().map(|(k, s)| (k, &s.object))
+    }
+
     /// The TailscaleEndpoints a TailscaleServices selects now.
     pub fn selected_endpoints(&self, service: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
         self.links.selected_endpoints(service)
@@ -663,6 +675,16 @@ impl Index {
         self.objects.gateways.get(key).cloned()
     }
 
+    /// TailscaleRoutePolicies with their revisions, ordered by namespace and name.
+    pub fn route_policy_entries(&self, namespace: Option<&str>) -> Vec<Stored<TailscaleRoutePolicy>> {
+        entries(&self.objects.policies, namespace, Clone::clone)
+    }
+
+    /// One TailscaleRoutePolicy with its revision.
+    pub fn route_policy_entry(&self, key: &ObjectKey) -> Option<Stored<TailscaleRoutePolicy>> {
+        self.objects.policies.get(key).cloned()
+    }
+
     /// View changes after `revision`, or [`Gone`] when the log no longer reaches back that far.
     pub fn events_since(&self, revision: u64) -> Result<Vec<Event>, Gone> {
         self.log.since(revision)
@@ -745,6 +767,15 @@ impl Index {
                 let (revision, memo) = self.log.record_resource(old.is_some(), ViewObject::Gateway(object.clone()));
                 self.objects.gateways.insert(key, Stored { object, revision, memo });
             }
+            Resource::RoutePolicy(p) => {
+                let old = self.objects.policies.get(&key);
+                if old.is_some_and(|o| *o.object == p) {
+                    return;
+                }
+                let object = Arc::new(p);
+                let (revision, memo) = self.log.record_resource(old.is_some(), ViewObject::RoutePolicy(object.clone()));
+                self.objects.policies.insert(key, Stored { object, revision, memo });
+            }
             Resource::Endpoints(e) => {
                 let old = self.objects.endpoints.get(&key);
                 if old.is_some_and(|o| *o.object == e) {
@@ -787,6 +818,7 @@ impl Index {
         let removed = match kind {
             Kind::Tailnet => objects.tailnets.remove(&key.name).map(|s| ViewObject::Tailnet(s.object)),
             Kind::Gateway => objects.gateways.remove(key).map(|s| ViewObject::Gateway(s.object)),
+            Kind::RoutePolicy => objects.policies.remove(key).map(|s| ViewObject::RoutePolicy(s.object)),
             Kind::Endpoints => objects.endpoints.remove(key).map(|s| ViewObject::Endpoints(s.object)),
             Kind::Services => objects.services.remove(key).map(|old| {
                 self.links.set_vip_claim(key, old.vip, None);
@@ -805,7 +837,7 @@ impl Index {
                 }
                 self.refresh_selection_view(key);
             }
-            Kind::Tailnet | Kind::Gateway => {}
+            Kind::Tailnet | Kind::Gateway | Kind::RoutePolicy => {}
         }
     }
 

@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use super::{FieldError, FieldPath, names};
-use crate::api::{API_VERSION, TailscaleEndpoints, TailscaleGateway, TailscaleServices, TailscaleTailnet};
+use crate::api::{
+    API_VERSION, TailscaleEndpoints, TailscaleGateway, TailscaleRoutePolicy, TailscaleServices, TailscaleTailnet,
+};
 
 /// Our resource kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,11 +22,13 @@ pub enum Kind {
     Services,
     /// TailscaleGateway.
     Gateway,
+    /// TailscaleRoutePolicy.
+    RoutePolicy,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 4] = [Kind::Tailnet, Kind::Endpoints, Kind::Services, Kind::Gateway];
+    pub const ALL: [Kind; 5] = [Kind::Tailnet, Kind::Endpoints, Kind::Services, Kind::Gateway, Kind::RoutePolicy];
 
     /// The `kind` string.
     pub fn name(self) -> &'static str {
@@ -33,6 +37,7 @@ impl Kind {
             Kind::Endpoints => "TailscaleEndpoints",
             Kind::Services => "TailscaleServices",
             Kind::Gateway => "TailscaleGateway",
+            Kind::RoutePolicy => "TailscaleRoutePolicy",
         }
     }
 
@@ -97,6 +102,8 @@ pub enum Resource {
     Services(TailscaleServices),
     /// A TailscaleGateway.
     Gateway(TailscaleGateway),
+    /// A TailscaleRoutePolicy.
+    RoutePolicy(TailscaleRoutePolicy),
 }
 
 /// Why a JSON document is not one of our objects.
@@ -200,6 +207,7 @@ impl Resource {
             Resource::Endpoints(o) => serde_json::to_value(o),
             Resource::Services(o) => serde_json::to_value(o),
             Resource::Gateway(o) => serde_json::to_value(o),
+            Resource::RoutePolicy(o) => serde_json::to_value(o),
         }
     }
 
@@ -210,6 +218,7 @@ impl Resource {
             Resource::Endpoints(_) => Kind::Endpoints,
             Resource::Services(_) => Kind::Services,
             Resource::Gateway(_) => Kind::Gateway,
+            Resource::RoutePolicy(_) => Kind::RoutePolicy,
         }
     }
 
@@ -220,6 +229,7 @@ impl Resource {
             Resource::Endpoints(o) => &o.metadata,
             Resource::Services(o) => &o.metadata,
             Resource::Gateway(o) => &o.metadata,
+            Resource::RoutePolicy(o) => &o.metadata,
         }
     }
 
@@ -230,6 +240,7 @@ impl Resource {
             Resource::Endpoints(o) => &mut o.metadata,
             Resource::Services(o) => &mut o.metadata,
             Resource::Gateway(o) => &mut o.metadata,
+            Resource::RoutePolicy(o) => &mut o.metadata,
         }
     }
 
@@ -266,6 +277,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for KindSeed {
             Kind::Endpoints => Resource::Endpoints(TailscaleEndpoints::deserialize(d)?),
             Kind::Services => Resource::Services(TailscaleServices::deserialize(d)?),
             Kind::Gateway => Resource::Gateway(TailscaleGateway::deserialize(d)?),
+            Kind::RoutePolicy => Resource::RoutePolicy(TailscaleRoutePolicy::deserialize(d)?),
         })
     }
 }
@@ -296,6 +308,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for ValidationSeed {
                 parts(d).map(|(metadata, spec)| TailscaleServices { metadata, spec, status: None })?.into()
             }
             Kind::Gateway => parts(d).map(|(metadata, spec)| TailscaleGateway { metadata, spec, status: None })?.into(),
+            Kind::RoutePolicy => {
+                parts(d).map(|(metadata, spec)| TailscaleRoutePolicy { metadata, spec, status: None })?.into()
+            }
         })
     }
 }
@@ -395,6 +410,12 @@ impl From<TailscaleServices> for Resource {
 impl From<TailscaleGateway> for Resource {
     fn from(o: TailscaleGateway) -> Self {
         Resource::Gateway(o)
+    }
+}
+
+impl From<TailscaleRoutePolicy> for Resource {
+    fn from(o: TailscaleRoutePolicy) -> Self {
+        Resource::RoutePolicy(o)
     }
 }
 

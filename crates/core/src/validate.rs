@@ -102,6 +102,7 @@ pub fn review(res: &Resource, old: Option<&Resource>, view: &dyn ClusterView) ->
             s.spec.validate(&spec, &mut v.errors);
             review_services(s, old, view, &mut v);
         }
+        Resource::RoutePolicy(p) => v.errors.extend(crate::policy::validate(&p.spec)),
         Resource::Gateway(g) => {
             g.spec.validate(&spec, &mut v.errors);
             for (i, t) in g.spec.tailnets.iter().enumerate() {

@@ -39,7 +39,13 @@ pub const MANAGED_BY_VALUE: &str = "tailscale-gateway";
 /// All CRDs, in the order `tailscale-gateway crds` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube_core::CustomResourceExt;
-    vec![TailscaleTailnet::crd(), TailscaleEndpoints::crd(), TailscaleServices::crd(), TailscaleGateway::crd()]
+    vec![
+        TailscaleTailnet::crd(),
+        TailscaleEndpoints::crd(),
+        TailscaleServices::crd(),
+        TailscaleGateway::crd(),
+        TailscaleRoutePolicy::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream (the content of `crds/`).
@@ -62,6 +68,7 @@ pub fn plural(kind: crate::Kind) -> String {
         Kind::Endpoints => TailscaleEndpoints::plural(&()).into_owned(),
         Kind::Services => TailscaleServices::plural(&()).into_owned(),
         Kind::Gateway => TailscaleGateway::plural(&()).into_owned(),
+        Kind::RoutePolicy => TailscaleRoutePolicy::plural(&()).into_owned(),
     }
 }
 

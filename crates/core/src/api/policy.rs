@@ -8,8 +8,8 @@ use super::Condition;
 /// tailscaled) and on the request, with actions to allow, deny, change headers, or set the
 /// route's timeout and retries. A Gateway API policy: `targetRefs` name what it attaches to.
 ///
-/// Not served yet: the core (validation, evaluation, conflicts) is here; the enforcement in
-/// Envoy (issue 15) is not, so the CRD is not installed.
+/// Envoy asks the server about each request on a targeted route (ext_authz), so a policy change
+/// applies to the next request.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[kube(
@@ -38,12 +38,14 @@ pub struct TailscaleRoutePolicySpec {
     /// (`gateway.networking.k8s.io`), or a TailscaleServices (`gateway.tailscale.com`), in the
     /// policy's namespace. `sectionName` picks a Gateway listener or a route rule.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 16").message("targetRefs must name 1 to 16 targets"))]
     pub target_refs: Vec<PolicyTargetRef>,
     /// Evaluated in order: the first rule with a matching `matches` entry decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
     /// `Allow` (default) or `Deny`: what happens to a request no rule matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Allow', 'Deny']").message("defaultAction must be Allow or Deny"))]
     pub default_action: Option<String>,
 }
 
@@ -142,6 +144,7 @@ pub struct HeaderMatch {
 pub struct PolicyAction {
     /// `Allow` or `Deny`.
     #[serde(rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['Allow', 'Deny']").message("action type must be Allow or Deny"))]
     pub type_: String,
     /// For `Deny`: the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
