@@ -66,6 +66,16 @@ impl Cache {
         self.write(|idx| idx.apply_route(kind, route));
     }
 
+    /// Records the IPs of one of our ingress-capable proxy pods (none: it is gone).
+    pub fn set_ingress_pod(&self, pod: ObjectKey, ips: Vec<std::net::IpAddr>) {
+        self.write(|idx| idx.set_ingress_pod(pod, ips));
+    }
+
+    /// Replaces every ingress proxy pod (a relist).
+    pub fn reset_ingress_pods(&self, pods: std::collections::BTreeMap<ObjectKey, Vec<std::net::IpAddr>>) {
+        self.write(|idx| idx.reset_ingress_pods(pods));
+    }
+
     /// Removes a route.
     pub fn delete_route(&self, kind: RouteKind, key: &ObjectKey) {
         self.write(|idx| idx.delete_route(kind, key));

@@ -139,6 +139,14 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "cache watch",
     },
     Permission {
+        group: "",
+        resource: "pods",
+        verbs: READ,
+        resource_names: &[],
+        scope: Scope::Cluster,
+        why: "route policies: the IPs of our ingress proxies, whose identity headers are trusted",
+    },
+    Permission {
         group: GW,
         resource: "tailscaleroutepolicies/status",
         verbs: &["patch"],

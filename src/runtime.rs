@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Envoy Gateway extension (gRPC) address [default: 0.0.0.0:5005, or 127.0.0.1:5005 with --local].
     #[arg(long, env = "TSGW_XDS_ADDR", value_parser = parse_listen)]
     pub xds_addr: Option<SocketAddr>,
+    /// Where Envoy reaches this server's authorization service for route policies (the
+    /// extension's gRPC port), as HOST:PORT [default: tailscale-gateway-xds.NAMESPACE.svc.CLUSTER-DOMAIN
+    /// on the extension's port, or 127.0.0.1 with --local].
+    #[arg(long, value_parser = parse_host_port)]
+    pub authz_address: Option<crate::core::authz::AuthzAddress>,
     /// Extension server certificate (PEM), reloaded when the file changes; plain gRPC when omitted.
     #[arg(long, requires = "xds_tls_key")]
     pub xds_tls_cert: Option<PathBuf>,
@@ -194,6 +199,7 @@ impl ServeArgs {
             state_dir: state_dir.into(),
             local_poll_interval: Duration::from_secs(1),
             xds_addr: Some(SocketAddr::new(listen.ip(), 0)),
+            authz_address: None,
             xds_tls_cert: None,
             xds_tls_key: None,
             xds_client_ca: None,
@@ -497,6 +503,51 @@ where
 /// weights, which Envoy Gateway does not send it. Optional: without Gateway API's CRDs (or RBAC
 /// for them) the extension falls back to each VIP's first port and equal weights, says so once,
 /// and the server is ready all the same.
+/// Keeps the cache's IPs of our ingress and bidirectional proxy pods current: route policies
+/// trust the identity headers of requests from these addresses only.
+async fn reflect_ingress_pods(client: kube::Client, cache: Cache, stop: CancellationToken) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::WatchStreamExt;
+    let selector = format!("{} in (ingress,bidirectional)", crate::core::proxies::CONNECTION_TYPE_LABEL);
+    let api = kube::Api::<Pod>::all(client);
+    let stream = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer = std::collections::BTreeMap::new();
+    let ips = |p: &Pod| -> Vec<std::net::IpAddr> {
+        let status = p.status.as_ref();
+        let running = p.metadata.deletion_timestamp.is_none();
+        let listed = status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|i| i.ip.as_str());
+        listed
+            .chain(status.and_then(|s| s.pod_ip.as_deref()))
+            .filter_map(|ip| ip.parse().ok())
+            .filter(|_| running)
+            .collect()
+    };
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => e,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => {
+                tracing::warn!(error = %crate::errors::Chain(&error), "watching our ingress proxy pods failed; retrying");
+            }
+            Some(Ok(watcher::Event::Init)) => buffer.clear(),
+            Some(Ok(watcher::Event::InitApply(p))) => {
+                buffer.insert(crate::core::ObjectKey::of(&p.metadata), ips(&p));
+            }
+            Some(Ok(watcher::Event::InitDone)) => cache.reset_ingress_pods(std::mem::take(&mut buffer)),
+            Some(Ok(watcher::Event::Apply(p))) => {
+                cache.set_ingress_pod(crate::core::ObjectKey::of(&p.metadata), ips(&p))
+            }
+            Some(Ok(watcher::Event::Delete(p))) => {
+                cache.set_ingress_pod(crate::core::ObjectKey::of(&p.metadata), Vec::new())
+            }
+        }
+    }
+}
+
 async fn reflect_routes(
     client: kube::Client,
     kind: crate::core::routes::RouteKind,
@@ -854,10 +905,37 @@ fn feed_from_cluster(
     for kind in crate::core::routes::RouteKind::ALL {
         tasks.spawn(reflect_routes(client.clone(), kind, cache.clone(), stop.clone()));
     }
+    tasks.spawn(reflect_ingress_pods(client.clone(), cache.clone(), stop.clone()));
     if !args.no_reconciler {
         spawn_reconciler(tasks, args, client, cache.clone(), registry, stop.clone());
     }
     Auth::Delegated(delegated)
+}
+
+/// Where Envoy reaches the authorization service when `--authz-address` is not given: our
+/// extension Service in a cluster, this listener on loopback in local mode.
+fn default_authz_address(args: &ServeArgs, listener: &TcpListener) -> crate::core::authz::AuthzAddress {
+    match args.local {
+        Some(_) => crate::core::authz::AuthzAddress {
+            host: String::from("127.0.0.1"),
+            port: listener.local_addr().map_or(crate::install::XDS_PORT, |a| a.port()),
+        },
+        None => crate::core::authz::AuthzAddress {
+            host: format!("{}.{}.svc.{}", crate::install::XDS_SERVICE_NAME, args.namespace, args.cluster_domain),
+            port: crate::install::XDS_PORT,
+        },
+    }
+}
+
+/// `HOST:PORT` for `--authz-address`.
+fn parse_host_port(s: &str) -> Result<crate::core::authz::AuthzAddress, String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: want HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| format!("{s:?}: the port must be a number 1-65535"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?}: want HOST:PORT"));
+    }
+    Ok(crate::core::authz::AuthzAddress { host: host.to_string(), port })
 }
 
 /// Spawns [`reflect`] for `kind` with the API of its type.
@@ -896,7 +974,11 @@ fn spawn_xds(
         max_concurrent_calls: args.xds_max_concurrent_calls,
         max_decoded_size: args.xds_max_decoded_size,
         max_connections: args.xds_max_connections,
-        hooks: crate::xds::HookSettings { placement: args.placement(), ..crate::xds::HookSettings::default() },
+        hooks: crate::xds::HookSettings {
+            placement: args.placement(),
+            authz: args.authz_address.clone().unwrap_or_else(|| default_authz_address(args, &listener)),
+            ..crate::xds::HookSettings::default()
+        },
     };
     if let Some(files) = &options.tls {
         crate::xds::tls_config(files)?;

@@ -25,7 +25,7 @@ fn crds_carry_columns_short_names_and_cel_rules() {
         "subresources:",
         "kind: TailscaleRoutePolicy",
         "- tsrp",
-        "targetRefs must name 1 to 16 targets",
+        "action type must be Allow or Deny",
     ] {
         assert!(yaml.contains(needle), "CRDs lack {needle:?}");
     }

@@ -587,6 +587,7 @@ fn resource_of(type_name: &str) -> Option<(String, String)> {
         "TailscaleGateway" => r::<TailscaleGateway>(),
         "TailscaleRoutePolicy" => r::<tailscale_gateway::api::TailscaleRoutePolicy>(),
         "Secret" => r::<Secret>(),
+        "Pod" => r::<k8s_openapi::api::core::v1::Pod>(),
         "Service" => r::<Service>(),
         "ServiceAccount" => r::<ServiceAccount>(),
         "ConfigMap" => r::<ConfigMap>(),

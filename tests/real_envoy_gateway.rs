@@ -169,7 +169,7 @@ const TCP_ROUTE_CLUSTER: &str = "tcproute/default/database/rule/-1";
 
 /// A TCPRoute `name` on the Gateway's TCP listener to the TailscaleServices `web-service`.
 fn tcp_route(name: &str) -> Value {
-    json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"parentRefs": [{"name": "eg", "namespace": EG_NAMESPACE, "sectionName": "postgres"}],
             "rules": [{"backendRefs": [{"group": "gateway.tailscale.com", "kind": "TailscaleServices",
@@ -432,6 +432,12 @@ fn embedded_kubeconfig(cp: &ControlPlane) -> Value {
 /// One state-of-the-world ADS request for `type_url` (all resources when `names` is empty) as a
 /// proxy of Gateway `eg`; the first response's resources, or None when none came in time.
 async fn ads_fetch(pki: &XdsPki, type_url: &str, names: &[&str]) -> Option<Vec<Any>> {
+    // Envoy Gateway may answer a request for resources it has none of with nothing at all, not
+    // even the stream's headers: bound the whole exchange.
+    tokio::time::timeout(Duration::from_secs(5), ads_fetch_once(pki, type_url, names)).await.ok()?
+}
+
+async fn ads_fetch_once(pki: &XdsPki, type_url: &str, names: &[&str]) -> Option<Vec<Any>> {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
         .identity(tonic::transport::Identity::from_pem(&pki.client_cert, &pki.client_key))

@@ -14,6 +14,7 @@ pub mod endpoints;
 pub use crate::core::{conditions as status, provision, proxies as builders, vip};
 pub mod metrics;
 pub mod owned;
+pub mod policies;
 pub mod services;
 pub mod tailnet;
 #[cfg(any(test, feature = "test-util"))]
@@ -537,13 +538,14 @@ async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
                 .await
         }
     };
+    let policy_status = policies::run(ctx.clone(), stop.clone());
     let services = Controller::new(Api::<TailscaleServices>::all(client.clone()), watcher::Config::default())
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(svc_rx))
         .with_config(cfg)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(services::reconcile, services::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("services", r) });
-    tokio::join!(tailnets, endpoints, services);
+    tokio::join!(tailnets, endpoints, services, policy_status);
     triggers.abort();
 }
 

@@ -6,7 +6,9 @@
 //! - [`crate::core::envoy`]: the pure builders (cluster, generated routes, translation merge).
 //! - [`translate`]: plans the clusters and routes TailscaleGateways add to a translation.
 //! - [`service`]: the gRPC hooks; [`serve`] / [`serve_listener`] run them with the health service.
+//! - [`authz`]: Envoy's external authorization for TailscaleRoutePolicies, on the same port.
 
+pub mod authz;
 pub mod limits;
 pub mod metrics;
 pub mod service;
@@ -398,6 +400,8 @@ pub async fn serve_listener(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(serving_once_synced(cache.clone(), reporter));
+    let authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(authz::AuthzService::new(cache.clone()))
+        .max_decoding_message_size(opts.max_message_size);
     let svc = pb::envoy_gateway_extension_server::EnvoyGatewayExtensionServer::new(ExtensionService::new(
         cache,
         opts.hooks.clone(),
@@ -416,6 +420,7 @@ pub async fn serve_listener(
         .max_connection_age(MAX_CONNECTION_AGE)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(health)
+        .add_service(authz)
         .add_service(svc);
     log_listening(local, &opts);
     let slots = crate::server::Slots::new(opts.max_connections, "--xds-max-connections");

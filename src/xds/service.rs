@@ -15,6 +15,7 @@ use super::pb::envoy_gateway_extension_server::EnvoyGatewayExtension;
 use super::pb::*;
 use super::translate;
 use crate::cache::Cache;
+use crate::core::authz;
 use crate::core::envoy::{Backend, DEFAULT_CONNECT_TIMEOUT, fill_cluster, merge_translation, rewrite_route_host};
 
 /// How many distinct bad objects are remembered for "log once" before the memory is reset.
@@ -27,11 +28,17 @@ pub struct HookSettings {
     pub placement: Placement,
     /// Connect timeout for clusters that come without one.
     pub connect_timeout: Duration,
+    /// Where Envoy reaches our authorization service (route policies).
+    pub authz: crate::core::authz::AuthzAddress,
 }
 
 impl Default for HookSettings {
     fn default() -> Self {
-        Self { placement: Placement::default(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+        Self {
+            placement: Placement::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            authz: crate::core::authz::AuthzAddress { host: "127.0.0.1".into(), port: 5005 },
+        }
     }
 }
 
@@ -192,7 +199,7 @@ impl EnvoyGatewayExtension for ExtensionService {
     ) -> Result<Response<PostTranslateModifyResponse>, Status> {
         const HOOK: &str = "PostTranslateModify";
         let start = Instant::now();
-        let PostTranslateModifyRequest { clusters: mut cl, secrets, listeners, routes: mut rc, .. } =
+        let PostTranslateModifyRequest { clusters: mut cl, secrets, mut listeners, routes: mut rc, .. } =
             request.into_inner();
         let plan = {
             let idx = self.cache.read();
@@ -200,11 +207,15 @@ impl EnvoyGatewayExtension for ExtensionService {
         };
         let (gateways, generated) = (plan.routes.len(), plan.clusters.len());
         merge_translation(plan, &mut cl, &mut rc);
+        // Route policies: after the TailscaleGateways' routes are in, so they are held too.
+        let holders = authz::holders(&self.cache.read(), &rc);
+        authz::enforce(&holders, &self.settings.authz, &mut listeners, &mut rc, &mut cl);
         tracing::debug!(
             hook = HOOK,
             gateways,
             generated_clusters = generated,
             clusters = cl.len(),
+            policy_routes = holders.len(),
             "translation extended"
         );
         self.done(HOOK, start);

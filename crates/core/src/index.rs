@@ -169,6 +169,9 @@ pub struct Index {
     objects: Objects,
     links: Links,
     routes: Routes,
+    /// Pod IPs of our ingress and bidirectional proxies, by pod: the sources whose identity
+    /// headers are tailscaled's own (route policies trust no other).
+    ingress_pods: BTreeMap<ObjectKey, Vec<std::net::IpAddr>>,
     views: Views,
     log: EventLog,
 }
@@ -194,7 +197,7 @@ struct Links {
     vip_claims: BTreeMap<String, BTreeSet<ObjectKey>>,
 }
 
-/// HTTPRoutes and GRPCRoutes, as far as the extension needs them.
+/// HTTPRoutes and GRPCRoutes, as far as the extension and route policies need them.
 #[derive(Default)]
 struct Routes {
     /// Backends of our kinds per route rule, by Envoy Gateway's cluster name for the rule.
@@ -323,10 +326,8 @@ impl Routes {
         let s = |p: &str| route.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
         let key = ObjectKey::new(s("/metadata/namespace"), s("/metadata/name"));
         self.remove(kind, &key);
+        // Every route is remembered (route policies may target any); rules only with our backends.
         let rules = routes::rule_backends(kind, route);
-        if rules.is_empty() {
-            return;
-        }
         self.route_rules.insert((kind, key), rules.iter().map(|(c, _)| c.clone()).collect());
         self.rule_backends.extend(rules);
     }
@@ -492,6 +493,25 @@ impl Index {
         self.routes.reset(kind, routes);
     }
 
+    /// Records the IPs of one of our ingress-capable proxy pods (none: it is gone or has none).
+    pub fn set_ingress_pod(&mut self, pod: ObjectKey, ips: Vec<std::net::IpAddr>) {
+        if ips.is_empty() {
+            self.ingress_pods.remove(&pod);
+        } else {
+            self.ingress_pods.insert(pod, ips);
+        }
+    }
+
+    /// Replaces every ingress proxy pod (a relist).
+    pub fn reset_ingress_pods(&mut self, pods: BTreeMap<ObjectKey, Vec<std::net::IpAddr>>) {
+        self.ingress_pods = pods.into_iter().filter(|(_, ips)| !ips.is_empty()).collect();
+    }
+
+    /// Whether `ip` is one of our ingress proxies' pods: a request from it came through tailscaled.
+    pub fn is_ingress_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.ingress_pods.values().any(|ips| ips.contains(&ip))
+    }
+
     /// Logs changes of our four kinds too, for watchers of them (local mode serves them). Until
     /// now they were not logged, so a watch cannot resume from before this point.
     pub fn log_resource_events(&mut self) {
@@ -592,6 +612,11 @@ impl Index {
     /// (`httproute/<ns>/<name>/rule/<i>`), when the route is known.
     pub fn rule_backends(&self, cluster: &str) -> Option<&[RouteBackend]> {
         self.routes.rule_backends.get(cluster).map(Vec::as_slice)
+    }
+
+    /// Whether a route of `kind` is known (watched in a cluster, read in local mode).
+    pub fn route_known(&self, kind: RouteKind, key: &ObjectKey) -> bool {
+        self.routes.route_rules.contains_key(&(kind, key.clone()))
     }
 
     /// The TailscaleServices claiming a VIP service name.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod backends;
 pub mod conditions;
 pub mod dataplane;

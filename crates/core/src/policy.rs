@@ -324,6 +324,36 @@ pub struct Verdict {
     pub add: Vec<(String, String)>,
     /// Headers to remove: the rule's, and every identity header of an untrusted request.
     pub strip: Vec<String>,
+    /// The rule's timeout for the whole request.
+    pub timeout: Option<std::time::Duration>,
+    /// The rule's retries: attempts, per-try timeout, conditions.
+    pub retry: Option<(u32, Option<std::time::Duration>, Vec<String>)>,
+}
+
+/// Envoy's retry conditions when a rule names none.
+pub const DEFAULT_RETRY_ON: &str = "5xx,reset,connect-failure";
+
+impl Verdict {
+    /// The request headers through which Envoy's router takes a timeout and retries decided per
+    /// request (`x-envoy-upstream-rq-timeout-ms`, `x-envoy-max-retries`, `x-envoy-retry-on`,
+    /// `x-envoy-upstream-rq-per-try-timeout-ms`): set by the authorization answer, after Envoy has
+    /// removed any a client sent, so only the policy's reach the router.
+    pub fn envoy_headers(&self) -> Vec<(String, String)> {
+        let ms = |d: std::time::Duration| d.as_millis().to_string();
+        let mut out = Vec::new();
+        if let Some(t) = self.timeout {
+            out.push(("x-envoy-upstream-rq-timeout-ms".to_string(), ms(t)));
+        }
+        if let Some((attempts, per_try, on)) = &self.retry {
+            out.push(("x-envoy-max-retries".to_string(), attempts.to_string()));
+            let on = if on.is_empty() { DEFAULT_RETRY_ON.to_string() } else { on.join(",") };
+            out.push(("x-envoy-retry-on".to_string(), on));
+            if let Some(t) = per_try {
+                out.push(("x-envoy-upstream-rq-per-try-timeout-ms".to_string(), ms(*t)));
+            }
+        }
+        out
+    }
 }
 
 /// The first rule of `spec` that matches `req` decides; `defaultAction` otherwise.
@@ -368,12 +398,18 @@ fn act(action: &PolicyAction, rule: Option<String>) -> Verdict {
     let h = action.request_headers.clone().unwrap_or_default();
     let pairs =
         |v: Vec<crate::api::HeaderValue>| v.into_iter().map(|h| (h.name.to_ascii_lowercase(), h.value)).collect();
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| duration::parse(t).ok());
     Verdict {
         allow: true,
         rule,
         set: pairs(h.set),
         add: pairs(h.add),
         strip: h.remove.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
+        timeout: parse(&action.timeout),
+        retry: action
+            .retry
+            .as_ref()
+            .map(|r| (u32::try_from(r.attempts).unwrap_or(1), parse(&r.per_try_timeout), r.on.clone())),
         ..Verdict::default()
     }
 }
@@ -455,6 +491,61 @@ pub fn standings<'a>(
     out
 }
 
+/// The `controllerName` of our entries in a policy's status.
+pub const CONTROLLER_NAME: &str = "gateway.tailscale.com/tailscale-gateway";
+
+/// A policy's status: per target, `Accepted` True, or False with reason `Conflicted` (naming the
+/// policy that holds the target), `TargetNotFound` or `Invalid` (the spec's errors). Conditions
+/// keep their transition time from `previous` while unchanged.
+pub fn status(
+    policy: &TailscaleRoutePolicy,
+    standings: &[(PolicyTargetRef, Standing)],
+    now: k8s_openapi::jiff::Timestamp,
+) -> crate::api::TailscaleRoutePolicyStatus {
+    use crate::api::PolicyAncestorStatus;
+    use crate::conditions::{Desired, condition};
+    let errors = validate(&policy.spec);
+    let previous = policy.status.as_ref().map(|s| s.ancestors.as_slice()).unwrap_or_default();
+    let ancestors = standings
+        .iter()
+        .map(|(target, standing)| {
+            let (ok, reason, message) = match standing {
+                _ if !errors.is_empty() => (
+                    false,
+                    "Invalid",
+                    crate::field::summarize(
+                        "TailscaleRoutePolicy",
+                        policy.metadata.name.as_deref().unwrap_or_default(),
+                        &errors,
+                    ),
+                ),
+                Standing::Accepted => (true, "Accepted", format!("enforced on {} {}", target.kind, target.name)),
+                Standing::Conflicted { winner } => (
+                    false,
+                    "Conflicted",
+                    format!("{} {} is held by the older TailscaleRoutePolicy {winner}", target.kind, target.name),
+                ),
+                Standing::TargetNotFound => {
+                    (false, "TargetNotFound", format!("{} {} does not exist (yet)", target.kind, target.name))
+                }
+            };
+            let before: &[crate::api::Condition] = previous
+                .iter()
+                .find(|a| a.ancestor_ref == *target && a.controller_name == CONTROLLER_NAME)
+                .map(|a| a.conditions.as_slice())
+                .unwrap_or_default();
+            let accepted =
+                condition(Desired { type_: "Accepted", ok, reason, message }, policy.metadata.generation, now, before);
+            PolicyAncestorStatus {
+                ancestor_ref: target.clone(),
+                controller_name: CONTROLLER_NAME.to_string(),
+                conditions: vec![accepted],
+            }
+        })
+        .collect();
+    crate::api::TailscaleRoutePolicyStatus { ancestors }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -501,6 +592,7 @@ mod tests {
         assert!(v.allow);
         assert_eq!(v.rule.as_deref(), Some("admins"));
         assert_eq!(v.set, vec![("x-role".to_string(), "admin".to_string())]);
+        assert_eq!(v.envoy_headers(), vec![("x-envoy-upstream-rq-timeout-ms".to_string(), "30000".to_string())]);
         let bob = [(USER_LOGIN_HEADER, "bob@example.com")];
         let v = decide(&p, &request("/admin", "GET", &bob, true));
         assert_eq!(
@@ -628,5 +720,15 @@ mod tests {
             ]
         );
         assert_eq!(got[&ObjectKey::new("apps", "x")], vec![(route("gone"), Standing::TargetNotFound)]);
+        let now = k8s_openapi::jiff::Timestamp::from_second(100).expect("a timestamp");
+        let s = status(&new, &got[&ObjectKey::new("apps", "aa-new")], now);
+        let reasons: Vec<(&str, &str, &str)> = s
+            .ancestors
+            .iter()
+            .map(|a| (a.ancestor_ref.name.as_str(), a.conditions[0].status.as_str(), a.conditions[0].reason.as_str()))
+            .collect();
+        assert_eq!(reasons, [("web", "False", "Conflicted"), ("api", "True", "Accepted")]);
+        assert!(s.ancestors[0].conditions[0].message.contains("apps/zz-old"), "{s:?}");
+        assert_eq!(s.ancestors[0].controller_name, CONTROLLER_NAME);
     }
 }

@@ -36,12 +36,13 @@ use super::Condition;
 pub struct TailscaleRoutePolicySpec {
     /// What the policy attaches to: a Gateway, an HTTPRoute or GRPCRoute
     /// (`gateway.networking.k8s.io`), or a TailscaleServices (`gateway.tailscale.com`), in the
-    /// policy's namespace. `sectionName` picks a Gateway listener or a route rule.
+    /// policy's namespace. `sectionName` picks a Gateway listener.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 16").message("targetRefs must name 1 to 16 targets"))]
+    #[schemars(length(max = 16))]
     pub target_refs: Vec<PolicyTargetRef>,
     /// Evaluated in order: the first rule with a matching `matches` entry decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub rules: Vec<PolicyRule>,
     /// `Allow` (default) or `Deny`: what happens to a request no rule matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +61,7 @@ pub struct PolicyTargetRef {
     pub kind: String,
     /// Name of the target, in the policy's namespace.
     pub name: String,
-    /// A listener of a Gateway or a named rule of a route.
+    /// A listener of a Gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
 }
@@ -76,6 +77,7 @@ pub struct PolicyRule {
     pub name: Option<String>,
     /// Alternatives: the rule applies when one of them matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub matches: Vec<PolicyMatch>,
     /// What happens to a matching request.
     pub action: PolicyAction,
@@ -144,6 +146,7 @@ pub struct HeaderMatch {
 pub struct PolicyAction {
     /// `Allow` or `Deny`.
     #[serde(rename = "type")]
+    #[schemars(length(max = 5))]
     #[x_kube(validation = Rule::new("self in ['Allow', 'Deny']").message("action type must be Allow or Deny"))]
     pub type_: String,
     /// For `Deny`: the answer.

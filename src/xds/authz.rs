@@ -1,0 +1,118 @@
+//! Envoy's external authorization service (`envoy.service.auth.v3.Authorization`) for
+//! TailscaleRoutePolicies: Envoy asks about each request on a route a policy targets, naming the
+//! policy in the route's `context_extensions`; the answer comes from the policy as the cache has
+//! it now ([`crate::core::policy::decide`]), so a policy change applies to the next request.
+//!
+//! A request's identity headers are trusted only when it came straight from one of our ingress
+//! proxies (its source address is one of their pods'); on any other request they are ignored and
+//! removed before it goes on.
+
+use std::net::IpAddr;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::cache::Cache;
+use crate::core::ObjectKey;
+use crate::core::authz::POLICY_CONTEXT_KEY;
+use crate::core::policy::{self, Verdict};
+
+/// gRPC status codes of the answer (google.rpc.Code).
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+
+/// The authorization service over the shared cache.
+#[derive(Clone)]
+pub struct AuthzService {
+    cache: Cache,
+}
+
+impl AuthzService {
+    /// A service reading `cache`.
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+
+    /// The decision for one check request.
+    pub fn decide(&self, req: &CheckRequest) -> Verdict {
+        let attrs = req.attributes.as_ref();
+        let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let source =
+            attrs.and_then(|a| a.source.as_ref()).and_then(|s| s.address.as_ref()).and_then(|a| match &a.address {
+                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                    s.address.parse::<IpAddr>().ok()
+                }
+                _ => None,
+            });
+        let policy_key = attrs
+            .and_then(|a| a.context_extensions.get(POLICY_CONTEXT_KEY))
+            .and_then(|k| k.split_once('/'))
+            .map(|(ns, name)| ObjectKey::new(ns, name));
+        let idx = self.cache.read();
+        let via_ingress_proxy = source.is_some_and(|ip| idx.is_ingress_proxy(ip));
+        let (path, method) = http.map_or(("", ""), |h| (h.path.as_str(), h.method.as_str()));
+        let request = policy::Request {
+            path: path.split(['?', '#']).next().unwrap_or_default(),
+            method,
+            headers: http
+                .map(|h| h.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_str())).collect())
+                .unwrap_or_default(),
+            via_ingress_proxy,
+        };
+        let spec =
+            policy_key.as_ref().and_then(|k| idx.route_policies().find(|(pk, _)| *pk == k)).map(|(_, p)| &p.spec);
+        match spec {
+            Some(spec) => policy::decide(spec, &request),
+            // The policy is gone since Envoy Gateway last translated: nothing to enforce but the
+            // removal of untrusted identity headers.
+            None => policy::decide(&Default::default(), &request),
+        }
+    }
+}
+
+/// Envoy's answer for a verdict.
+pub fn check_response(v: &Verdict) -> CheckResponse {
+    let header = |(name, value): &(String, String), action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue { key: name.clone(), value: value.clone(), ..HeaderValue::default() }),
+        append_action: action as i32,
+        ..HeaderValueOption::default()
+    };
+    if v.allow {
+        let mut headers: Vec<HeaderValueOption> =
+            v.set.iter().map(|h| header(h, HeaderAppendAction::OverwriteIfExistsOrAdd)).collect();
+        headers.extend(v.add.iter().map(|h| header(h, HeaderAppendAction::AppendIfExistsOrAdd)));
+        headers.extend(v.envoy_headers().iter().map(|h| header(h, HeaderAppendAction::OverwriteIfExistsOrAdd)));
+        let ok = OkHttpResponse { headers, headers_to_remove: v.strip.clone(), ..OkHttpResponse::default() };
+        return CheckResponse {
+            status: Some(rpc::Status { code: OK, ..rpc::Status::default() }),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            ..CheckResponse::default()
+        };
+    }
+    let content_type = ("content-type".to_string(), "text/plain; charset=utf-8".to_string());
+    let denied = DeniedHttpResponse {
+        status: Some(HttpStatus { code: i32::from(v.status) }),
+        headers: vec![header(&content_type, HeaderAppendAction::OverwriteIfExistsOrAdd)],
+        body: format!("{}\n", v.reason),
+    };
+    CheckResponse {
+        status: Some(rpc::Status { code: PERMISSION_DENIED, message: v.reason.clone(), ..rpc::Status::default() }),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        ..CheckResponse::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let verdict = self.decide(request.get_ref());
+        if !verdict.allow {
+            tracing::debug!(rule = ?verdict.rule, status = verdict.status, "route policy denied a request");
+        }
+        Ok(Response::new(check_response(&verdict)))
+    }
+}
