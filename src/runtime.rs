@@ -684,6 +684,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     };
     let serving = serving_certificate(&args, kube_client.as_ref(), https_addr, &mut tasks, &stop).await?;
+    // In a cluster the extension reads route policies from kube-apiserver before it extends a
+    // translation, so the policy change that made Envoy Gateway translate is always in it.
+    let policy_source = kube_client.clone().map(|client| {
+        Arc::new(kube::Api::<crate::api::TailscaleRoutePolicy>::all(client)) as Arc<dyn crate::xds::PolicySource>
+    });
 
     // Feed the cache; decide how the aggregated API authenticates.
     let aggregated_auth = match &args.local {
@@ -694,7 +699,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     };
 
-    spawn_xds(&args, listeners.xds, cache.clone(), metrics.xds, &mut tasks, &stop)?;
+    spawn_xds(&args, listeners.xds, cache.clone(), metrics.xds, policy_source, &mut tasks, &stop)?;
     let app =
         https_app(&args, &cache, metrics.registry, metrics.admission, metrics.aggregated, aggregated_auth, &stop)?;
     let tls_config = tls::server_config(serving.store)?;
@@ -919,10 +924,12 @@ fn default_authz_address(args: &ServeArgs, listener: &TcpListener) -> crate::cor
         Some(_) => crate::core::authz::AuthzAddress {
             host: String::from("127.0.0.1"),
             port: listener.local_addr().map_or(crate::install::XDS_PORT, |a| a.port()),
+            tls: false,
         },
         None => crate::core::authz::AuthzAddress {
             host: format!("{}.{}.svc.{}", crate::install::XDS_SERVICE_NAME, args.namespace, args.cluster_domain),
             port: crate::install::XDS_PORT,
+            tls: false,
         },
     }
 }
@@ -935,7 +942,7 @@ fn parse_host_port(s: &str) -> Result<crate::core::authz::AuthzAddress, String> 
     if host.is_empty() || port == 0 {
         return Err(format!("{s:?}: want HOST:PORT"));
     }
-    Ok(crate::core::authz::AuthzAddress { host: host.to_string(), port })
+    Ok(crate::core::authz::AuthzAddress { host: host.to_string(), port, tls: false })
 }
 
 /// Spawns [`reflect`] for `kind` with the API of its type.
@@ -958,6 +965,7 @@ fn spawn_xds(
     listener: TcpListener,
     cache: Cache,
     metrics: crate::xds::XdsMetrics,
+    policy_source: Option<Arc<dyn crate::xds::PolicySource>>,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -976,7 +984,11 @@ fn spawn_xds(
         max_connections: args.xds_max_connections,
         hooks: crate::xds::HookSettings {
             placement: args.placement(),
-            authz: args.authz_address.clone().unwrap_or_else(|| default_authz_address(args, &listener)),
+            authz: crate::core::authz::AuthzAddress {
+                tls: args.xds_tls_cert.is_some(),
+                ..args.authz_address.clone().unwrap_or_else(|| default_authz_address(args, &listener))
+            },
+            policy_source,
             ..crate::xds::HookSettings::default()
         },
     };

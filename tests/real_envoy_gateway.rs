@@ -32,12 +32,21 @@ use bytes::{Buf, BufMut, Bytes};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    FilterConfig, Route, RouteConfiguration, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    CheckSettings, ExtAuthzPerRoute, ext_authz_per_route,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use serde_json::{Value, json};
+use tailscale_gateway::core::authz;
 use tailscale_gateway::pki::Ca;
 use tailscale_gateway::xds::pb::{self, PostClusterModifyRequest, PostClusterModifyResponse};
 use util::cluster::{ControlPlane, Process, free_port};
@@ -53,6 +62,7 @@ const ROUTE_CLUSTER: &str = "httproute/default/web/rule/0";
 const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const ENDPOINTS_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
@@ -356,6 +366,7 @@ fn envoy_gateway_config(extension_port: u16, admin_port: u16) -> Value {
         "logging": {"level": {"default": "info"}},
         "extensionManager": {
             "backendResources": [backend("TailscaleServices"), backend("TailscaleEndpoints")],
+            "policyResources": [backend("TailscaleRoutePolicy")],
             "hooks": {"xdsTranslator": {
                 "post": ["Route", "VirtualHost", "HTTPListener", "Translation", "Cluster"],
                 "translation": {"route": {"includeAll": true}, "listener": {"includeAll": true}}}},
@@ -823,6 +834,10 @@ fn real_envoy_gateway_calls_the_extension() {
     // 5. Route kinds whose backends Envoy Gateway keeps from us: refused by our webhook.
     tcp_routes_are_refused(&cp, &rt, &pki, &mut eg, &recorded, https);
 
+    // 6. A route policy: Envoy Gateway translates again, our PostTranslateModify turns Envoy's
+    //    authorization on for the policy's route, and our authorization service decides.
+    route_policy_is_enforced(&cp, &rt, &pki, &mut eg, xds);
+
     server.assert_running();
     eg.assert_running();
     eprintln!("real Envoy Gateway test done in {:.1}s", started.elapsed().as_secs_f64());
@@ -904,4 +919,162 @@ fn tcp_routes_are_refused(
     ] {
         assert!(denied.contains(want), "{want:?} not in: {denied}");
     }
+}
+
+/// The per-route authorization settings of the HTTPRoute `web`'s Envoy route, once there.
+fn policy_settings(rt: &tokio::runtime::Runtime, pki: &XdsPki, eg: &mut Process) -> (Route, CheckSettings) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let rc = route_configuration(rt, pki, eg);
+        let route =
+            rc.virtual_hosts.iter().flat_map(|vh| &vh.routes).find(|r| r.name.starts_with("httproute/default/web/"));
+        if let Some(any) = route.and_then(|r| r.typed_per_filter_config.get(authz::FILTER_NAME)) {
+            let config = FilterConfig::decode(any.value.as_slice()).expect("decoding the FilterConfig");
+            assert!(!config.disabled, "the route must turn the filter on");
+            let per_route = ExtAuthzPerRoute::decode(config.config.expect("per-route settings").value.as_slice())
+                .expect("decoding ExtAuthzPerRoute");
+            let Some(ext_authz_per_route::Override::CheckSettings(settings)) = per_route.r#override else {
+                panic!("no check settings: {per_route:?}")
+            };
+            return (route.cloned().unwrap_or_default(), settings);
+        }
+        assert!(Instant::now() < deadline, "the policy never reached the route:\n{rc:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One check as Envoy would send it for `path`, from `source`, with `headers`.
+fn check_request(settings: &CheckSettings, source: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: source.into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..attribute_context::Peer::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: "www.example.com".into(),
+                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..attribute_context::HttpRequest::default()
+                }),
+                ..attribute_context::Request::default()
+            }),
+            context_extensions: settings.context_extensions.clone(),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+/// What our authorization service answers: (allowed, status, body, headers set, headers removed).
+fn check(
+    rt: &tokio::runtime::Runtime,
+    xds: u16,
+    request: CheckRequest,
+) -> (bool, i32, String, Vec<(String, String)>, Vec<String>) {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let answer = rt.block_on(async {
+        let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{xds}"))
+            .await
+            .expect("connecting to our authorization service");
+        client.check(request).await.expect("Check").into_inner()
+    });
+    match answer.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            let set =
+                ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
+            (true, 200, String::new(), set, ok.headers_to_remove)
+        }
+        Some(HttpResponse::DeniedResponse(d)) => {
+            (false, d.status.map_or(0, |s| s.code), d.body, Vec::new(), Vec::new())
+        }
+        other => panic!("no HTTP answer: {other:?}"),
+    }
+}
+
+/// The example policy on the HTTPRoute `web`, through the real Envoy Gateway: our webhook admits
+/// it, Envoy Gateway translates again (the policy kind is one of its extension `resources`), and
+/// the xDS it serves has our ext_authz filter in the Gateway's connection manager, the route's
+/// settings naming the policy and the cluster to our server. Our authorization service then
+/// decides as Envoy would ask it: identity is believed only from an ingress proxy's pod (a Pod
+/// with its labels and IP, stored in the real kube-apiserver and watched by our server).
+fn route_policy_is_enforced(cp: &ControlPlane, rt: &tokio::runtime::Runtime, pki: &XdsPki, eg: &mut Process, xds: u16) {
+    let policy = root().join("examples/envoy-gateway/route-policy.yaml");
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &policy.display().to_string()]);
+    let (route, settings) = policy_settings(rt, pki, eg);
+    eprintln!("route {} carries {:?}", route.name, settings.context_extensions);
+    assert_eq!(
+        settings.context_extensions.get(authz::POLICY_CONTEXT_KEY).map(String::as_str),
+        Some("default/web-admin")
+    );
+    let listeners = rt.block_on(ads_fetch(pki, LISTENER_TYPE, &[])).unwrap_or_default();
+    let filters: Vec<(String, bool)> = listeners
+        .iter()
+        .map(decode::<Listener>)
+        .flat_map(|l| l.filter_chains.into_iter().chain(l.default_filter_chain))
+        .flat_map(|c| c.filters)
+        .filter_map(|f| match f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) if f.name == "envoy.filters.network.http_connection_manager" => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .flat_map(|hcm| hcm.http_filters)
+        .map(|f| (f.name, f.disabled))
+        .collect();
+    eprintln!("HTTP filters Envoy Gateway serves: {filters:?}");
+    let ours = filters.iter().position(|(n, _)| n == authz::FILTER_NAME).expect("our ext_authz filter in the listener");
+    assert!(filters[ours].1, "disabled by default, on for the policy's routes");
+    assert_eq!(filters.get(ours + 1).map(|(n, _)| n.as_str()), Some("envoy.filters.http.router"), "{filters:?}");
+    let clusters = clusters_when(rt, pki, eg, |c| c.contains_key(authz::CLUSTER_NAME));
+    let endpoints = endpoints_by_priority(&clusters[authz::CLUSTER_NAME]);
+    eprintln!("cluster {}: {endpoints:?}", authz::CLUSTER_NAME);
+
+    // An ingress proxy's pod, as the reconciler's StatefulSet would make it (no kubelet here:
+    // its IP is written through the status subresource).
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-proxy-east-0", "namespace": "default",
+            "labels": {"tailscale-gateway.com/endpoints": "web-proxy-east", "tailscale-gateway.com/connection-type": "ingress"}},
+        "spec": {"containers": [{"name": "tailscale", "image": "tailscale/tailscale:stable"}]},
+        "status": {"podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}]}});
+    // (No kube-controller-manager here to make the namespace's default ServiceAccount.)
+    apply(
+        cp,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}),
+        &[],
+    );
+    apply_with_status(cp, &pod);
+    let admin = [("tailscale-app-capabilities", r#"{"example.com/cap/web-admin":[{}]}"#)];
+    // The same request from elsewhere in the cluster: the forged capability is not believed.
+    let (allowed, status, body, _, _) = check(rt, xds, check_request(&settings, "10.9.9.9", "/admin/users", &admin));
+    assert_eq!((allowed, status, body.trim()), (false, 403, "/admin is for the platform team"));
+    // Through the ingress proxy (once our server has seen its pod): allowed, with the rule's header and timeout.
+    let deadline = Instant::now() + TIMEOUT;
+    let (set, removed) = loop {
+        let (allowed, _, _, set, removed) =
+            check(rt, xds, check_request(&settings, "10.1.2.3", "/admin/users?x=1", &admin));
+        if allowed {
+            break (set, removed);
+        }
+        assert!(Instant::now() < deadline, "the ingress proxy's pod was never trusted");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(set.contains(&("x-web-role".to_string(), "admin".to_string())), "{set:?}");
+    assert!(set.contains(&("x-envoy-upstream-rq-timeout-ms".to_string(), "30000".to_string())), "{set:?}");
+    assert!(removed.is_empty(), "{removed:?}");
+    // A forged login elsewhere: allowed by the default action, the header removed on the way.
+    let forged = [("tailscale-user-login", "alice@example.com")];
+    let (allowed, _, _, _, removed) = check(rt, xds, check_request(&settings, "10.9.9.9", "/", &forged));
+    assert!(allowed);
+    assert_eq!(removed, vec!["tailscale-user-login".to_string()]);
 }

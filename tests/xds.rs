@@ -871,7 +871,17 @@ fn envoy_gateway_example_matches_what_the_server_serves() {
     assert_eq!(host, svc_host, "extensionManager points at the example Service");
     let rbac = yaml_docs("examples/envoy-gateway/rbac.yaml");
     let resources = rbac[0].pointer("/rules/0/resources").cloned().unwrap_or_default();
-    assert_eq!(resources, json!(["tailscaleservices", "tailscaleendpoints"]));
+    assert_eq!(resources, json!(["tailscaleservices", "tailscaleendpoints", "tailscaleroutepolicies"]));
+    // Route policies: Envoy Gateway watches them (and translates again on a change).
+    let policies: Vec<&str> = em
+        .pointer("/policyResources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| r["group"] == "gateway.tailscale.com" && r["version"] == "v1alpha1")
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert_eq!(policies, vec!["TailscaleRoutePolicy"]);
     let routes = yaml_docs("examples/envoy-gateway/httproute.yaml");
     assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/kind"), Some(&json!("TailscaleServices")));
     assert_eq!(routes[0].pointer("/spec/rules/0/backendRefs/0/group"), Some(&json!("gateway.tailscale.com")));

@@ -35,7 +35,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use crate::server::tls::{self as server_tls, CertStore, TlsError};
 
 pub use metrics::XdsMetrics;
-pub use service::{ExtensionService, HookSettings};
+pub use service::{ExtensionService, HookSettings, PolicySource};
 
 /// Generated code of the `envoygateway.extension` protobuf package (server and client).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -22,7 +22,7 @@ use crate::core::envoy::{Backend, DEFAULT_CONNECT_TIMEOUT, fill_cluster, merge_t
 const SEEN_CAPACITY: usize = 10_000;
 
 /// Settings the hooks need.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct HookSettings {
     /// Cluster domain and local region.
     pub placement: Placement,
@@ -30,14 +30,49 @@ pub struct HookSettings {
     pub connect_timeout: Duration,
     /// Where Envoy reaches our authorization service (route policies).
     pub authz: crate::core::authz::AuthzAddress,
+    /// Where route policies are read fresh before a translation is extended (kube-apiserver in a
+    /// cluster); none: the cache is the source (local mode, tests).
+    pub policy_source: Option<Arc<dyn PolicySource>>,
 }
+
+impl std::fmt::Debug for HookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookSettings")
+            .field("placement", &self.placement)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("authz", &self.authz)
+            .field("policy_source", &self.policy_source.as_ref().map(|_| "kube-apiserver"))
+            .finish()
+    }
+}
+
+/// Reads every TailscaleRoutePolicy now.
+#[tonic::async_trait]
+pub trait PolicySource: Send + Sync {
+    /// All policies, as stored.
+    async fn list(&self) -> Result<Vec<crate::api::TailscaleRoutePolicy>, String>;
+}
+
+#[tonic::async_trait]
+impl PolicySource for kube::Api<crate::api::TailscaleRoutePolicy> {
+    async fn list(&self) -> Result<Vec<crate::api::TailscaleRoutePolicy>, String> {
+        kube::Api::list(self, &kube::api::ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| crate::errors::Chain(&e).to_string())
+    }
+}
+
+/// How long PostTranslateModify waits for the policies before it uses the cache's.
+const POLICY_LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for HookSettings {
     fn default() -> Self {
         Self {
             placement: Placement::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            authz: crate::core::authz::AuthzAddress { host: "127.0.0.1".into(), port: 5005 },
+            authz: crate::core::authz::AuthzAddress { host: "127.0.0.1".into(), port: 5005, tls: false },
+            policy_source: None,
         }
     }
 }
@@ -55,6 +90,27 @@ impl ExtensionService {
     /// A service reading `cache`.
     pub fn new(cache: Cache, settings: HookSettings, metrics: XdsMetrics) -> Self {
         Self { cache, settings: Arc::new(settings), metrics, seen: Arc::default() }
+    }
+
+    /// Brings the cache's route policies up to what kube-apiserver holds now (a consistent read:
+    /// the change that made Envoy Gateway translate is in it). On failure the cache's stand, and
+    /// the watch catches up.
+    async fn refresh_policies(&self) {
+        let Some(source) = &self.settings.policy_source else { return };
+        match tokio::time::timeout(POLICY_LIST_TIMEOUT, source.list()).await {
+            Ok(Ok(policies)) => {
+                let resources = policies.into_iter().map(crate::core::Resource::RoutePolicy).collect();
+                self.cache.reset(crate::core::Kind::RoutePolicy, resources);
+            }
+            Ok(Err(error)) => {
+                self.metrics.error("PostTranslateModify", "policy_list");
+                tracing::warn!(%error, "reading route policies failed; using the cache's");
+            }
+            Err(_) => {
+                self.metrics.error("PostTranslateModify", "policy_list");
+                tracing::warn!("reading route policies timed out; using the cache's");
+            }
+        }
     }
 
     /// Counts a bad resource, and logs it the first time this object (at this version) is seen.
@@ -201,6 +257,7 @@ impl EnvoyGatewayExtension for ExtensionService {
         let start = Instant::now();
         let PostTranslateModifyRequest { clusters: mut cl, secrets, mut listeners, routes: mut rc, .. } =
             request.into_inner();
+        self.refresh_policies().await;
         let plan = {
             let idx = self.cache.read();
             translate::plan(&idx, &self.settings.placement, self.settings.connect_timeout)

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, GrpcService, Http2ProtocolOptions, SocketAddress, address, grpc_service, socket_address,
+    Address, GrpcService, Http2ProtocolOptions, SocketAddress, TransportSocket, address, grpc_service, socket_address,
+    transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -26,6 +27,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Any;
@@ -58,6 +60,9 @@ pub struct AuthzAddress {
     pub host: String,
     /// gRPC port (the extension's).
     pub port: u16,
+    /// Whether the port speaks TLS (`--xds-tls-cert`): Envoy then encrypts, with `host` as SNI,
+    /// without verifying our certificate (it has no CA for it).
+    pub tls: bool,
 }
 
 /// The policy holding each Envoy route, by route name, for the routes of `route_configs`.
@@ -291,8 +296,16 @@ pub fn authz_cluster(address: &AuthzAddress) -> Cluster {
     };
     let ip = address.host.parse::<std::net::IpAddr>().is_ok();
     let kind = if ip { cluster::DiscoveryType::Static } else { cluster::DiscoveryType::StrictDns };
+    let transport_socket = address.tls.then(|| {
+        let context = UpstreamTlsContext { sni: address.host.clone(), ..UpstreamTlsContext::default() };
+        TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&context))),
+        }
+    });
     Cluster {
         name: CLUSTER_NAME.to_string(),
+        transport_socket,
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(pb_duration(CHECK_TIMEOUT)),
         load_assignment: Some(ClusterLoadAssignment {
@@ -460,8 +473,11 @@ mod tests {
         ];
         let mut listeners = vec![listener("default/eg/http"), listener("default/eg/https")];
         let mut clusters = Vec::new();
-        let address =
-            AuthzAddress { host: "tailscale-gateway-xds.tailscale-gateway.svc.cluster.local".into(), port: 5005 };
+        let address = AuthzAddress {
+            host: "tailscale-gateway-xds.tailscale-gateway.svc.cluster.local".into(),
+            port: 5005,
+            tls: false,
+        };
         let held = holders(&idx, &rcs);
         enforce(&held, &address, &mut listeners, &mut rcs, &mut clusters);
         let first = (listeners.clone(), rcs.clone(), clusters.clone());

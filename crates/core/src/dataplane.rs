@@ -205,6 +205,9 @@ pub struct VipServe {
     pub dns_name: Option<String>,
     /// Served ports, by port.
     pub ports: Vec<ServedPort>,
+    /// Application capabilities the web handlers pass on (`Tailscale-App-Capabilities`): those
+    /// route policies match on.
+    pub accept_app_caps: Vec<String>,
 }
 
 impl VipServe {
@@ -252,10 +255,11 @@ pub fn serve_config(vips: &[VipServe]) -> Value {
             };
             tcp.insert(p.port.to_string(), handler);
             if let (true, Some(dns)) = (p.protocol.is_web(), &v.dns_name) {
-                web.insert(
-                    format!("{dns}:{}", p.port),
-                    json!({"Handlers": {"/": {"Proxy": format!("http://{}", p.target)}}}),
-                );
+                let mut handler = json!({"Proxy": format!("http://{}", p.target)});
+                if !v.accept_app_caps.is_empty() {
+                    handler["AcceptAppCaps"] = json!(v.accept_app_caps);
+                }
+                web.insert(format!("{dns}:{}", p.port), json!({"Handlers": {"/": handler}}));
             }
         }
         let mut entry = Map::new();
@@ -467,6 +471,7 @@ pub fn proxy_plan(ep: &TailscaleEndpoints, selecting: &[Selecting<'_>], place: &
                 vip: vip.clone(),
                 dns_name: s.dns_name.map(str::to_string),
                 ports: served_ports(s.services, place),
+                accept_app_caps: Vec::new(),
             });
         }
         if let (true, Some(dns)) = (ct.egress(), s.dns_name) {
@@ -550,12 +555,19 @@ mod tests {
                 ServedPort { port: 443, protocol: ServeProtocol::Https, target: "web.d.svc.cluster.local:8080".into() },
                 ServedPort { port: 5432, protocol: ServeProtocol::Tcp, target: "db.d.svc.cluster.local:5432".into() },
             ],
+            accept_app_caps: Vec::new(),
         };
         assert_eq!(
             serve_config(std::slice::from_ref(&vip)),
             json!({"Services": {"svc:web": {
                 "TCP": {"443": {"HTTPS": true}, "5432": {"TCPForward": "db.d.svc.cluster.local:5432"}},
                 "Web": {"web.tail1.ts.net:443": {"Handlers": {"/": {"Proxy": "http://web.d.svc.cluster.local:8080"}}}}}}})
+        );
+        // Route policies' capabilities are passed on by the web handlers.
+        let with_caps = VipServe { accept_app_caps: vec!["example.com/cap/admin".into()], ..vip.clone() };
+        assert_eq!(
+            serve_config(&[with_caps])["Services"]["svc:web"]["Web"]["web.tail1.ts.net:443"]["Handlers"]["/"],
+            json!({"Proxy": "http://web.d.svc.cluster.local:8080", "AcceptAppCaps": ["example.com/cap/admin"]})
         );
         let unknown_dns = VipServe { dns_name: None, ..vip };
         assert!(!unknown_dns.complete());
@@ -565,7 +577,8 @@ mod tests {
                 &serve_config(&[VipServe {
                     vip: "svc:db".into(),
                     dns_name: None,
-                    ports: vec![ServedPort { port: 1, protocol: ServeProtocol::Tcp, target: "x:1".into() }]
+                    ports: vec![ServedPort { port: 1, protocol: ServeProtocol::Tcp, target: "x:1".into() }],
+                    accept_app_caps: Vec::new(),
                 }])
                 .to_string()
             ),
@@ -617,6 +630,7 @@ mod tests {
             vip: format!("svc:{name}"),
             dns_name: Some(format!("{name}.tail1.ts.net")),
             ports,
+            accept_app_caps: Vec::new(),
         };
         let plan = ProxyPlan {
             serve: vec![

@@ -605,7 +605,27 @@ impl Index {
             .collect();
         let selecting: Vec<dataplane::Selecting<'_>> =
             services.iter().map(|(s, dns)| dataplane::Selecting { services: s, dns_name: dns.as_deref() }).collect();
-        Some(dataplane::proxy_plan(ep, &selecting, place))
+        let mut plan = dataplane::proxy_plan(ep, &selecting, place);
+        let caps = self.policy_capabilities();
+        for v in &mut plan.serve {
+            v.accept_app_caps = caps.clone();
+        }
+        Some(plan)
+    }
+
+    /// Every application capability a route policy matches on, sorted: what the ingress proxies'
+    /// web handlers pass on to Envoy.
+    pub fn policy_capabilities(&self) -> Vec<String> {
+        let caps: BTreeSet<&String> = self
+            .objects
+            .policies
+            .values()
+            .flat_map(|p| &p.object.spec.rules)
+            .flat_map(|r| &r.matches)
+            .filter_map(|m| m.identity.as_ref())
+            .flat_map(|i| &i.capabilities)
+            .collect();
+        caps.into_iter().cloned().collect()
     }
 
     /// The backendRefs of our kinds in the route rule Envoy Gateway names `cluster`

@@ -496,7 +496,8 @@ pub const CONTROLLER_NAME: &str = "gateway.tailscale.com/tailscale-gateway";
 
 /// A policy's status: per target, `Accepted` True, or False with reason `Conflicted` (naming the
 /// policy that holds the target), `TargetNotFound` or `Invalid` (the spec's errors). Conditions
-/// keep their transition time from `previous` while unchanged.
+/// keep their transition time from `previous` while unchanged. Entries of other controllers
+/// (Envoy Gateway writes its own for the routes and Gateways it attaches the policy to) are kept.
 pub fn status(
     policy: &TailscaleRoutePolicy,
     standings: &[(PolicyTargetRef, Standing)],
@@ -506,7 +507,7 @@ pub fn status(
     use crate::conditions::{Desired, condition};
     let errors = validate(&policy.spec);
     let previous = policy.status.as_ref().map(|s| s.ancestors.as_slice()).unwrap_or_default();
-    let ancestors = standings
+    let ancestors: Vec<PolicyAncestorStatus> = standings
         .iter()
         .map(|(target, standing)| {
             let (ok, reason, message) = match standing {
@@ -531,19 +532,32 @@ pub fn status(
             };
             let before: &[crate::api::Condition] = previous
                 .iter()
-                .find(|a| a.ancestor_ref == *target && a.controller_name == CONTROLLER_NAME)
+                .find(|a| a.ancestor_ref == ancestor_ref(policy, target) && a.controller_name == CONTROLLER_NAME)
                 .map(|a| a.conditions.as_slice())
                 .unwrap_or_default();
             let accepted =
                 condition(Desired { type_: "Accepted", ok, reason, message }, policy.metadata.generation, now, before);
             PolicyAncestorStatus {
-                ancestor_ref: target.clone(),
+                ancestor_ref: ancestor_ref(policy, target),
                 controller_name: CONTROLLER_NAME.to_string(),
                 conditions: vec![accepted],
             }
         })
         .collect();
-    crate::api::TailscaleRoutePolicyStatus { ancestors }
+    let others = previous.iter().filter(|a| a.controller_name != CONTROLLER_NAME).cloned();
+    crate::api::TailscaleRoutePolicyStatus { ancestors: others.chain(ancestors).collect() }
+}
+
+/// Our status entry's reference to a target (in the policy's namespace).
+fn ancestor_ref(policy: &TailscaleRoutePolicy, t: &PolicyTargetRef) -> crate::api::AncestorRef {
+    crate::api::AncestorRef {
+        group: t.group.clone(),
+        kind: t.kind.clone(),
+        name: t.name.clone(),
+        namespace: policy.metadata.namespace.clone(),
+        section_name: t.section_name.clone(),
+        port: None,
+    }
 }
 
 #[cfg(test)]

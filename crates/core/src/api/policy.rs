@@ -28,7 +28,7 @@ use super::Condition;
     printcolumn(
         name = "ACCEPTED",
         type_ = "string",
-        json_path = ".status.ancestors[*].conditions[?(@.type==\"Accepted\")].reason"
+        json_path = ".status.ancestors[?(@.controllerName==\"gateway.tailscale.com/tailscale-gateway\")].conditions[?(@.type==\"Accepted\")].reason"
     ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -228,13 +228,37 @@ pub struct TailscaleRoutePolicyStatus {
     pub ancestors: Vec<PolicyAncestorStatus>,
 }
 
+/// What a status entry is about: Gateway API's `ParentReference`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRef {
+    /// API group.
+    #[serde(default)]
+    pub group: String,
+    /// Kind.
+    #[serde(default)]
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Listener or section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// Port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
 /// The policy's state on one target.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAncestorStatus {
-    /// The target.
-    pub ancestor_ref: PolicyTargetRef,
+    /// The target (ours), or the Gateway Envoy Gateway attached the policy through (its entries).
+    pub ancestor_ref: AncestorRef,
     /// Who wrote this entry.
     pub controller_name: String,
     /// `Accepted`: True, or False with reason `Conflicted`, `TargetNotFound` or `Invalid`.
