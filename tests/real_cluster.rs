@@ -911,6 +911,43 @@ fn leader_election_hands_over_a_real_lease() {
         assert!(Instant::now() < deadline, "{survivor} holds the Lease but does not lead:\n{}", process.log_tail());
         std::thread::sleep(Duration::from_millis(100));
     }
+    route_policy_status_is_written(&cp, &mut process);
+}
+
+/// The leader writes each TailscaleRoutePolicy's status per target: the oldest policy on a
+/// target is Accepted, a younger one Conflicted, a missing target TargetNotFound; `kubectl get
+/// tsrp` shows them.
+fn route_policy_status_is_written(cp: &ControlPlane, leader: &mut Process) {
+    apply_ok(
+        cp,
+        &services("policed", json!({"selector": {"matchLabels": {"app": "x"}}, "vipService": {"ports": ["tcp:80"]}})),
+    );
+    let policy = |name: &str, target: &str| {
+        json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleRoutePolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"targetRefs": [{"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": target}],
+                "defaultAction": "Deny"}})
+    };
+    apply_ok(cp, &policy("older", "policed"));
+    std::thread::sleep(Duration::from_millis(1100)); // creation timestamps have whole seconds
+    apply_ok(cp, &policy("younger", "policed"));
+    apply_ok(cp, &policy("orphan", "nowhere"));
+    let want = [("older", "Accepted"), ("younger", "Conflicted"), ("orphan", "TargetNotFound")];
+    for (name, reason) in want {
+        get_until(cp, leader, &["tailscaleroutepolicy", name], |p| {
+            p.pointer("/status/ancestors/0/conditions/0/reason") == Some(&json!(reason))
+        });
+    }
+    let table = cp.kubectl_ok(&["get", "tsrp"]);
+    eprintln!("{table}");
+    for (name, reason) in want {
+        assert!(table.lines().any(|l| l.starts_with(name) && l.contains(reason)), "{name} {reason} not in:\n{table}");
+    }
+    let younger: Value =
+        serde_json::from_str(&cp.kubectl_ok(&["get", "tsrp", "younger", "-o", "json"])).expect("parsing the policy");
+    let message =
+        younger.pointer("/status/ancestors/0/conditions/0/message").and_then(Value::as_str).unwrap_or_default();
+    assert!(message.contains("held by the older TailscaleRoutePolicy default/older"), "{message}");
 }
 
 /// `kubectl get ... -o json` as a Value.

@@ -85,6 +85,9 @@ fn every_generated_serve_and_egress_config_decodes_with_tailscales_own_types() {
         "every example VIP is served by its ingress proxies"
     );
     assert!(egress_targets >= 1, "the egress example forwards to the web VIP");
+    let caps =
+        serve.iter().filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"AcceptAppCaps\""))).count();
+    assert!(caps >= 1, "the example route policy's capability is passed on by some web handler");
     let (ok, out) = check("serve", &serve);
     assert!(ok, "{out}");
     assert_eq!(out.lines().filter(|l| l.ends_with(": ok")).count(), serve.len(), "{out}");

@@ -59,3 +59,55 @@ async fn sync(ctx: &Context) -> Result<(), super::Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::Resource;
+    use crate::core::index::Index;
+    use crate::core::routes::RouteKind;
+
+    fn policy(name: &str, created: &str, route: &str) -> Resource {
+        Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleRoutePolicy",
+            "metadata": {"name": name, "namespace": "apps", "creationTimestamp": created, "generation": 1},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route}]}}))
+        .expect("a policy")
+    }
+
+    fn reasons(work: &[(Arc<TailscaleRoutePolicy>, TailscaleRoutePolicyStatus)]) -> Vec<(String, String)> {
+        work.iter()
+            .map(|(p, s)| {
+                let ours = s.ancestors.iter().find(|a| a.controller_name == policy::CONTROLLER_NAME);
+                let reason = ours.map(|a| a.conditions[0].reason.clone()).unwrap_or_default();
+                (p.metadata.name.clone().unwrap_or_default(), reason)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn statuses_follow_targets_and_age_and_settle() {
+        let mut idx = Index::default();
+        idx.apply(policy("first", "2026-01-01T00:00:00Z", "web"));
+        idx.apply(policy("second", "2026-02-01T00:00:00Z", "web"));
+        let work = outdated(&idx);
+        assert_eq!(
+            reasons(&work),
+            [("first".to_string(), "TargetNotFound".to_string()), ("second".to_string(), "TargetNotFound".to_string())]
+        );
+        idx.apply_route(RouteKind::Http, &json!({"metadata": {"name": "web", "namespace": "apps"}, "spec": {}}));
+        let work = outdated(&idx);
+        assert_eq!(
+            reasons(&work),
+            [("first".to_string(), "Accepted".to_string()), ("second".to_string(), "Conflicted".to_string())]
+        );
+        // Written back (as the API server would store them), nothing is outdated any more.
+        for (p, status) in work {
+            let mut stored = (*p).clone();
+            stored.status = Some(status);
+            idx.apply(Resource::RoutePolicy(stored));
+        }
+        assert!(outdated(&idx).is_empty());
+    }
+}
