@@ -837,6 +837,13 @@ fn real_envoy_gateway_calls_the_extension() {
     // 6. A route policy: Envoy Gateway translates again, our PostTranslateModify turns Envoy's
     //    authorization on for the policy's route, and our authorization service decides.
     route_policy_is_enforced(&cp, &rt, &pki, &mut eg, xds);
+    let text = metrics(&cp, https);
+    for (verdict, via) in [("denied", "false"), ("allowed", "true"), ("allowed", "false")] {
+        let series = format!(
+            "tailscale_gateway_route_policy_decisions_total{{verdict=\"{verdict}\",via_ingress_proxy=\"{via}\"}}"
+        );
+        assert!(metric(&text, &series) >= 1.0, "{series} not counted:\n{text}");
+    }
 
     server.assert_running();
     eg.assert_running();
@@ -1073,8 +1080,8 @@ fn route_policy_is_enforced(cp: &ControlPlane, rt: &tokio::runtime::Runtime, pki
     assert!(set.contains(&("x-envoy-upstream-rq-timeout-ms".to_string(), "30000".to_string())), "{set:?}");
     assert!(removed.is_empty(), "{removed:?}");
     // A forged login elsewhere: allowed by the default action, the header removed on the way.
-    let forged = [("tailscale-user-login", "alice@example.com")];
+    let forged = [("tailscale-user-login", "alice@example.com"), ("x-tailscale-gateway-route", "default/web-admin/0")];
     let (allowed, _, _, _, removed) = check(rt, xds, check_request(&settings, "10.9.9.9", "/", &forged));
     assert!(allowed);
-    assert_eq!(removed, vec!["tailscale-user-login".to_string()]);
+    assert_eq!(removed, ["tailscale-user-login", "x-tailscale-gateway-route"], "forged identity and routing");
 }

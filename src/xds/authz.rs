@@ -29,16 +29,17 @@ const PERMISSION_DENIED: i32 = 7;
 #[derive(Clone)]
 pub struct AuthzService {
     cache: Cache,
+    metrics: super::XdsMetrics,
 }
 
 impl AuthzService {
     /// A service reading `cache`.
-    pub fn new(cache: Cache) -> Self {
-        Self { cache }
+    pub fn new(cache: Cache, metrics: super::XdsMetrics) -> Self {
+        Self { cache, metrics }
     }
 
-    /// The decision for one check request.
-    pub fn decide(&self, req: &CheckRequest) -> Verdict {
+    /// The decision for one check request, and whether its identity was believed.
+    pub fn decide(&self, req: &CheckRequest) -> (Verdict, bool) {
         let attrs = req.attributes.as_ref();
         let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         let source =
@@ -65,12 +66,23 @@ impl AuthzService {
         };
         let spec =
             policy_key.as_ref().and_then(|k| idx.route_policies().find(|(pk, _)| *pk == k)).map(|(_, p)| &p.spec);
-        match spec {
+        let mut verdict = match spec {
             Some(spec) => policy::decide(spec, &request),
             // The policy is gone since Envoy Gateway last translated: nothing to enforce but the
             // removal of untrusted identity headers.
             None => policy::decide(&Default::default(), &request),
+        };
+        // Only our answer names the backend a rule sends to; a client's copy goes.
+        match (verdict.reroute, &policy_key) {
+            (Some(rule), Some(key)) if verdict.allow => {
+                verdict.set.push((policy::REROUTE_HEADER.to_string(), format!("{key}/{rule}")));
+            }
+            _ if request.headers.contains_key(policy::REROUTE_HEADER) => {
+                verdict.strip.push(policy::REROUTE_HEADER.to_string());
+            }
+            _ => {}
         }
+        (verdict, via_ingress_proxy)
     }
 }
 
@@ -109,7 +121,10 @@ pub fn check_response(v: &Verdict) -> CheckResponse {
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let verdict = self.decide(request.get_ref());
+        let start = std::time::Instant::now();
+        let (verdict, via_ingress_proxy) = self.decide(request.get_ref());
+        self.metrics.decision(verdict.allow, via_ingress_proxy);
+        self.metrics.observe("Check", start.elapsed());
         if !verdict.allow {
             tracing::debug!(rule = ?verdict.rule, status = verdict.status, "route policy denied a request");
         }

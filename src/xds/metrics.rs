@@ -25,6 +25,15 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// The labels of a route policy decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allowed` or `denied`.
+    pub verdict: &'static str,
+    /// Whether the request came through an ingress proxy (its identity believed).
+    pub via_ingress_proxy: &'static str,
+}
+
 type HistogramCtor = fn() -> Histogram;
 
 fn latency_histogram() -> Histogram {
@@ -38,6 +47,7 @@ pub struct XdsMetrics {
     calls: Family<HookLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     latency: Family<HookLabels, Histogram, HistogramCtor>,
+    decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Default for XdsMetrics {
@@ -47,6 +57,7 @@ impl Default for XdsMetrics {
             calls: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as HistogramCtor),
+            decisions: Family::default(),
         }
     }
 }
@@ -63,6 +74,11 @@ impl XdsMetrics {
             m.errors.clone(),
         );
         registry.register("xds_hook_duration_seconds", "Time spent in one extension hook call", m.latency.clone());
+        registry.register(
+            "route_policy_decisions",
+            "Requests Envoy asked about (ext_authz Check, also counted as the hook `Check`), by verdict and whether their identity was believed",
+            m.decisions.clone(),
+        );
         m
     }
 
@@ -75,6 +91,13 @@ impl XdsMetrics {
     /// Records one error.
     pub fn error(&self, hook: &'static str, reason: &'static str) {
         self.errors.get_or_create(&ErrorLabels { hook, reason }).inc();
+    }
+
+    /// Records one route policy decision.
+    pub fn decision(&self, allowed: bool, via_ingress_proxy: bool) {
+        let verdict = if allowed { "allowed" } else { "denied" };
+        let via_ingress_proxy = if via_ingress_proxy { "true" } else { "false" };
+        self.decisions.get_or_create(&DecisionLabels { verdict, via_ingress_proxy }).inc();
     }
 
     /// Calls so far (for tests and the benchmark).

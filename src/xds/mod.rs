@@ -400,8 +400,11 @@ pub async fn serve_listener(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(serving_once_synced(cache.clone(), reporter));
-    let authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(authz::AuthzService::new(cache.clone()))
-        .max_decoding_message_size(opts.max_message_size);
+    let authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(authz::AuthzService::new(
+        cache.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(opts.max_message_size);
     let svc = pb::envoy_gateway_extension_server::EnvoyGatewayExtensionServer::new(ExtensionService::new(
         cache,
         opts.hooks.clone(),

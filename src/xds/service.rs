@@ -265,14 +265,17 @@ impl EnvoyGatewayExtension for ExtensionService {
         let (gateways, generated) = (plan.routes.len(), plan.clusters.len());
         merge_translation(plan, &mut cl, &mut rc);
         // Route policies: after the TailscaleGateways' routes are in, so they are held too.
-        let holders = authz::holders(&self.cache.read(), &rc);
-        authz::enforce(&holders, &self.settings.authz, &mut listeners, &mut rc, &mut cl);
+        let policies = {
+            let idx = self.cache.read();
+            authz::plan(&idx, &rc, &self.settings.placement, self.settings.connect_timeout)
+        };
+        authz::enforce(&policies, &self.settings.authz, &mut listeners, &mut rc, &mut cl);
         tracing::debug!(
             hook = HOOK,
             gateways,
             generated_clusters = generated,
             clusters = cl.len(),
-            policy_routes = holders.len(),
+            policy_routes = policies.holders.len(),
             "translation extended"
         );
         self.done(HOOK, start);

@@ -65,8 +65,62 @@ pub struct AuthzAddress {
     pub tls: bool,
 }
 
+/// Name prefix of the routes that carry a rule's `backendRef` (`<prefix><ns>/<policy>/<rule>`).
+pub const REROUTE_ROUTE_PREFIX: &str = "tailscale/policy-route/";
+
+/// What route policies add to one translation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyPlan {
+    /// The policy holding each Envoy route, by route name.
+    pub holders: BTreeMap<String, ObjectKey>,
+    /// Per holding policy, the rules that send requests to another backend.
+    pub reroutes: BTreeMap<ObjectKey, Vec<Reroute>>,
+}
+
+/// A rule's `backendRef`: where its requests go instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reroute {
+    /// The rule's index (the value of [`crate::policy::REROUTE_HEADER`] ends with it).
+    pub rule: usize,
+    /// The TailscaleServices' cluster (`tailscale/<ns>/<service>`, as a TailscaleGateway's).
+    pub cluster: Cluster,
+    /// The VIP's DNS name, for the Host header.
+    pub host_rewrite: Option<String>,
+}
+
+/// Plans route policies for a translation: who holds which route, and the clusters of the
+/// backends their rules send to (those naming a TailscaleServices that is not there are left out,
+/// and their requests stay on the route).
+pub fn plan(
+    idx: &Index,
+    route_configs: &[RouteConfiguration],
+    place: &crate::dataplane::Placement,
+    connect_timeout: Duration,
+) -> PolicyPlan {
+    let holders = holders(idx, route_configs);
+    let mut reroutes: BTreeMap<ObjectKey, Vec<Reroute>> = BTreeMap::new();
+    for key in holders.values() {
+        if reroutes.contains_key(key) {
+            continue;
+        }
+        let Some((_, policy)) = idx.route_policies().find(|(k, _)| *k == key) else { continue };
+        let mut list = Vec::new();
+        for (i, rule) in policy.spec.rules.iter().enumerate() {
+            let Some(b) = rule.action.backend_ref.as_ref().filter(|_| rule.action.type_ == "Allow") else { continue };
+            let svc_key = ObjectKey::new(&key.namespace, &b.name);
+            let Some(svc) = idx.services(&svc_key) else { continue };
+            let backend = crate::backends::resolve_services(idx, svc, place, None);
+            let cluster = crate::envoy::new_cluster(&cluster_name(&svc_key), &backend, connect_timeout);
+            list.push(Reroute { rule: i, cluster, host_rewrite: backend.vip_dns_name.clone() });
+        }
+        reroutes.insert(key.clone(), list);
+    }
+    reroutes.retain(|_, l| !l.is_empty());
+    PolicyPlan { holders, reroutes }
+}
+
 /// The policy holding each Envoy route, by route name, for the routes of `route_configs`.
-pub fn holders(idx: &Index, route_configs: &[RouteConfiguration]) -> BTreeMap<String, ObjectKey> {
+fn holders(idx: &Index, route_configs: &[RouteConfiguration]) -> BTreeMap<String, ObjectKey> {
     let held = held_targets(idx);
     if held.is_empty() {
         return BTreeMap::new();
@@ -170,11 +224,12 @@ fn services_of_cluster(idx: &Index, cluster: &str) -> Vec<ObjectKey> {
     idx.all_services().map(|(k, _)| k).filter(|k| cluster_name(k) == cluster).cloned().collect()
 }
 
-/// Applies `holders` to a translation in place: per-route settings on held routes (and off the
-/// others), the filter in the connection managers of route configurations with a held route, and
-/// the cluster to `address` while any route is held.
+/// Applies `plan` to a translation in place: per-route settings on held routes (and off the
+/// others), in front of each virtual host the routes of its policies' `backendRef`s, the filter
+/// in the connection managers of route configurations with a held route, and the clusters (ours
+/// to `address` while any route is held, and the `backendRef`s').
 pub fn enforce(
-    holders: &BTreeMap<String, ObjectKey>,
+    plan: &PolicyPlan,
     address: &AuthzAddress,
     listeners: &mut [Listener],
     route_configs: &mut [RouteConfiguration],
@@ -183,15 +238,27 @@ pub fn enforce(
     let mut enforcing: Vec<String> = Vec::new();
     for rc in route_configs.iter_mut() {
         let mut any = false;
-        for route in rc.virtual_hosts.iter_mut().flat_map(|vh| vh.routes.iter_mut()) {
-            route.typed_per_filter_config.remove(FILTER_NAME);
-            if let Some(policy) = holders.get(&route.name) {
-                route.typed_per_filter_config.insert(FILTER_NAME.to_string(), per_route(policy));
-                any = true;
+        for vh in &mut rc.virtual_hosts {
+            let routes = std::mem::take(&mut vh.routes);
+            for mut route in routes.into_iter().filter(|r| !r.name.starts_with(REROUTE_ROUTE_PREFIX)) {
+                route.typed_per_filter_config.remove(FILTER_NAME);
+                if let Some(policy) = plan.holders.get(&route.name) {
+                    route.typed_per_filter_config.insert(FILTER_NAME.to_string(), per_route(policy));
+                    any = true;
+                    let reroutes = plan.reroutes.get(policy).into_iter().flatten();
+                    vh.routes.extend(reroutes.map(|r| reroute_route(policy, r, &route)));
+                }
+                vh.routes.push(route);
             }
         }
         if any {
             enforcing.push(rc.name.clone());
+        }
+    }
+    for r in plan.reroutes.values().flatten() {
+        match clusters.iter_mut().find(|c| c.name == r.cluster.name) {
+            Some(c) => *c = r.cluster.clone(),
+            None => clusters.push(r.cluster.clone()),
         }
     }
     for listener in listeners.iter_mut() {
@@ -203,6 +270,39 @@ pub fn enforce(
     clusters.retain(|c| c.name != CLUSTER_NAME);
     if !enforcing.is_empty() {
         clusters.push(authz_cluster(address));
+    }
+}
+
+/// The route, in front of `held`, that takes `held`'s requests to a rule's `backendRef` once our
+/// answer set the header naming it: `held`'s match and action with the header required and the
+/// backend's cluster and Host. Our filter is on for it too, so a client's own copy of the header
+/// is judged, and removed unless the rule matches (Envoy then picks `held` again).
+fn reroute_route(policy: &ObjectKey, r: &Reroute, held: &Route) -> Route {
+    use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteAction, header_matcher};
+    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+    let value = format!("{policy}/{}", r.rule);
+    let header = HeaderMatcher {
+        name: crate::policy::REROUTE_HEADER.to_string(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(value.clone())),
+            ..StringMatcher::default()
+        })),
+        ..HeaderMatcher::default()
+    };
+    let mut matches = held.r#match.clone().unwrap_or_default();
+    matches.headers.push(header);
+    let mut action = match &held.action {
+        Some(route::Action::Route(a)) => a.clone(),
+        _ => RouteAction::default(),
+    };
+    action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(r.cluster.name.clone()));
+    action.host_rewrite_specifier = r.host_rewrite.clone().map(route_action::HostRewriteSpecifier::HostRewriteLiteral);
+    Route {
+        name: format!("{REROUTE_ROUTE_PREFIX}{value}/{}", held.name),
+        r#match: Some(matches),
+        action: Some(route::Action::Route(action)),
+        typed_per_filter_config: HashMap::from([(FILTER_NAME.to_string(), per_route(policy))]),
+        ..Route::default()
     }
 }
 
@@ -248,6 +348,8 @@ pub fn http_filter() -> HttpFilter {
     let config = ExtAuthz {
         transport_api_version: 2, // V3
         failure_mode_allow: false,
+        // A rule's backendRef is reached through a header our answer sets: pick the route again.
+        clear_route_cache: true,
         status_on_error: Some(HttpStatus { code: StatusCode::ServiceUnavailable as i32 }),
         services: Some(ext_authz::Services::GrpcService(GrpcService {
             timeout: Some(pb_duration(CHECK_TIMEOUT)),
@@ -478,7 +580,7 @@ mod tests {
             port: 5005,
             tls: false,
         };
-        let held = holders(&idx, &rcs);
+        let held = plan(&idx, &rcs, &Default::default(), Duration::from_secs(5));
         enforce(&held, &address, &mut listeners, &mut rcs, &mut clusters);
         let first = (listeners.clone(), rcs.clone(), clusters.clone());
         assert_eq!(filters(&listeners[0]), vec![(FILTER_NAME.to_string(), true), (ROUTER_FILTER.to_string(), false)]);
@@ -494,9 +596,52 @@ mod tests {
         enforce(&held, &address, &mut listeners, &mut rcs, &mut clusters);
         assert_eq!((listeners.clone(), rcs.clone(), clusters.clone()), first);
         // No policy any more: everything of ours goes.
-        enforce(&BTreeMap::new(), &address, &mut listeners, &mut rcs, &mut clusters);
+        enforce(&PolicyPlan::default(), &address, &mut listeners, &mut rcs, &mut clusters);
         assert_eq!(filters(&listeners[0]), vec![(ROUTER_FILTER.to_string(), false)]);
         assert!(rcs[0].virtual_hosts[0].routes[0].typed_per_filter_config.is_empty());
         assert!(clusters.is_empty());
+    }
+
+    #[test]
+    fn a_rules_backend_ref_gets_a_route_in_front_of_the_held_one() {
+        let mut idx = index();
+        idx.apply(
+            Resource::from_value(json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleServices",
+                "metadata": {"name": "canary", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"a": "c"}}, "vipService": {"ports": ["tcp:80"]}}}))
+            .expect("a service"),
+        );
+        idx.apply(
+            Resource::from_value(
+                json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleRoutePolicy",
+                "metadata": {"name": "on-route", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+                    "rules": [{"matches": [{"headers": [{"name": "x-canary", "value": "1"}]}],
+                               "action": {"type": "Allow", "backendRef": {"name": "canary"}}},
+                              {"action": {"type": "Allow", "backendRef": {"name": "missing"}}}]}}),
+            )
+            .expect("a policy"),
+        );
+        let held_name = "httproute/default/web/rule/0/match/0/w";
+        let mut rcs = vec![route_config("default/eg/http", vec![route(held_name, "httproute/default/web/rule/0")])];
+        let (mut listeners, mut clusters) = (vec![listener("default/eg/http")], Vec::new());
+        let address = AuthzAddress { host: "127.0.0.1".into(), port: 5005, tls: false };
+        let p = plan(&idx, &rcs, &Default::default(), Duration::from_secs(5));
+        let reroutes = &p.reroutes[&ObjectKey::new("default", "on-route")];
+        assert_eq!(reroutes.iter().map(|r| r.rule).collect::<Vec<_>>(), [0], "a missing backend is left out");
+        enforce(&p, &address, &mut listeners, &mut rcs, &mut clusters);
+        let names: Vec<&str> = rcs[0].virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, [format!("{REROUTE_ROUTE_PREFIX}default/on-route/0/{held_name}").as_str(), held_name]);
+        let front = &rcs[0].virtual_hosts[0].routes[0];
+        let header = &front.r#match.as_ref().expect("a match").headers[0];
+        assert_eq!(header.name, crate::policy::REROUTE_HEADER);
+        assert_eq!(route_clusters(front), ["tailscale/default/canary"]);
+        assert!(front.typed_per_filter_config.contains_key(FILTER_NAME), "a forged header is judged too");
+        let mut cluster_names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        cluster_names.sort();
+        assert_eq!(cluster_names, ["tailscale/default/canary", CLUSTER_NAME]);
+        let once = (rcs.clone(), clusters.clone());
+        enforce(&p, &address, &mut listeners, &mut rcs, &mut clusters);
+        assert_eq!((rcs, clusters), once, "idempotent");
     }
 }

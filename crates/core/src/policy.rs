@@ -205,10 +205,11 @@ fn validate_action(a: &PolicyAction, path: &FieldPath<'_>, errors: &mut Vec<Fiel
             errors.push(FieldError::invalid(&path.child("deny").child("statusCode"), code, "400-599"));
         }
     }
-    let allow_only: [(&str, bool); 3] = [
+    let allow_only: [(&str, bool); 4] = [
         ("requestHeaders", a.request_headers.is_some()),
         ("timeout", a.timeout.is_some()),
         ("retry", a.retry.is_some()),
+        ("backendRef", a.backend_ref.is_some()),
     ];
     for (field, set) in allow_only {
         if deny && set {
@@ -238,6 +239,18 @@ fn validate_action(a: &PolicyAction, path: &FieldPath<'_>, errors: &mut Vec<Fiel
         && let Err(e) = duration::parse(t)
     {
         errors.push(FieldError::invalid(&path.child("timeout"), t, e.to_string()));
+    }
+    if let Some(b) = &a.backend_ref {
+        let bp = path.child("backendRef");
+        if let Some(g) = b.group.as_deref().filter(|g| *g != crate::api::GROUP) {
+            errors.push(FieldError::not_supported(&bp.child("group"), g, &[crate::api::GROUP]));
+        }
+        if let Some(k) = b.kind.as_deref().filter(|k| *k != "TailscaleServices") {
+            errors.push(FieldError::not_supported(&bp.child("kind"), k, &["TailscaleServices"]));
+        }
+        if let Err(e) = names::dns_subdomain(&b.name) {
+            errors.push(FieldError::invalid(&bp.child("name"), &b.name, e));
+        }
     }
     if let Some(r) = &a.retry {
         let rp = path.child("retry");
@@ -328,7 +341,15 @@ pub struct Verdict {
     pub timeout: Option<std::time::Duration>,
     /// The rule's retries: attempts, per-try timeout, conditions.
     pub retry: Option<(u32, Option<std::time::Duration>, Vec<String>)>,
+    /// The index of the rule whose `backendRef` the request goes to instead of the route's.
+    pub reroute: Option<usize>,
 }
+
+/// The request header through which an authorization answer sends a request to a rule's
+/// `backendRef`: `<namespace>/<policy>/<rule index>`, matched by a route of ours in front of the
+/// virtual host's own (Envoy picks the route again after the answer). A client's copy is always
+/// removed or replaced.
+pub const REROUTE_HEADER: &str = "x-tailscale-gateway-route";
 
 /// Envoy's retry conditions when a rule names none.
 pub const DEFAULT_RETRY_ON: &str = "5xx,reset,connect-failure";
@@ -372,7 +393,9 @@ pub fn decide(spec: &TailscaleRoutePolicySpec, req: &Request<'_>) -> Verdict {
     let mut verdict = match hit {
         Some((i, rule)) => {
             let name = rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
-            act(&rule.action, Some(name))
+            let mut v = act(&rule.action, Some(name));
+            v.reroute = (v.allow && rule.action.backend_ref.is_some()).then_some(i);
+            v
         }
         None if spec.default_action.as_deref() == Some("Deny") => Verdict {
             allow: false,
@@ -646,6 +669,28 @@ mod tests {
         assert_eq!(columns, ["TARGETS", "DEFAULT", "ACCEPTED", "AGE"]);
         assert!(version.subresources.as_ref().is_some_and(|s| s.status.is_some()));
         assert_eq!(crd.spec.names.short_names, Some(vec!["tsrp".to_string()]));
+    }
+
+    #[test]
+    fn a_rule_can_send_requests_to_another_backend() {
+        let p = spec(json!({
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+            "rules": [{"matches": [{"headers": [{"name": "X-Canary", "value": "1"}]}],
+                       "action": {"type": "Allow", "backendRef": {"name": "web-canary"}}}]}));
+        assert!(validate(&p).is_empty(), "{:?}", validate(&p));
+        assert_eq!(decide(&p, &request("/", "GET", &[("x-canary", "1")], false)).reroute, Some(0));
+        assert_eq!(decide(&p, &request("/", "GET", &[], false)).reroute, None);
+        let bad = spec(json!({
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+            "rules": [{"action": {"type": "Deny", "backendRef": {"kind": "Service", "group": "", "name": "x"}}}]}));
+        let errors: Vec<String> = validate(&bad).iter().map(ToString::to_string).collect();
+        for want in [
+            "spec.rules[0].action.backendRef: Forbidden: only with type Allow",
+            "spec.rules[0].action.backendRef.group: Unsupported value: \"\"",
+            "spec.rules[0].action.backendRef.kind: Unsupported value: \"Service\"",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(want)), "{want:?} not in {errors:#?}");
+        }
     }
 
     #[test]

@@ -161,6 +161,25 @@ pub struct PolicyAction {
     /// For `Allow`: retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryAction>,
+    /// For `Allow`: send the request to this TailscaleServices (in the policy's namespace)
+    /// instead of the route's own backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<PolicyBackendRef>,
+}
+
+/// Another of our backends.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyBackendRef {
+    /// `gateway.tailscale.com` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `TailscaleServices` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name, in the policy's namespace.
+    pub name: String,
 }
 
 /// A denial's answer.
