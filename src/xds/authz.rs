@@ -67,6 +67,7 @@ impl AuthzService {
         let spec =
             policy_key.as_ref().and_then(|k| idx.route_policies().find(|(pk, _)| *pk == k)).map(|(_, p)| &p.spec);
         let mut verdict = match spec {
+            Some(spec) if !policy::validate(spec).is_empty() => policy::invalid_verdict(),
             Some(spec) => policy::decide(spec, &request),
             // The policy is gone since Envoy Gateway last translated: nothing to enforce but the
             // removal of untrusted identity headers.
@@ -129,5 +130,87 @@ impl Authorization for AuthzService {
             tracing::debug!(rule = ?verdict.rule, status = verdict.status, "route policy denied a request");
         }
         Ok(Response::new(check_response(&verdict)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::Resource;
+
+    fn request(source: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: source.into(),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(1)),
+                            ..SocketAddress::default()
+                        })),
+                    }),
+                    ..attribute_context::Peer::default()
+                }),
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: path.into(),
+                        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                        ..attribute_context::HttpRequest::default()
+                    }),
+                    ..attribute_context::Request::default()
+                }),
+                context_extensions: [(POLICY_CONTEXT_KEY.to_string(), "apps/p".to_string())].into(),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    fn service(spec: serde_json::Value) -> AuthzService {
+        let cache = Cache::default();
+        cache.apply(
+            Resource::from_value(
+                json!({"apiVersion": "gateway.tailscale.com/v1alpha1", "kind": "TailscaleRoutePolicy",
+                "metadata": {"name": "p", "namespace": "apps"}, "spec": spec}),
+            )
+            .expect("a policy"),
+        );
+        cache.set_ingress_pod(ObjectKey::new("apps", "proxy-0"), vec!["10.0.0.7".parse().expect("an IP")]);
+        AuthzService::new(cache, super::super::XdsMetrics::default())
+    }
+
+    #[test]
+    fn answers_as_envoy_expects() {
+        let svc = service(json!({
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+            "rules": [{"matches": [{"identity": {"users": ["alice@example.com"]}}],
+                       "action": {"type": "Allow", "backendRef": {"name": "canary"}}}],
+            "defaultAction": "Deny"}));
+        let alice = [("tailscale-user-login", "alice@example.com")];
+        let (v, trusted) = svc.decide(&request("10.0.0.7", "/x?y=1", &alice));
+        assert!(v.allow && trusted);
+        assert!(v.set.contains(&(policy::REROUTE_HEADER.to_string(), "apps/p/0".to_string())), "{v:?}");
+        let (v, trusted) = svc.decide(&request(
+            "10.0.0.8",
+            "/x",
+            &[("tailscale-user-login", "alice@example.com"), (policy::REROUTE_HEADER, "apps/p/0")],
+        ));
+        assert!(!v.allow && !trusted, "forged identity from elsewhere: the default denies");
+        let answer = check_response(&v);
+        let Some(HttpResponse::DeniedResponse(denied)) = answer.http_response else { panic!("{answer:?}") };
+        assert_eq!(denied.status.map(|s| s.code), Some(403));
+        assert_eq!(answer.status.map(|s| s.code), Some(PERMISSION_DENIED));
+    }
+
+    #[test]
+    fn an_invalid_policy_denies_everything() {
+        let svc = service(json!({"targetRefs": [], "defaultAction": "Allow"}));
+        let (v, _) = svc.decide(&request("10.0.0.7", "/", &[]));
+        assert!(!v.allow, "fails closed");
+        assert!(v.reason.contains("invalid"), "{v:?}");
     }
 }

@@ -377,6 +377,17 @@ impl Verdict {
     }
 }
 
+/// What a policy that does not validate (stored past the webhook) decides: every request on its
+/// targets is denied, as an authorization rule that cannot be read must not let anything through.
+pub fn invalid_verdict() -> Verdict {
+    Verdict {
+        allow: false,
+        status: 403,
+        reason: String::from("denied: the route policy is invalid (see its status)"),
+        ..Verdict::default()
+    }
+}
+
 /// The first rule of `spec` that matches `req` decides; `defaultAction` otherwise.
 pub fn decide(spec: &TailscaleRoutePolicySpec, req: &Request<'_>) -> Verdict {
     let untrusted: Vec<String> = if req.via_ingress_proxy {
@@ -537,10 +548,13 @@ pub fn status(
                 _ if !errors.is_empty() => (
                     false,
                     "Invalid",
-                    crate::field::summarize(
-                        "TailscaleRoutePolicy",
-                        policy.metadata.name.as_deref().unwrap_or_default(),
-                        &errors,
+                    format!(
+                        "{}; requests on its targets are denied until it is fixed",
+                        crate::field::summarize(
+                            "TailscaleRoutePolicy",
+                            policy.metadata.name.as_deref().unwrap_or_default(),
+                            &errors,
+                        )
                     ),
                 ),
                 Standing::Accepted => (true, "Accepted", format!("enforced on {} {}", target.kind, target.name)),
