@@ -721,8 +721,8 @@ fn secret_value(cp: &ControlPlane, namespace: &str, name: &str, key: &str) -> St
     String::from_utf8(bytes).expect("decoding the Secret value as UTF-8")
 }
 
-/// The caBundles (base64, as stored) of our two webhook configurations' webhooks and of the
-/// APIService.
+/// The caBundles (base64, as stored) of our two webhook configurations' webhooks (two validating:
+/// our kinds and the routes Envoy Gateway keeps from us; one mutating) and of the APIService.
 fn published_ca_bundles(cp: &ControlPlane) -> Vec<String> {
     let mut bundles = Vec::new();
     for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
@@ -744,7 +744,7 @@ fn self_managed_certificates_are_shared_and_published() {
     cp.kubectl_ok(&["apply", "--server-side", "-k", &path("webhooks")]);
     cp.kubectl_ok(&["apply", "--server-side", "-k", &path("apiservice")]);
     let before = published_ca_bundles(&cp);
-    assert_eq!(before.len(), 3, "two webhooks and the APIService: {before:?}");
+    assert_eq!(before.len(), 4, "three webhooks and the APIService: {before:?}");
     assert!(before.iter().all(String::is_empty), "caBundle set before any server ran: {before:?}");
 
     // Two replicas racing at start for the one Secret.
@@ -780,7 +780,7 @@ fn self_managed_certificates_are_shared_and_published() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let bundles = published_ca_bundles(&cp);
-        if bundles.len() == 3 && bundles.iter().all(|b| *b == want) {
+        if bundles.len() == 4 && bundles.iter().all(|b| *b == want) {
             break;
         }
         assert!(Instant::now() < deadline, "caBundles not published: {bundles:?}\n{}\n{}", a.log_tail(), b.log_tail());
