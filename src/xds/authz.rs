@@ -64,8 +64,8 @@ impl AuthzService {
                 .unwrap_or_default(),
             via_ingress_proxy,
         };
-        let spec =
-            policy_key.as_ref().and_then(|k| idx.route_policies().find(|(pk, _)| *pk == k)).map(|(_, p)| &p.spec);
+        let stored = policy_key.as_ref().and_then(|k| idx.route_policy_entry(k));
+        let spec = stored.as_ref().map(|s| &s.object.spec);
         let mut verdict = match spec {
             Some(spec) if !policy::validate(spec).is_empty() => policy::invalid_verdict(),
             Some(spec) => policy::decide(spec, &request),
