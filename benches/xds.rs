@@ -1,7 +1,8 @@
 //! Extension server latency against a pass-through floor, over loopback gRPC.
 //!
 //! PostTranslateModify with 1,000 clusters, 1,000 routes and 200 TailscaleServices exposed by a
-//! TailscaleGateway, and PostClusterModify alone. The floor is a server that only decodes the
+//! TailscaleGateway, PostClusterModify alone, and Envoy's authorization Check for a route policy
+//! of 20 rules (the last one matching) against a server that allows everything unread. The floor is a server that only decodes the
 //! request and re-encodes the same resources, so the ratio shows what our work adds on top of
 //! the unavoidable protobuf and transport cost. Target: translate p50 <= 2x the floor.
 //!
@@ -14,11 +15,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ConfigSource, config_source};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use prost::Message;
 use serde_json::json;
@@ -38,6 +43,76 @@ const SERVICES: usize = 200;
 const WARMUP: usize = 20;
 const ROUNDS: usize = 300;
 const MAX: usize = 256 << 20;
+
+/// Allows every request without reading it: the floor of an ext_authz Check.
+struct AllowAll;
+
+#[tonic::async_trait]
+impl Authorization for AllowAll {
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(CheckResponse {
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..CheckResponse::default()
+        }))
+    }
+}
+
+/// A route policy of 20 rules on `web`: 19 that miss a request for `/reports/q3`, then one that
+/// allows it for a capability, with a header set.
+fn policy_json() -> serde_json::Value {
+    let mut rules: Vec<serde_json::Value> = (0..19)
+        .map(|i| {
+            json!({"matches": [{"path": {"value": format!("/area-{i}")}, "method": "POST"}],
+            "action": {"type": "Deny", "deny": {"reason": "no"}}})
+        })
+        .collect();
+    rules.push(json!({"matches": [{"identity": {"capabilities": ["example.com/cap/reports"]}, "path": {"value": "/reports"}}],
+        "action": {"type": "Allow", "requestHeaders": {"set": [{"name": "X-Role", "value": "reader"}]}, "timeout": "10s"}}));
+    json!({"apiVersion": API, "kind": "TailscaleRoutePolicy", "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+            "rules": rules, "defaultAction": "Deny"}})
+}
+
+/// A Check as Envoy sends it for a browser's GET, from an ingress proxy pod.
+fn check_request() -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    let headers = [
+        (":authority", "www.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("tailscale-user-login", "alice@example.com"),
+        ("tailscale-user-name", "Alice"),
+        ("tailscale-app-capabilities", r#"{"example.com/cap/reports":[{}]}"#),
+        ("x-forwarded-for", "100.64.0.7"),
+        ("x-request-id", "4f1c6a0e-8a3b-4c1e-9d2f-0b7e5a9c1d23"),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.0.0.7".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(41000)),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..attribute_context::Peer::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/reports/q3?format=html".into(),
+                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..attribute_context::HttpRequest::default()
+                }),
+                ..attribute_context::Request::default()
+            }),
+            context_extensions: [("tailscale-gateway-policy".to_string(), "apps/web".to_string())].into(),
+            ..AttributeContext::default()
+        }),
+    }
+}
 
 /// Answers every hook with exactly what it received: the decode + encode floor.
 struct PassThrough;
@@ -116,6 +191,13 @@ fn fill(cache: &Cache) {
     cache.apply(res(json!({"apiVersion": API, "kind": "TailscaleGateway",
         "metadata": {"name": "tsgw", "namespace": "apps"},
         "spec": {"gatewayRef": {"name": "eg", "namespace": "gw"}, "tailnets": [{"name": "corp"}]}})));
+    // The Check row's policy and ingress proxy pod (its HTTPRoute is not in the cache, so the
+    // translate row holds no route for it).
+    cache.apply(res(policy_json()));
+    cache.set_ingress_pod(
+        tailscale_gateway::core::ObjectKey::new("apps", "ep-0-east-0"),
+        vec!["10.0.0.7".parse().expect("an IP")],
+    );
     for kind in Kind::ALL {
         cache.mark_synced(kind);
     }
@@ -246,6 +328,7 @@ async fn main() {
                     .max_decoding_message_size(MAX)
                     .max_encoding_message_size(MAX),
             )
+            .add_service(AuthorizationServer::new(AllowAll))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(floor_listener).with_nodelay(Some(true)),
                 async {
@@ -268,6 +351,14 @@ async fn main() {
 
     let mut ours_c = client(ours_addr).await;
     let floor_c = client(floor_addr).await;
+    let ours_authz = AuthorizationClient::connect(format!("http://{ours_addr}")).await.expect("connecting to Check");
+    let floor_authz = AuthorizationClient::connect(format!("http://{floor_addr}")).await.expect("connecting to Check");
+    let check = check_request();
+    let answer = ours_authz.clone().check(check.clone()).await.expect("calling Check").into_inner();
+    assert!(
+        matches!(answer.http_response, Some(HttpResponse::OkResponse(_))),
+        "the last rule allows the benchmark's request: {answer:?}"
+    );
     let out = ours_c
         .post_translate_modify(translate.clone())
         .await
@@ -319,6 +410,21 @@ async fn main() {
                     async move {
                         c.post_cluster_modify(r).await.map(|r| r.into_inner().cluster.is_some() as usize).unwrap_or(0)
                     }
+                })
+                .await,
+            ),
+            (
+                "Check (route policy)",
+                measure(|| {
+                    let mut c = ours_authz.clone();
+                    let r = check.clone();
+                    async move { c.check(r).await.map(|r| r.into_inner().http_response.is_some() as usize).unwrap_or(0) }
+                })
+                .await,
+                measure(|| {
+                    let mut c = floor_authz.clone();
+                    let r = check.clone();
+                    async move { c.check(r).await.map(|r| r.into_inner().http_response.is_some() as usize).unwrap_or(0) }
                 })
                 .await,
             ),
