@@ -120,8 +120,11 @@ fn validate_target(t: &PolicyTargetRef, path: &FieldPath<'_>, errors: &mut Vec<F
         errors.push(FieldError::invalid(&path.child("name"), &t.name, e));
     }
     if let Some(section) = &t.section_name {
-        if t.kind == "TailscaleServices" {
-            errors.push(FieldError::forbidden(&path.child("sectionName"), "a TailscaleServices has no sections"));
+        if t.kind != "Gateway" {
+            errors.push(FieldError::forbidden(
+                &path.child("sectionName"),
+                "only a Gateway's listener can be targeted alone (Envoy Gateway's routes do not carry rule names)",
+            ));
         } else if let Err(e) = names::dns_label(section) {
             errors.push(FieldError::invalid(&path.child("sectionName"), section, e));
         }
@@ -720,7 +723,9 @@ mod tests {
         let p = spec(json!({
             "targetRefs": [
                 {"group": "apps", "kind": "Deployment", "name": "web"},
-                {"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": "Bad_Name", "sectionName": "x"}],
+                {"group": "gateway.tailscale.com", "kind": "TailscaleServices", "name": "Bad_Name", "sectionName": "x"},
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web", "sectionName": "rule-1"},
+                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg", "sectionName": "http"}],
             "rules": [
                 {"name": "Not A Label", "matches": [
                     {"identity": {}, "path": {"type": "Regex", "value": "admin"}, "method": "FETCH",
@@ -737,6 +742,7 @@ mod tests {
             "spec.targetRefs[0].kind: Unsupported value: \"Deployment.apps\"",
             "spec.targetRefs[1].name: Invalid value: \"Bad_Name\"",
             "spec.targetRefs[1].sectionName: Forbidden",
+            "spec.targetRefs[2].sectionName: Forbidden: only a Gateway's listener",
             "spec.rules[0].name: Invalid value: \"Not A Label\"",
             "spec.rules[0].matches[0].identity: Required value",
             "spec.rules[0].matches[0].path.type: Unsupported value: \"Regex\"",
@@ -757,6 +763,7 @@ mod tests {
         ] {
             assert!(errors.iter().any(|e| e.starts_with(want)), "{want:?} not in {errors:#?}");
         }
+        assert!(!errors.iter().any(|e| e.starts_with("spec.targetRefs[3]")), "a Gateway listener is fine: {errors:#?}");
         let empty = spec(json!({}));
         let errors: Vec<String> = validate(&empty).iter().map(ToString::to_string).collect();
         assert_eq!(errors, ["spec.targetRefs: Required value: at least one target"]);
