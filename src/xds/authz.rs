@@ -67,10 +67,17 @@ impl AuthzService {
         let stored = policy_key.as_ref().and_then(|k| idx.route_policy_entry(k));
         let spec = stored.as_ref().map(|s| &s.object.spec);
         let mut verdict = match spec {
+            // Before the cache has loaded, a missing policy proves nothing: fail closed.
+            _ if !idx.synced() => policy::Verdict {
+                allow: false,
+                status: 503,
+                reason: String::from("route policies are not loaded yet; try again"),
+                ..policy::Verdict::default()
+            },
             Some(spec) if !policy::validate(spec).is_empty() => policy::invalid_verdict(),
             Some(spec) => policy::decide(spec, &request),
-            // The policy is gone since Envoy Gateway last translated: nothing to enforce but the
-            // removal of untrusted identity headers.
+            // The policy was deleted since Envoy Gateway last translated: nothing to enforce but
+            // the removal of untrusted identity headers.
             None => policy::decide(&Default::default(), &request),
         };
         // Only our answer names the backend a rule sends to; a client's copy goes.
@@ -180,6 +187,9 @@ mod tests {
             .expect("a policy"),
         );
         cache.set_ingress_pod(ObjectKey::new("apps", "proxy-0"), vec!["10.0.0.7".parse().expect("an IP")]);
+        for kind in crate::core::Kind::ALL {
+            cache.mark_synced(kind);
+        }
         AuthzService::new(cache, super::super::XdsMetrics::default())
     }
 
@@ -204,6 +214,13 @@ mod tests {
         let Some(HttpResponse::DeniedResponse(denied)) = answer.http_response else { panic!("{answer:?}") };
         assert_eq!(denied.status.map(|s| s.code), Some(403));
         assert_eq!(answer.status.map(|s| s.code), Some(PERMISSION_DENIED));
+    }
+
+    #[test]
+    fn nothing_is_allowed_before_the_cache_has_loaded() {
+        let svc = AuthzService::new(Cache::default(), super::super::XdsMetrics::default());
+        let (v, _) = svc.decide(&request("10.0.0.7", "/", &[]));
+        assert_eq!((v.allow, v.status), (false, 503));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! it sends to, else on its Gateway (listener): the most specific wins, and of several policies
 //! on one target the oldest ([`crate::policy::standings`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -71,8 +71,9 @@ pub const REROUTE_ROUTE_PREFIX: &str = "tailscale/policy-route/";
 /// What route policies add to one translation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyPlan {
-    /// The policy holding each Envoy route, by route name.
-    pub holders: BTreeMap<String, ObjectKey>,
+    /// The policy holding each Envoy route, by route configuration and route name (Envoy Gateway
+    /// gives a route attached to two listeners the same name in both).
+    pub holders: BTreeMap<(String, String), ObjectKey>,
     /// Per holding policy, the rules that send requests to another backend.
     pub reroutes: BTreeMap<ObjectKey, Vec<Reroute>>,
 }
@@ -120,29 +121,52 @@ pub fn plan(
 }
 
 /// The policy holding each Envoy route, by route name, for the routes of `route_configs`.
-fn holders(idx: &Index, route_configs: &[RouteConfiguration]) -> BTreeMap<String, ObjectKey> {
-    let held = held_targets(idx);
+fn holders(idx: &Index, route_configs: &[RouteConfiguration]) -> BTreeMap<(String, String), ObjectKey> {
+    // Routes in this translation exist even before our own watch has seen them.
+    let translated: BTreeSet<(String, String, String)> = route_configs
+        .iter()
+        .flat_map(|rc| rc.virtual_hosts.iter().flat_map(|vh| &vh.routes))
+        .filter_map(|r| route_object(&r.name))
+        .map(|(kind, ns, name)| (kind.to_string(), ns.to_string(), name.to_string()))
+        .collect();
+    let held = held_targets(idx, &translated);
     if held.is_empty() {
         return BTreeMap::new();
     }
     let mut out = BTreeMap::new();
     for rc in route_configs {
-        for route in rc.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
+        let ours = |r: &&Route| !r.name.starts_with(REROUTE_ROUTE_PREFIX);
+        for route in rc.virtual_hosts.iter().flat_map(|vh| vh.routes.iter().filter(ours)) {
             if let Some(policy) = holder(idx, &held, &rc.name, route) {
-                out.insert(route.name.clone(), policy);
+                out.insert((rc.name.clone(), route.name.clone()), policy);
             }
         }
     }
     out
 }
 
+/// The route object (kind, namespace, name) an Envoy Gateway route name comes from
+/// (`httproute/<ns>/<name>/rule/<i>/match/<j>/<host>`).
+fn route_object(route_name: &str) -> Option<(&'static str, &str, &str)> {
+    let mut parts = route_name.splitn(4, '/');
+    let kind = match parts.next()? {
+        "httproute" => "HTTPRoute",
+        "grpcroute" => "GRPCRoute",
+        _ => return None,
+    };
+    Some((kind, parts.next()?, parts.next()?))
+}
+
 /// Targets (namespace, kind, name, section) held by a policy, with the policy.
 type Held = BTreeMap<(String, String, String, Option<String>), ObjectKey>;
 
-fn held_targets(idx: &Index) -> Held {
+fn held_targets(idx: &Index, translated: &BTreeSet<(String, String, String)>) -> Held {
     let policies: Vec<_> = idx.route_policies().map(|(_, p)| p.as_ref()).collect();
     let mut held = Held::new();
-    for (policy, targets) in standings(policies, |ns, t| target_exists(idx, ns, t)) {
+    let exists = |ns: &str, t: &PolicyTargetRef| {
+        target_exists(idx, ns, t) || translated.contains(&(t.kind.clone(), ns.to_string(), t.name.clone()))
+    };
+    for (policy, targets) in standings(policies, exists) {
         for (t, standing) in targets {
             if standing == Standing::Accepted {
                 held.insert(
@@ -174,17 +198,8 @@ fn holder(idx: &Index, held: &Held, rc_name: &str, route: &Route) -> Option<Obje
     let find = |ns: &str, kind: &str, name: &str, section: Option<&str>| {
         held.get(&(ns.to_string(), kind.to_string(), name.to_string(), section.map(str::to_string))).cloned()
     };
-    // `httproute/<ns>/<name>/rule/<i>/match/<j>/<host>`, as Envoy Gateway names routes.
-    let mut parts = route.name.splitn(4, '/');
-    if let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) {
-        let kind = match kind {
-            "httproute" => Some("HTTPRoute"),
-            "grpcroute" => Some("GRPCRoute"),
-            _ => None,
-        };
-        if let Some(p) = kind.and_then(|k| find(ns, k, name, None)) {
-            return Some(p);
-        }
+    if let Some(p) = route_object(&route.name).and_then(|(kind, ns, name)| find(ns, kind, name, None)) {
+        return Some(p);
     }
     for cluster in route_clusters(route) {
         for svc in services_of_cluster(idx, &cluster) {
@@ -242,7 +257,7 @@ pub fn enforce(
             let routes = std::mem::take(&mut vh.routes);
             for mut route in routes.into_iter().filter(|r| !r.name.starts_with(REROUTE_ROUTE_PREFIX)) {
                 route.typed_per_filter_config.remove(FILTER_NAME);
-                if let Some(policy) = plan.holders.get(&route.name) {
+                if let Some(policy) = plan.holders.get(&(rc.name.clone(), route.name.clone())) {
                     route.typed_per_filter_config.insert(FILTER_NAME.to_string(), per_route(policy));
                     any = true;
                     let reroutes = plan.reroutes.get(policy).into_iter().flatten();
@@ -289,6 +304,9 @@ fn reroute_route(policy: &ObjectKey, r: &Reroute, held: &Route) -> Route {
         })),
         ..HeaderMatcher::default()
     };
+    // Everything of the held route (its other filters' settings, Envoy Gateway's authentication
+    // among them, header changes, metadata) is kept: only the name, the match and the backend differ.
+    let mut route = held.clone();
     let mut matches = held.r#match.clone().unwrap_or_default();
     matches.headers.push(header);
     let mut action = match &held.action {
@@ -297,13 +315,11 @@ fn reroute_route(policy: &ObjectKey, r: &Reroute, held: &Route) -> Route {
     };
     action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(r.cluster.name.clone()));
     action.host_rewrite_specifier = r.host_rewrite.clone().map(route_action::HostRewriteSpecifier::HostRewriteLiteral);
-    Route {
-        name: format!("{REROUTE_ROUTE_PREFIX}{value}/{}", held.name),
-        r#match: Some(matches),
-        action: Some(route::Action::Route(action)),
-        typed_per_filter_config: HashMap::from([(FILTER_NAME.to_string(), per_route(policy))]),
-        ..Route::default()
-    }
+    route.name = format!("{REROUTE_ROUTE_PREFIX}{value}/{}", held.name);
+    route.r#match = Some(matches);
+    route.action = Some(route::Action::Route(action));
+    route.typed_per_filter_config.insert(FILTER_NAME.to_string(), per_route(policy));
+    route
 }
 
 /// The per-route settings that turn our filter on for a route and name its policy.
@@ -552,15 +568,27 @@ mod tests {
             ),
             route_config(
                 "default/eg/https",
-                vec![route("httproute/default/plain/rule/0/match/0/y", "httproute/default/plain/rule/0")],
+                vec![
+                    route("httproute/default/plain/rule/0/match/0/y", "httproute/default/plain/rule/0"),
+                    // The same route on another listener: same name, other route configuration.
+                    route("httproute/default/plain/rule/0/match/0/x", "httproute/default/plain/rule/0"),
+                    // A route our watch has not seen yet, but Envoy Gateway translated.
+                    route("httproute/default/fresh/rule/0/match/0/z", "httproute/default/fresh/rule/0"),
+                ],
             ),
         ];
+        let mut idx = idx;
+        let fresh = json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "fresh"});
+        idx.apply(policy("on-fresh", "2026-01-01T00:00:00Z", fresh));
         let held = holders(&idx, &rcs);
         let p = |n: &str| ObjectKey::new("default", n);
-        assert_eq!(held.get("httproute/default/web/rule/0/match/0/www_example_com"), Some(&p("on-route")));
-        assert_eq!(held.get("httproute/default/other/rule/0/match/0/x"), Some(&p("on-service")));
-        assert_eq!(held.get("httproute/default/plain/rule/0/match/0/x"), Some(&p("on-listener")));
-        assert_eq!(held.get("httproute/default/plain/rule/0/match/0/y"), None, "another listener");
+        let at = |rc: &str, route: &str| held.get(&(rc.to_string(), route.to_string())).cloned();
+        assert_eq!(at("default/eg/http", "httproute/default/web/rule/0/match/0/www_example_com"), Some(p("on-route")));
+        assert_eq!(at("default/eg/http", "httproute/default/other/rule/0/match/0/x"), Some(p("on-service")));
+        assert_eq!(at("default/eg/http", "httproute/default/plain/rule/0/match/0/x"), Some(p("on-listener")));
+        assert_eq!(at("default/eg/https", "httproute/default/plain/rule/0/match/0/y"), None, "another listener");
+        assert_eq!(at("default/eg/https", "httproute/default/plain/rule/0/match/0/x"), None, "keyed by listener too");
+        assert_eq!(at("default/eg/https", "httproute/default/fresh/rule/0/match/0/z"), Some(p("on-fresh")));
     }
 
     #[test]

@@ -221,21 +221,18 @@ fn validate_action(a: &PolicyAction, path: &FieldPath<'_>, errors: &mut Vec<Fiel
     }
     if let Some(h) = &a.request_headers {
         let hp = path.child("requestHeaders");
+        let detail = format!(
+            "an HTTP header name that routing does not depend on: not Host, an identity header, {REROUTE_HEADER} or x-envoy-*"
+        );
         for (field, list) in [("set", &h.set), ("add", &h.add)] {
-            for (i, v) in list.iter().enumerate() {
-                if !header_name(&v.name) || IDENTITY_HEADERS.contains(&v.name.to_ascii_lowercase().as_str()) {
-                    errors.push(FieldError::invalid(
-                        &hp.child(field).index(i).child("name"),
-                        &v.name,
-                        "an HTTP header name, not an identity header",
-                    ));
-                }
+            let fp = hp.child(field);
+            for (i, v) in list.iter().enumerate().filter(|(_, v)| !modifiable_header(&v.name)) {
+                errors.push(FieldError::invalid(&fp.index(i).child("name"), &v.name, detail.clone()));
             }
         }
-        for (i, name) in h.remove.iter().enumerate() {
-            if !header_name(name) {
-                errors.push(FieldError::invalid(&hp.child("remove").index(i), name, "an HTTP header name"));
-            }
+        let fp = hp.child("remove");
+        for (i, name) in h.remove.iter().enumerate().filter(|(_, n)| !modifiable_header(n)) {
+            errors.push(FieldError::invalid(&fp.index(i), name, detail.clone()));
         }
     }
     if let Some(t) = &a.timeout
@@ -271,6 +268,17 @@ fn validate_action(a: &PolicyAction, path: &FieldPath<'_>, errors: &mut Vec<Fiel
             }
         }
     }
+}
+
+/// Whether a rule may set, add or remove this header. Envoy picks the route again after our answer
+/// (for `backendRef`), so headers routing depends on stay as the client (or serve) sent them.
+fn modifiable_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    header_name(name)
+        && lower != "host"
+        && lower != REROUTE_HEADER
+        && !lower.starts_with("x-envoy-")
+        && !IDENTITY_HEADERS.contains(&lower.as_str())
 }
 
 /// An RFC 9110 token, as header names are.
@@ -733,7 +741,8 @@ mod tests {
                  "action": {"type": "Deny", "timeout": "5s", "deny": {"statusCode": 200}}},
                 {"matches": [{"identity": {"capabilities": ["admin"], "users": ["a b"]}}],
                  "action": {"type": "Allow", "retry": {"attempts": 0, "perTryTimeout": "soon", "on": ["always"]},
-                            "requestHeaders": {"set": [{"name": "Tailscale-User-Login", "value": "x"}]}}},
+                            "requestHeaders": {"set": [{"name": "Tailscale-User-Login", "value": "x"}],
+                                               "remove": ["X-Fine", "Host", "x-envoy-max-retries"]}}},
                 {"action": {"type": "Maybe"}}],
             "defaultAction": "Perhaps"
         }));
@@ -758,6 +767,8 @@ mod tests {
             "spec.rules[1].action.retry.perTryTimeout: Invalid value: \"soon\"",
             "spec.rules[1].action.retry.on[0]: Unsupported value: \"always\"",
             "spec.rules[1].action.requestHeaders.set[0].name: Invalid value: \"Tailscale-User-Login\"",
+            "spec.rules[1].action.requestHeaders.remove[1]: Invalid value: \"Host\"",
+            "spec.rules[1].action.requestHeaders.remove[2]: Invalid value: \"x-envoy-max-retries\"",
             "spec.rules[2].action.type: Unsupported value: \"Maybe\"",
             "spec.defaultAction: Unsupported value: \"Perhaps\"",
         ] {
