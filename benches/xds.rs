@@ -75,8 +75,6 @@ fn policy_json() -> serde_json::Value {
 
 /// A Check as Envoy sends it for a browser's GET, from an ingress proxy pod.
 fn check_request() -> CheckRequest {
-    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
     let headers = [
         (":authority", "www.example.com"),
         ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
@@ -87,31 +85,13 @@ fn check_request() -> CheckRequest {
         ("x-forwarded-for", "100.64.0.7"),
         ("x-request-id", "4f1c6a0e-8a3b-4c1e-9d2f-0b7e5a9c1d23"),
     ];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "10.0.0.7".into(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(41000)),
-                        ..SocketAddress::default()
-                    })),
-                }),
-                ..attribute_context::Peer::default()
-            }),
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/reports/q3?format=html".into(),
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                    ..attribute_context::HttpRequest::default()
-                }),
-                ..attribute_context::Request::default()
-            }),
-            context_extensions: [("tailscale-gateway-policy".to_string(), "apps/web".to_string())].into(),
-            ..AttributeContext::default()
-        }),
-    }
+    tailscale_gateway::xds::authz::testing::check_request(
+        "apps/web",
+        "10.0.0.7",
+        "GET",
+        "/reports/q3?format=html",
+        &headers,
+    )
 }
 
 /// Answers every hook with exactly what it received: the decode + encode floor.

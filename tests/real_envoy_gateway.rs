@@ -950,36 +950,11 @@ fn policy_settings(rt: &tokio::runtime::Runtime, pki: &XdsPki, eg: &mut Process)
     }
 }
 
-/// One check as Envoy would send it for `path`, from `source`, with `headers`.
+/// One check as Envoy would send it for `path`, from `source`, with `headers`, naming the policy
+/// the served route's settings name.
 fn check_request(settings: &CheckSettings, source: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: source.into(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
-                        ..SocketAddress::default()
-                    })),
-                }),
-                ..attribute_context::Peer::default()
-            }),
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "www.example.com".into(),
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                    ..attribute_context::HttpRequest::default()
-                }),
-                ..attribute_context::Request::default()
-            }),
-            context_extensions: settings.context_extensions.clone(),
-            ..AttributeContext::default()
-        }),
-    }
+    let policy = settings.context_extensions.get(authz::POLICY_CONTEXT_KEY).map(String::as_str).unwrap_or_default();
+    tailscale_gateway::xds::authz::testing::check_request(policy, source, "GET", path, headers)
 }
 
 /// What our authorization service answers: (allowed, status, body, headers set, headers removed).

@@ -140,23 +140,30 @@ impl Authorization for AuthzService {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Check requests as Envoy sends them, for tests and benchmarks.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
     use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
-    use serde_json::json;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
 
-    use super::*;
-    use crate::core::Resource;
+    use super::POLICY_CONTEXT_KEY;
 
-    fn request(source: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    /// A Check for `method path` from `source` with `headers`, on a route whose settings name
+    /// `policy` (`namespace/name`).
+    pub fn check_request(
+        policy: &str,
+        source: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> CheckRequest {
         CheckRequest {
             attributes: Some(AttributeContext {
                 source: Some(attribute_context::Peer {
                     address: Some(Address {
                         address: Some(address::Address::SocketAddress(SocketAddress {
                             address: source.into(),
-                            port_specifier: Some(socket_address::PortSpecifier::PortValue(1)),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
                             ..SocketAddress::default()
                         })),
                     }),
@@ -164,17 +171,29 @@ mod tests {
                 }),
                 request: Some(attribute_context::Request {
                     http: Some(attribute_context::HttpRequest {
-                        method: "GET".into(),
+                        method: method.into(),
                         path: path.into(),
                         headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                         ..attribute_context::HttpRequest::default()
                     }),
                     ..attribute_context::Request::default()
                 }),
-                context_extensions: [(POLICY_CONTEXT_KEY.to_string(), "apps/p".to_string())].into(),
+                context_extensions: [(POLICY_CONTEXT_KEY.to_string(), policy.to_string())].into(),
                 ..AttributeContext::default()
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::Resource;
+
+    fn request(source: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+        testing::check_request("apps/p", source, "GET", path, headers)
     }
 
     fn service(spec: serde_json::Value) -> AuthzService {
